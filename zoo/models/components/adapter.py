@@ -1,0 +1,35 @@
+"""SAM-Med2D's per-block adapter: a channel gate followed by a stride-2 conv / transposed-conv spatial branch."""
+
+from torch import Tensor, nn
+
+
+class ChannelSpatialAdapter(nn.Module):
+    """Adapter run in parallel with each ViT block's MLP on the same ``norm2`` output (``B x H x W x C``).
+
+    out = LayerNorm(x + spatial(x * gate(x))): the skip uses the ungated input. The spatial branch halves then
+    doubles the grid, so the token grid must have even sides. Submodule names follow upstream's checkpoint keys
+    (``channel.0``, ``channel.2``, ``spatial.0``, ``spatial.2``, ``norm``).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float = 0.25) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.channel = nn.Sequential(
+            nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False), nn.Sigmoid()
+        )
+        self.spatial = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.ReLU(),
+            nn.ConvTranspose2d(dim, dim, kernel_size=4, stride=2, padding=1, bias=False),
+            nn.ReLU(),
+        )
+        self.norm = nn.LayerNorm(dim)  # default eps 1e-5, unlike the encoder's 1e-6 (upstream)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[1:3]
+        if height % 2 or width % 2:
+            raise ValueError(f"the adapter needs an even token grid, got {height}x{width}")
+        x = x.permute(0, 3, 1, 2)
+        gate = self.channel(x.mean(dim=(2, 3)))[:, :, None, None]
+        x = x + self.spatial(x * gate)
+        return self.norm(x.permute(0, 2, 3, 1))

@@ -1,0 +1,70 @@
+"""Small layers shared by the encoders and decoders."""
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def conv_nd(spatial_dims: int) -> type[nn.Module]:
+    """``nn.Conv2d`` or ``nn.Conv3d``."""
+    return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+
+
+def conv_transpose_nd(spatial_dims: int) -> type[nn.Module]:
+    """``nn.ConvTranspose2d`` or ``nn.ConvTranspose3d``."""
+    return {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
+
+
+class LayerNormNd(nn.Module):
+    """LayerNorm over the channel axis (dim 1) of a channels-first 2D or 3D map (SAM's LayerNorm2d/3d).
+
+    Uses the biased variance ``mean((x - mean)^2)`` with ``eps`` inside the square root, as upstream does.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / (var + self.eps).sqrt()
+        affine_shape = (-1,) + (1,) * (x.ndim - 2)
+        return self.weight.view(affine_shape) * x + self.bias.view(affine_shape)
+
+
+class MLPBlock(nn.Module):
+    """Two linear layers with an activation between (the ViT and two-way transformer MLP)."""
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.act = act()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (SAM's hypernetwork and IoU heads)."""
+
+    def __init__(
+        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False
+    ) -> None:
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x: Tensor) -> Tensor:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last:
+                x = F.relu(x)
+        return x.sigmoid() if self.sigmoid_output else x
+

@@ -1,0 +1,144 @@
+"""The SAM / ViTDet image encoder for 2D and 3D inputs: patch embedding, windowed and global blocks, conv neck."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.components.adapter import ChannelSpatialAdapter
+from zoo.models.components.attention import RelPosAttention, window_partition, window_unpartition
+from zoo.models.components.layers import LayerNormNd, MLPBlock, conv_nd
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection; returns channels-last tokens ``B x *grid x C``."""
+
+    def __init__(self, spatial_dims: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = conv_nd(spatial_dims)(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).movedim(1, -1)
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block with windowed (``window_size > 0``) or global attention.
+
+    With an adapter (SAM-Med2D) the block computes ``x + mlp(norm2(x)) + Adapter(norm2(x))``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        use_rel_pos: bool,
+        window_size: int,
+        grid_size: tuple[int, ...],
+        adapter_mlp_ratio: float | None = None,
+        sam_med3d_broadcast: bool = False,
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        attn_size = (window_size,) * spatial_dims if window_size > 0 else grid_size
+        self.attn = RelPosAttention(
+            spatial_dims, dim, num_heads, qkv_bias, use_rel_pos, attn_size, sam_med3d_broadcast
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
+        if adapter_mlp_ratio is not None:
+            # Capitalised to match the upstream checkpoint key `blocks.i.Adapter.*`.
+            self.Adapter = ChannelSpatialAdapter(dim, adapter_mlp_ratio)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            grid = tuple(x.shape[1:-1])
+            windows, padded = window_partition(x, self.window_size)
+            x = window_unpartition(self.attn(windows), self.window_size, padded, grid)
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        normed = self.norm2(x)
+        if hasattr(self, "Adapter"):
+            return x + self.mlp(normed) + self.Adapter(normed)
+        return x + self.mlp(normed)
+
+
+class ImageEncoderViT(nn.Module):
+    """ViT image encoder with absolute and decomposed relative positions and a two-conv neck.
+
+    Input ``B x in_chans x *(img_size,)``; output ``B x out_chans x *(img_size // patch_size,)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        img_size: int,
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        out_chans: int,
+        qkv_bias: bool = True,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 0,
+        global_attn_indexes: Sequence[int] = (),
+        adapter_mlp_ratio: float | None = None,
+        sam_med3d_broadcast: bool = False,
+    ) -> None:
+        """``sam_med3d_broadcast``: add relative positions the way SAM-Med3D does (see ``attention.py``)."""
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.grid_size = (img_size // patch_size,) * spatial_dims
+        self.patch_embed = PatchEmbed(spatial_dims, patch_size, in_chans, embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, *self.grid_size, embed_dim)) if use_abs_pos else None
+        self.blocks = nn.ModuleList(
+            ViTBlock(
+                spatial_dims,
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias,
+                use_rel_pos,
+                0 if i in global_attn_indexes else window_size,
+                self.grid_size,
+                adapter_mlp_ratio,
+                sam_med3d_broadcast,
+            )
+            for i in range(depth)
+        )
+        conv = conv_nd(spatial_dims)
+        self.neck = nn.Sequential(
+            conv(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNormNd(out_chans),
+            conv(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNormNd(out_chans),
+        )
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Patch tokens plus absolute positions, channels-last."""
+        expected = (self.img_size,) * len(self.grid_size)
+        if tuple(x.shape[2:]) != expected:
+            raise ValueError(f"image encoder expects spatial size {expected}, got {tuple(x.shape[2:])}")
+        x = self.patch_embed(x)
+        return x if self.pos_embed is None else x + self.pos_embed
+
+    def project(self, tokens: Tensor) -> Tensor:
+        """The neck: channels-last tokens to the channels-first image embedding."""
+        return self.neck(tokens.movedim(-1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.project(x)

@@ -1,0 +1,148 @@
+"""SAM-Med2D (Cheng et al., 2023): SAM ViT-B at 256x256 with an adapter in every encoder block.
+
+The same class with ``adapter=False`` and ``image_size=1024`` is Meta's SAM ViT-B (``sam_vit_b``), the
+initialisation source for SAM-Med2D and SAM-UNet and a baseline for comparisons.
+"""
+
+from dataclasses import dataclass, replace
+
+from zoo.models.components.mask_decoder import MaskDecoder
+from zoo.models.components.prompt_encoder import PromptEncoder
+from zoo.models.components.transformer import TwoWayTransformer
+from zoo.models.components.vit_encoder import ImageEncoderViT
+from zoo.models.sam import SegmentAnythingModel
+from zoo.registry import register_family, register_model
+
+SPATIAL_DIMS = 2
+
+
+@dataclass
+class SamMed2DConfig:
+    """SAM-Med2D hyper-parameters; the defaults are the released sam-med2d_b model."""
+
+    family: str = "sam_med2d"
+    image_size: int = 256
+    in_chans: int = 3
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    # Window 14 on a 16x16 grid: windowed blocks pad the grid to 28x28 (4 windows), as upstream.
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    qkv_bias: bool = True
+    use_abs_pos: bool = True
+    use_rel_pos: bool = True
+    adapter: bool = True
+    adapter_mlp_ratio: float = 0.25
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    # ImageNet RGB statistics x255, applied by the preprocessing (zoo.inference), not inside the network.
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    def __post_init__(self) -> None:
+        self.global_attn_indexes = tuple(self.global_attn_indexes)
+        self.pixel_mean = tuple(self.pixel_mean)
+        self.pixel_std = tuple(self.pixel_std)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.adapter and self.grid_size % 2:
+            raise ValueError(f"the adapter needs an even token grid; image_size/patch_size = {self.grid_size}")
+        bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+def build_sam2d_parts(c: SamMed2DConfig, encoder_out_chans: int | None = None) -> tuple[ImageEncoderViT, PromptEncoder, MaskDecoder]:
+    """The SAM ViT image encoder, 2D prompt encoder and mask decoder that ``c`` describes."""
+    grid = (c.grid_size,) * SPATIAL_DIMS
+    image_encoder = ImageEncoderViT(
+        spatial_dims=SPATIAL_DIMS,
+        img_size=c.image_size,
+        patch_size=c.patch_size,
+        in_chans=c.in_chans,
+        embed_dim=c.embed_dim,
+        depth=c.depth,
+        num_heads=c.num_heads,
+        mlp_ratio=c.mlp_ratio,
+        out_chans=encoder_out_chans or c.prompt_embed_dim,
+        qkv_bias=c.qkv_bias,
+        use_abs_pos=c.use_abs_pos,
+        use_rel_pos=c.use_rel_pos,
+        window_size=c.window_size,
+        global_attn_indexes=c.global_attn_indexes,
+        adapter_mlp_ratio=c.adapter_mlp_ratio if c.adapter else None,
+    )
+    prompt_encoder = PromptEncoder(
+        spatial_dims=SPATIAL_DIMS,
+        embed_dim=c.prompt_embed_dim,
+        image_embedding_size=grid,
+        input_image_size=(c.image_size,) * SPATIAL_DIMS,
+        mask_in_chans=c.mask_in_chans,
+        num_point_embeddings=4,  # negative, positive, box top-left, box bottom-right
+        fourier_layout=("sin", "cos"),
+        point_axis_order=(1, 0),  # points are (x, y)
+        dense_axis_order=(1, 0),
+    )
+    mask_decoder = MaskDecoder(
+        spatial_dims=SPATIAL_DIMS,
+        transformer_dim=c.prompt_embed_dim,
+        transformer=TwoWayTransformer(
+            depth=c.decoder_depth,
+            embedding_dim=c.prompt_embed_dim,
+            num_heads=c.decoder_num_heads,
+            mlp_dim=c.decoder_mlp_dim,
+            attention_downsample_rate=c.attention_downsample_rate,
+        ),
+        num_multimask_outputs=c.num_multimask_outputs,
+        iou_head_depth=c.iou_head_depth,
+        iou_head_hidden_dim=c.iou_head_hidden_dim,
+    )
+    return image_encoder, prompt_encoder, mask_decoder
+
+
+@register_family("sam_med2d")
+class SamMed2D(
+    SegmentAnythingModel,
+    paper_url="https://arxiv.org/abs/2308.16184",
+    repo_url="https://github.com/OpenGVLab/SAM-Med2D",
+    license="apache-2.0",
+    tags=["2d", "sam-med2d"],
+):
+    """SAM-Med2D (and, with ``adapter=False``, SAM): points, boxes and mask prompts on normalised 3-channel images.
+
+    Points are ``B x N x 2`` (x, y) and boxes ``B x 4`` (x0, y0, x1, y1), both in model-input pixels; mask
+    prompts are ``B x 1 x (image_size / 4)^2``. SAM-Med2D feeds sigmoid probabilities of the previous low-res
+    logits as the mask prompt (SAM fed logits); the network takes whatever the caller passes.
+    """
+
+    family = "sam_med2d"
+
+    def __init__(self, config: SamMed2DConfig) -> None:
+        super().__init__(config)
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = build_sam2d_parts(config)
+
+
+@register_model("sam_med2d_b")
+def sam_med2d_b(**overrides) -> SamMed2D:
+    """The released sam-med2d_b: ViT-B with adapters at 256x256."""
+    return SamMed2D(replace(SamMed2DConfig(), **overrides))
+
+
+@register_model("sam_vit_b")
+def sam_vit_b(**overrides) -> SamMed2D:
+    """Meta's SAM ViT-B (sam_vit_b_01ec64.pth): no adapters, 1024x1024 input."""
+    return SamMed2D(replace(SamMed2DConfig(image_size=1024, adapter=False), **overrides))

@@ -1,0 +1,137 @@
+"""SAM-Med3D (Wang et al., 2023): SAM ported to 3D volumes, the ``vit_b_ori`` architecture of sam_med3d_turbo."""
+
+from dataclasses import dataclass, field, replace
+
+from zoo.models.components.mask_decoder import MaskDecoder
+from zoo.models.components.prompt_encoder import PromptEncoder
+from zoo.models.components.transformer import TwoWayTransformer
+from zoo.models.components.vit_encoder import ImageEncoderViT
+from zoo.models.sam import SegmentAnythingModel
+from zoo.registry import register_family, register_model
+
+SPATIAL_DIMS = 3
+
+
+@dataclass
+class SamMed3DConfig:
+    """SAM-Med3D hyper-parameters; the defaults are the released sam_med3d / sam_med3d_turbo model."""
+
+    family: str = "sam_med3d"
+    image_size: int = 128
+    in_chans: int = 1
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    # Window 14 on the 8^3 token grid: each "windowed" block attends over one zero-padded 14^3 window.
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    qkv_bias: bool = True
+    use_abs_pos: bool = True
+    use_rel_pos: bool = True
+    # Width of the image embedding, the prompt embeddings and the decoder transformer.
+    prompt_embed_dim: int = 384
+    mask_in_chans: int = 16
+    # Upstream hard-codes the decoder transformer inside MaskDecoder3D; they are fields here.
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    # Preprocessing the released weights expect (used by the data and inference layers, not by the network).
+    target_spacing_mm: tuple[float, ...] = field(default=(1.5, 1.5, 1.5))
+
+    def __post_init__(self) -> None:
+        self.global_attn_indexes = tuple(self.global_attn_indexes)
+        self.target_spacing_mm = tuple(self.target_spacing_mm)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.prompt_embed_dim % 3:
+            raise ValueError("SAM-Med3D's [sin, cos, sin] encoding needs prompt_embed_dim divisible by 3")
+        bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@register_family("sam_med3d")
+class SamMed3D(
+    SegmentAnythingModel,
+    paper_url="https://arxiv.org/abs/2310.15161",
+    repo_url="https://github.com/uni-medical/SAM-Med3D",
+    license="apache-2.0",
+    tags=["3d", "ct", "mri", "sam-med3d"],
+):
+    """SAM-Med3D: 3D ViT encoder, 3D prompt encoder (points, mask) and 3D mask decoder with IoU head.
+
+    Input: ``B x 1 x 128^3`` z-normalised crops. Points are ``B x N x 3`` voxel indices in tensor-index order
+    (dim2, dim3, dim4) of the crop. Mask prompts are ``B x 1 x 32^3`` low-res logits. Box prompts are not
+    supported (upstream's box path indexes embeddings the released model does not have), and raise.
+    """
+
+    family = "sam_med3d"
+
+    def __init__(self, config: SamMed3DConfig) -> None:
+        super().__init__(config)
+        c = config
+        grid = (c.grid_size,) * SPATIAL_DIMS
+        self.image_encoder = ImageEncoderViT(
+            spatial_dims=SPATIAL_DIMS,
+            img_size=c.image_size,
+            patch_size=c.patch_size,
+            in_chans=c.in_chans,
+            embed_dim=c.embed_dim,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio,
+            out_chans=c.prompt_embed_dim,
+            qkv_bias=c.qkv_bias,
+            use_abs_pos=c.use_abs_pos,
+            use_rel_pos=c.use_rel_pos,
+            window_size=c.window_size,
+            global_attn_indexes=c.global_attn_indexes,
+            sam_med3d_broadcast=True,  # the released weights were trained with upstream's rel-pos broadcasting
+        )
+        self.prompt_encoder = PromptEncoder(
+            spatial_dims=SPATIAL_DIMS,
+            embed_dim=c.prompt_embed_dim,
+            image_embedding_size=grid,
+            input_image_size=(c.image_size,) * SPATIAL_DIMS,
+            mask_in_chans=c.mask_in_chans,
+            num_point_embeddings=2,  # negative, positive: the released model has no box corners
+            fourier_layout=("sin", "cos", "sin"),  # trained with the sine block repeated
+            point_axis_order=(0, 1, 2),
+            dense_axis_order=(1, 0, 2),  # upstream swaps the first two grid axes in the dense PE
+        )
+        self.mask_decoder = MaskDecoder(
+            spatial_dims=SPATIAL_DIMS,
+            transformer_dim=c.prompt_embed_dim,
+            transformer=TwoWayTransformer(
+                depth=c.decoder_depth,
+                embedding_dim=c.prompt_embed_dim,
+                num_heads=c.decoder_num_heads,
+                mlp_dim=c.decoder_mlp_dim,
+                attention_downsample_rate=c.attention_downsample_rate,
+            ),
+            num_multimask_outputs=c.num_multimask_outputs,
+            iou_head_depth=c.iou_head_depth,
+            iou_head_hidden_dim=c.iou_head_hidden_dim,
+        )
+
+
+@register_model("sam_med3d_turbo")
+def sam_med3d_turbo(**overrides) -> SamMed3D:
+    """The released SAM-Med3D-turbo architecture (``vit_b_ori``); ``overrides`` replace config fields."""
+    return SamMed3D(replace(SamMed3DConfig(), **overrides))
+
+
+@register_model("sam_med3d")
+def sam_med3d(**overrides) -> SamMed3D:
+    """The original SAM-Med3D release (sam_med3d.pth): same architecture as turbo, earlier weights."""
+    return SamMed3D(replace(SamMed3DConfig(), **overrides))
