@@ -1,0 +1,1 @@
+"""Lightning glue: the interactive training step, losses, optimiser groups and evaluation metrics."""

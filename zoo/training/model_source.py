@@ -1,0 +1,42 @@
+"""Where a run's network comes from: a registry name, a Hub folder or repo id, or an authors' checkpoint file."""
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+import zoo
+from zoo.hub import init_from_sam, load_official_weights
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def build_model(
+    name: str,
+    overrides: dict[str, Any] | None = None,
+    weights: str | None = None,
+    sam_init: str | None = None,
+) -> nn.Module:
+    """Build ``name`` with config ``overrides``, then take its weights from ``weights`` or ``sam_init``.
+
+    ``weights``: a Hub-format folder or repo id (``zoo.from_pretrained``; its config wins and ``overrides`` must be
+    empty), or an authors' checkpoint file loaded strictly through the converter. ``sam_init``: a SAM ViT-B
+    checkpoint file to initialise from the way SAM-Med2D and SAM-UNet do (position tables resized, new parts
+    left at their initialisation).
+    """
+    if weights is not None and sam_init is not None:
+        raise ValueError("give either weights (a trained model) or sam_init (an initialisation), not both")
+    if weights is not None and not _is_checkpoint_file(weights):
+        if overrides:
+            raise ValueError(f"model_overrides {sorted(overrides)} cannot change a pretrained Hub model ({weights})")
+        return zoo.from_pretrained(weights)
+    model = zoo.create_model(name, **(overrides or {}))
+    if weights is not None:
+        load_official_weights(model, weights)
+    if sam_init is not None:
+        init_from_sam(model, sam_init)
+    return model
+
+
+def _is_checkpoint_file(source: str) -> bool:
+    return Path(source).suffix in CHECKPOINT_SUFFIXES and not Path(source).is_dir()

@@ -1,0 +1,245 @@
+"""One LightningModule for promptable segmentation: the papers' interactive training loop and evaluation."""
+
+import hashlib
+import random
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from zoo.prompts.convert import sam_med2d_prompts, sam_med3d_prompts
+from zoo.prompts.simulate import boxes_from_masks, first_click_random_foreground, next_click_random_error
+from zoo.prompts.types import MaskPrompts, PointPrompts
+from zoo.training.losses import SegmentationLoss
+from zoo.training.metrics import PerClassMean, dice_per_sample, surface_dice_per_sample
+from zoo.training.model_source import build_model
+from zoo.training.optim import ParamGroup, apply_lr_scales, param_groups, set_trainable
+from zoo.training.schedules import EvaluationProtocol, TrainingPromptSchedule
+
+
+class PromptableSegmentationModule(L.LightningModule):
+    """Trains and evaluates any zoo model with the interactive prompt loop its paper uses.
+
+    Batches are dicts with ``image`` (``B x C x *spatial`` at the model's input size), ``label`` (``B x 1 x
+    *spatial`` binary target) and ``class_index`` (``B``); 3D batches may carry ``spacing`` (``B x 3`` mm) for NSD.
+    What differs between papers is configuration: the prompt schedule, the loss, the trainable parts and the
+    optimiser groups.
+    """
+
+    def __init__(
+        self,
+        model: str = "sam_med2d_b",
+        model_overrides: dict[str, Any] | None = None,
+        weights: str | None = None,
+        sam_init: str | None = None,
+        loss: SegmentationLoss | None = None,
+        train_prompts: TrainingPromptSchedule | None = None,
+        eval_prompts: EvaluationProtocol | None = None,
+        freeze: list[str] | None = None,
+        unfreeze: list[str] | None = None,
+        lr_groups: list[ParamGroup] | None = None,
+        class_names: list[str] | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss"])
+        self.net = build_model(model, model_overrides, weights, sam_init)
+        set_trainable(self.net, freeze or [], unfreeze or [])
+        self.loss = loss if loss is not None else SegmentationLoss(dice=1.0)
+        self.train_prompts = train_prompts or TrainingPromptSchedule()
+        self.eval_prompts = eval_prompts or EvaluationProtocol()
+        self.lr_groups = lr_groups or []
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.seed = seed
+        self.class_names = list(class_names or ["foreground"])
+        self.metrics = nn.ModuleDict(
+            {key: PerClassMean(len(self.class_names)) for key in self._metric_keys("val") + self._metric_keys("test")}
+        )
+
+    # ----------------------------------------------------------------------------------------------- prompts
+    @property
+    def spatial_dims(self) -> int:
+        return self.net.prompt_encoder.spatial_dims
+
+    def _model_prompts(
+        self, points: PointPrompts | None, boxes, low_res: Tensor | None, mask_prompt: str
+    ) -> dict[str, Any]:
+        masks = MaskPrompts(low_res) if low_res is not None and mask_prompt != "none" else None
+        size = self.net.config.image_size
+        if self.spatial_dims == 3:
+            return sam_med3d_prompts(points=points, masks=masks, image_size=(size,) * 3)
+        return sam_med2d_prompts(
+            points=points, boxes=boxes, masks=masks, image_size=size, mask_as_probabilities=mask_prompt == "sigmoid"
+        )
+
+    def _generator(self, stage: str, batch_idx: int) -> torch.Generator:
+        """A generator seeded by (seed, stage, step, rank): clicks replay exactly after a resume."""
+        step = self.global_step if stage == "train" else batch_idx
+        key = f"{self.seed}/{stage}/{step}/{self.global_rank}".encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+
+    def _upsample(self, low_res: Tensor, size: tuple[int, ...]) -> Tensor:
+        mode = "trilinear" if len(size) == 3 else "bilinear"
+        return F.interpolate(low_res, size=size, mode=mode, align_corners=False)
+
+    @staticmethod
+    def _best_mask(low_res: Tensor, iou: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Keep the mask with the highest predicted IoU per sample (multimask output)."""
+        if low_res.shape[1] == 1 or iou is None:
+            return low_res[:, :1], None if iou is None else iou[:, :1]
+        best = iou.argmax(dim=1)
+        rows = torch.arange(low_res.shape[0], device=low_res.device)
+        return low_res[rows, best][:, None], iou[rows, best][:, None]
+
+    # ---------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        images, target = batch["image"], batch["label"]
+        schedule = self.train_prompts
+        generator = self._generator("train", batch_idx)
+        rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
+        spatial = tuple(target.shape[2:])
+        target_mask = target[:, 0].bool()
+        mask_only = set()
+        if schedule.mask_only_iteration_range is not None:
+            mask_only.add(rng.randint(*schedule.mask_only_iteration_range))
+        if schedule.mask_only_last and schedule.iterations > 1:
+            mask_only.add(schedule.iterations - 1)
+
+        features = self.net.encode_image(images)
+        low_res = None
+        if schedule.zero_mask_first:
+            low_res = torch.zeros(target.shape[0], 1, *self.net.prompt_encoder.mask_input_size, device=self.device)
+        points = boxes = None
+        prediction = torch.zeros_like(target_mask)
+        total = images.new_zeros(())
+        for it in range(schedule.iterations):
+            if it == 0:
+                points, boxes = self._first_training_prompt(target_mask, rng, generator)
+            else:
+                clicks = next_click_random_error(
+                    prediction, target_mask, rng.choice(schedule.clicks_per_iteration), generator
+                )
+                points = points.cat(clicks) if schedule.accumulate_clicks and points is not None else clicks
+                boxes = None
+            fed_points, fed_boxes = (None, None) if it in mask_only else (points, boxes)
+            prompts = self._model_prompts(fed_points, fed_boxes, low_res, schedule.mask_prompt)
+            if it > 0 and schedule.decoder_only_after_first:
+                with torch.no_grad():
+                    sparse, dense = self.net.embed_prompts(**prompts)
+                out = self.net.decode_embeddings(features.detach(), sparse, dense, schedule.multimask_output)
+            else:
+                out = self.net.decode(features, **prompts, multimask_output=schedule.multimask_output)
+            step_low_res, iou = self._best_mask(out.low_res_logits, out.iou_predictions)
+            logits = self._upsample(step_low_res, spatial)
+            total = total + self.loss(logits, target, iou)
+            low_res = step_low_res.detach()
+            prediction = (logits.detach() > schedule.click_threshold)[:, 0]
+        self.log("train/loss", total, prog_bar=True, batch_size=images.shape[0])
+        return total
+
+    def _first_training_prompt(self, target: Tensor, rng: random.Random, generator: torch.Generator):
+        schedule = self.train_prompts
+        use_box = schedule.first_prompt == "box" or (
+            schedule.first_prompt == "box_or_point" and rng.random() < schedule.box_probability
+        )
+        if use_box:
+            boxes = boxes_from_masks(target, jitter=schedule.box_jitter, generator=generator)
+            if bool(boxes.valid.all()):
+                return None, boxes
+        return first_click_random_foreground(target, generator), None
+
+    # -------------------------------------------------------------------------------------------- evaluation
+    def _metric_keys(self, stage: str) -> list[str]:
+        protocol = self.eval_prompts
+        keys = [f"{stage}/dice/{n}pt" for n in protocol.clicks]
+        if protocol.box:
+            keys.append(f"{stage}/dice/box")
+        if protocol.nsd_tolerance_mm is not None:
+            keys += [f"{stage}/nsd/{n}pt" for n in protocol.clicks]
+            if protocol.box:
+                keys.append(f"{stage}/nsd/box")
+        return [k.replace("/", "__") for k in keys]  # ModuleDict keys cannot contain dots; slashes read badly
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    @torch.no_grad()
+    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
+        protocol = self.eval_prompts
+        images, target = batch["image"], batch["label"]
+        target_mask = target[:, 0].bool()
+        class_index = batch["class_index"].long()
+        spacing = batch.get("spacing")
+        generator = torch.Generator().manual_seed(protocol.seed + batch_idx)
+        features = self.net.encode_image(images)
+        spatial = tuple(target.shape[2:])
+
+        def record(name: str, logits: Tensor) -> None:
+            pred = logits > 0
+            self.metrics[f"{stage}__dice__{name}"].update(dice_per_sample(pred, target), class_index)
+            if protocol.nsd_tolerance_mm is not None:
+                if spacing is None:
+                    raise ValueError("NSD needs the voxel spacing: the batch has no 'spacing' entry")
+                nsd = torch.stack(
+                    [
+                        surface_dice_per_sample(p[None], t[None], protocol.nsd_tolerance_mm, s.tolist())[0]
+                        for p, t, s in zip(pred, target, spacing)
+                    ]
+                )
+                self.metrics[f"{stage}__nsd__{name}"].update(nsd, class_index)
+
+        if protocol.clicks:
+            low_res = None
+            if protocol.zero_mask_first:
+                low_res = torch.zeros(target.shape[0], 1, *self.net.prompt_encoder.mask_input_size, device=self.device)
+            points = first_click_random_foreground(target_mask, generator)
+            for n in range(1, protocol.clicks[-1] + 1):
+                if n > 1:
+                    prediction = (logits > 0)[:, 0]
+                    points = points.cat(next_click_random_error(prediction, target_mask, 1, generator))
+                prompts = self._model_prompts(points, None, low_res, protocol.mask_prompt)
+                out = self.net.decode(features, **prompts, multimask_output=protocol.multimask_output)
+                low_res, _ = self._best_mask(out.low_res_logits, out.iou_predictions)
+                logits = self._upsample(low_res, spatial)
+                if n in protocol.clicks:
+                    record(f"{n}pt", logits)
+        if protocol.box:
+            boxes = boxes_from_masks(target_mask, jitter="none")
+            prompts = self._model_prompts(None, boxes, None, "none")
+            out = self.net.decode(features, **prompts, multimask_output=protocol.multimask_output)
+            record("box", self._upsample(self._best_mask(out.low_res_logits, out.iou_predictions)[0], spatial))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        for key, metric in self.metrics.items():
+            if not key.startswith(f"{stage}__") or not bool((metric.count > 0).any()):
+                continue
+            per_class = metric.compute().reshape(-1)
+            name = key.replace("__", "/")
+            self.log(name, torch.nanmean(per_class).float(), prog_bar=name.endswith("/1pt") or name.endswith("/box"))
+            for class_name, value in zip(self.class_names, per_class):
+                if not torch.isnan(value):
+                    self.log(f"{name}/{class_name}", value.float())
+            metric.reset()
+
+    # ------------------------------------------------------------------------------------------- optimisers
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(param_groups(self.net, self.lr_groups))
+        apply_lr_scales(optimizer)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
