@@ -1,0 +1,176 @@
+"""Interactive 2D predictor: embed an image once, then answer each click with the light prompt/decoder path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from zoo.inference.common import as_tensor, binarize, check_labels, check_points_inside, select_best_mask
+from zoo.inference.preprocess2d import (
+    ArrayLike,
+    postprocess_for_predictor,
+    preprocess_for_predictor,
+    scale_boxes,
+    scale_coords,
+)
+
+IMAGE_FORMATS = ("RGB", "BGR")
+
+
+@dataclass
+class Prediction2D:
+    """One mask per prompt set (per box when several boxes are given).
+
+    Attributes:
+        logits: ``K x H x W`` mask logits at the original image size.
+        masks: ``K x H x W`` bool, ``sigmoid(logits) > 0.5``.
+        iou_predictions: ``K`` predicted IoU of each returned mask.
+        low_res_logits: ``K x h x w`` decoder logits (4x the embedding grid); feed ``low_res_logits[i:i+1]``
+            (through a sigmoid for SAM-Med2D, which was trained on probabilities) back as ``mask_input``.
+    """
+
+    logits: Tensor
+    masks: Tensor
+    iou_predictions: Tensor
+    low_res_logits: Tensor
+
+
+class SamMed2DPredictor:
+    """SAM-Med2D's interactive workflow (upstream ``SammedPredictor``) around a :class:`zoo.models.SamMed2D`.
+
+    ``set_image`` preprocesses the image (normalise at the original size, nearest stretch to ``S x S``) and
+    caches its embedding; every ``predict`` call then runs only the prompt encoder and mask decoder. Prompts
+    are in original-image pixels ``(x, y)``. With ``multimask_output=True`` the decoder's three candidate
+    masks are reduced to the one with the highest predicted IoU, as upstream.
+
+    Example::
+
+        predictor = SamMed2DPredictor(zoo.create_model("sam_med2d_b"))
+        predictor.set_image(rgb_uint8_hwc)
+        result = predictor.predict(point_coords=[[120, 80]], point_labels=[1])
+        result.masks.shape  # 1 x H x W
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        config = model.config
+        self.image_size: int = config.image_size
+        self.pixel_mean = tuple(config.pixel_mean)
+        self.pixel_std = tuple(config.pixel_std)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def reset_image(self) -> None:
+        """Forget the current image and its cached embedding."""
+        self.features: Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self.features is not None
+
+    @torch.inference_mode()
+    def set_image(self, image: ArrayLike, image_format: str = "RGB") -> None:
+        """Preprocess an ``H x W x 3`` image (``image_format`` gives its channel order) and cache its embedding."""
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        pixels = as_tensor(image)
+        if pixels.ndim != 3 or pixels.shape[-1] != 3:
+            raise ValueError(f"expected an H x W x 3 image, got shape {tuple(pixels.shape)}")
+        if image_format == "BGR":
+            pixels = pixels.flip(-1)
+        model_input = preprocess_for_predictor(pixels, self.image_size, self.pixel_mean, self.pixel_std)
+        self.features = self.model.image_encoder(model_input.to(self.device))
+        self.original_size = (int(pixels.shape[0]), int(pixels.shape[1]))
+
+    def _prompts(
+        self,
+        point_coords: ArrayLike | None,
+        point_labels: ArrayLike | None,
+        box: ArrayLike | None,
+        mask_input: ArrayLike | None,
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None, Tensor | None]:
+        """Validate prompts in original pixels and map them into the model's input frame."""
+        height, width = self.original_size
+        if point_coords is None and box is None and mask_input is None:
+            raise ValueError("give at least one prompt: point_coords with point_labels, box, or mask_input")
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        points = boxes = masks = None
+        if point_coords is not None:
+            coords = as_tensor(point_coords, torch.float64)
+            labels = as_tensor(point_labels)
+            if coords.ndim != 2:
+                raise ValueError(f"point_coords must be N x 2 (x, y), got shape {tuple(coords.shape)}")
+            if labels.ndim != 1:
+                raise ValueError(f"point_labels must have shape (N,), got {tuple(labels.shape)}")
+            check_points_inside(coords, (width, height), ("x", "y"), "point")
+            check_labels(labels, coords.shape[0])
+            scaled = scale_coords(coords, self.original_size, self.image_size)
+            points = (scaled[None].to(self.device), labels.to(torch.int32)[None].to(self.device))
+        if box is not None:
+            corners = as_tensor(box, torch.float64)
+            corners = corners[None] if corners.ndim == 1 else corners
+            if corners.ndim != 2 or corners.shape[-1] != 4:
+                raise ValueError(f"box must be (4,) or K x 4 (x0, y0, x1, y1), got shape {tuple(corners.shape)}")
+            check_points_inside(corners.reshape(-1, 2), (width, height), ("x", "y"), "box corner")
+            if ((corners[:, 2] < corners[:, 0]) | (corners[:, 3] < corners[:, 1])).any():
+                raise ValueError(f"box corners must satisfy x0 <= x1 and y0 <= y1, got {corners.tolist()}")
+            boxes = scale_boxes(corners, self.original_size, self.image_size).to(self.device)
+        if mask_input is not None:
+            masks = as_tensor(mask_input, torch.float32)
+            low_res = self.model.prompt_encoder.mask_input_size
+            if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(low_res) or masks.shape[0] != 1:
+                raise ValueError(f"mask_input must be 1 x {low_res[0]} x {low_res[1]}, got shape {tuple(masks.shape)}")
+            masks = masks[None].to(self.device)
+        return points, boxes, masks
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        point_coords: ArrayLike | None = None,
+        point_labels: ArrayLike | None = None,
+        box: ArrayLike | None = None,
+        mask_input: ArrayLike | None = None,
+        multimask_output: bool = True,
+    ) -> Prediction2D:
+        """Segment the current image from prompts in original-image pixels.
+
+        Args:
+            point_coords: ``N x 2`` clicks ``(x, y)``.
+            point_labels: ``N`` labels: 1 foreground, 0 background (-1 padding).
+            box: ``(x0, y0, x1, y1)`` or ``K x 4``; several boxes give several masks (points and mask are shared).
+            mask_input: ``1 x h x w`` low-res mask prompt (h, w = 4x the embedding grid).
+            multimask_output: decode three candidates and keep the best by predicted IoU (True, upstream's
+                default) or decode the single-mask token (False).
+        """
+        if not self.is_image_set:
+            raise RuntimeError("call set_image(...) before predict(...)")
+        points, boxes, masks = self._prompts(point_coords, point_labels, box, mask_input)
+        prompt_sets = boxes.shape[0] if boxes is not None else 1
+        if prompt_sets > 1:
+            if points is not None:
+                points = (points[0].expand(prompt_sets, -1, -1), points[1].expand(prompt_sets, -1))
+            if masks is not None:
+                masks = masks.expand(prompt_sets, -1, -1, -1)
+        model = self.model
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        decoded = model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        low_res, iou = decoded.low_res_logits, decoded.iou_predictions
+        if multimask_output:
+            low_res, iou = select_best_mask(low_res, iou)
+        logits = postprocess_for_predictor(low_res, self.image_size, self.original_size)
+        return Prediction2D(
+            logits=logits[:, 0], masks=binarize(logits[:, 0]), iou_predictions=iou[:, 0], low_res_logits=low_res[:, 0]
+        )
