@@ -3,5 +3,6 @@
 from zoo.models.outputs import MaskPrediction
 from zoo.models.sam_med2d import SamMed2D, SamMed2DConfig
 from zoo.models.sam_med3d import SamMed3D, SamMed3DConfig
+from zoo.models.sam_unet import SamUNet, SamUNetConfig
 
-__all__ = ["MaskPrediction", "SamMed2D", "SamMed2DConfig", "SamMed3D", "SamMed3DConfig"]
+__all__ = ["MaskPrediction", "SamMed2D", "SamMed2DConfig", "SamMed3D", "SamMed3DConfig", "SamUNet", "SamUNetConfig"]

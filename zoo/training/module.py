@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from zoo.inference.common import select_best_mask
 from zoo.prompts.convert import sam_med2d_prompts, sam_med3d_prompts
 from zoo.prompts.simulate import boxes_from_masks, first_click_random_foreground, next_click_random_error
 from zoo.prompts.types import MaskPrompts, PointPrompts
@@ -90,12 +91,10 @@ class PromptableSegmentationModule(L.LightningModule):
 
     @staticmethod
     def _best_mask(low_res: Tensor, iou: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Keep the mask with the highest predicted IoU per sample (multimask output)."""
-        if low_res.shape[1] == 1 or iou is None:
+        """The single mask, or with multimask output the one with the highest predicted IoU."""
+        if iou is None or low_res.shape[1] == 1:
             return low_res[:, :1], None if iou is None else iou[:, :1]
-        best = iou.argmax(dim=1)
-        rows = torch.arange(low_res.shape[0], device=low_res.device)
-        return low_res[rows, best][:, None], iou[rows, best][:, None]
+        return select_best_mask(low_res, iou)
 
     # ---------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
