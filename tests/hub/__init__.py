@@ -1,0 +1,1 @@
+"""Tests of zoo.hub: safe checkpoint reading, conversion, Hub format."""

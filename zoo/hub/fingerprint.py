@@ -1,0 +1,70 @@
+"""Tell which model family (and released variant) a state dict belongs to, from its key names and shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+_PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
+_POS_EMBED = "image_encoder.pos_embed"
+# Upstream SAM-UNet names and the zoo's own SAM-UNet names (the family hook accepts both).
+_SAM_UNET_PREFIXES = ("image_encoder.sam_img_encoder.", "resnet.", "adapters_in.", "adapters_bridge.")
+_RESNET50_ONLY_KEYS = ("resnet.stage1.0.conv3.weight", "resnet.layer1.0.conv3.weight")  # bottlenecks: a third conv
+_VIT_B_WIDTH = 768
+
+
+@dataclass(frozen=True)
+class CheckpointKind:
+    """What a state dict looks like.
+
+    Attributes:
+        family: the model family (``sam_med3d``, ``sam_med2d``, ``sam_unet``).
+        model_name: the released variant whose full-size shapes it has, or ``None`` when none matches.
+        evidence: a short human-readable reason, used in error messages.
+    """
+
+    family: str
+    model_name: str | None
+    evidence: str
+
+
+def detect_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> CheckpointKind | None:
+    """The family and released variant that ``state_dict`` (upstream key names) belongs to; ``None`` if unknown."""
+    if any(key.startswith(_SAM_UNET_PREFIXES) for key in state_dict):
+        return _detect_sam_unet(state_dict)
+    patch_embed = state_dict.get(_PATCH_EMBED)
+    if patch_embed is None:
+        return None
+    width = patch_embed.shape[0]
+    if patch_embed.ndim == 5:
+        name = "sam_med3d_turbo" if width == _VIT_B_WIDTH else None
+        return CheckpointKind("sam_med3d", name, f"3-D patch embedding {tuple(patch_embed.shape)}")
+    if patch_embed.ndim == 4:
+        return _detect_2d_sam(state_dict, width)
+    return None
+
+
+def _detect_sam_unet(state_dict: Mapping[str, torch.Tensor]) -> CheckpointKind:
+    variant = "sam_unet_r50" if any(key in state_dict for key in _RESNET50_ONLY_KEYS) else "sam_unet_r34"
+    backbone = "ResNet-50" if variant == "sam_unet_r50" else "ResNet-34"
+    return CheckpointKind("sam_unet", variant, f"SAM ViT wrapped as 'sam_img_encoder' beside a {backbone} branch")
+
+
+def _detect_2d_sam(state_dict: Mapping[str, torch.Tensor], width: int) -> CheckpointKind:
+    has_adapters = any(".Adapter." in key for key in state_dict)
+    pos_embed = state_dict.get(_POS_EMBED)
+    grid = tuple(pos_embed.shape[1:3]) if pos_embed is not None else None
+    patch = state_dict[_PATCH_EMBED].shape[-1]
+    input_size = grid[0] * patch if grid else None
+    shape_note = f"2-D patch embedding of width {width}, input {input_size}"
+    if width != _VIT_B_WIDTH:
+        return CheckpointKind("sam_med2d", None, f"{shape_note}: not a ViT-B")
+    if has_adapters:
+        name = "sam_med2d_b" if input_size == 256 else None
+        return CheckpointKind("sam_med2d", name, f"{shape_note}, with SAM-Med2D adapters")
+    if input_size == 1024:
+        return CheckpointKind("sam_med2d", "sam_vit_b", f"{shape_note}, no adapters: Meta's SAM ViT-B")
+    other_size = "no adapters: a SAM ViT-B at another input size (e.g. SAM-Med2D without adapters)"
+    return CheckpointKind("sam_med2d", None, f"{shape_note}, {other_size}")
