@@ -173,12 +173,6 @@ def test_the_console_script_runs_convert_end_to_end(med3d, med3d_file, tmp_path)
     assert identical_state_dicts(zoo.from_pretrained(tmp_path / "out").state_dict(), med3d.state_dict())
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
-def test_training_subcommands_say_they_are_not_available_yet(subcommand, capsys):
-    assert main([subcommand, "--config", "recipe.yaml"]) == 2
-    assert "not available yet" in capsys.readouterr().err
-
-
 def test_the_zoo_console_script_points_at_the_cli():
     from importlib.metadata import entry_points
 

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 
 from zoo.cli import convert
 
-#: Training and evaluation subcommands; they will dispatch to LightningCLI once the training layer exists.
+#: Training and evaluation subcommands, handed to LightningCLI with the rest of the command line.
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-NOT_AVAILABLE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     convert.add_parser(subcommands)
     for name in LIGHTNING_SUBCOMMANDS:
-        lightning = subcommands.add_parser(name, help=f"{name} with a YAML recipe (not available yet)", add_help=False)
+        lightning = subcommands.add_parser(name, help=f"{name} with a YAML recipe (LightningCLI)", add_help=False)
         lightning.set_defaults(run=run_lightning)
     return parser
 
@@ -34,9 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_lightning(args: argparse.Namespace) -> int:
-    # The training issue replaces this with LightningCLI, passing args.lightning_args through.
-    print(f"zoo {args.command}: not available yet (training and evaluation are not implemented)", file=sys.stderr)
-    return NOT_AVAILABLE
+    from zoo.cli.lightning import cli_main
+
+    cli_main([args.command, *args.lightning_args])
+    return 0
 
 
 if __name__ == "__main__":

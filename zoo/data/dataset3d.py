@@ -1,0 +1,113 @@
+"""One binary 3D target per item, preprocessed for SAM-Med3D, with what it takes to go back.
+
+Batch format (``torch.utils.data.default_collate`` of :class:`Sample3D` dicts; ``B`` = batch size):
+
+============================  ===========================  ==================================================
+key                           type / shape                 meaning
+============================  ===========================  ==================================================
+``image``                     float32 ``B x 1 x S x S x S``  normalised crop (the model input; S = 128)
+``target``                    bool ``B x 1 x S x S x S``     binary target in the crop
+``class_id``                  int64 ``B``                  label value of the target in the label file
+``class_name``                list[str]                    its name (dataset.json / target folder)
+``case_id``                   list[str]                    case identifier
+``image_path``/``label_path`` list[str]                    source files
+``crop_affine``               float64 ``B x 4 x 4``        crop voxel index -> world (RAS mm)
+``original_affine``           float64 ``B x 4 x 4``        file voxel index -> world (RAS mm)
+``original_shape``            int64 ``B x 3``              file grid shape
+============================  ===========================  ==================================================
+
+Invert with :func:`~zoo.data.transforms3d.restore_to_original` (masks) and
+:func:`~zoo.data.transforms3d.crop_to_original_map` (prompts), one sample at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypedDict
+
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from zoo.data.errors import DataError
+from zoo.data.layout3d import TargetRecord
+from zoo.data.nifti import check_same_grid, load_image, load_label
+from zoo.data.transforms3d import IMAGE_KEY, LABEL_KEY, PATH_KEY
+
+
+class Sample3D(TypedDict):
+    """One item; see the module docstring for the batched form."""
+
+    image: Tensor
+    target: Tensor
+    class_id: int
+    class_name: str
+    case_id: str
+    image_path: str
+    label_path: str
+    crop_affine: Tensor
+    original_affine: Tensor
+    original_shape: Tensor
+
+
+def _data_error_in(exc: BaseException) -> DataError | None:
+    """MONAI wraps transform errors in RuntimeErrors; find a DataError in the chain."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, DataError):
+            return current
+        current = current.__cause__
+    return None
+
+
+class TargetDataset(Dataset[Sample3D]):
+    """Loads, checks and preprocesses one :class:`~zoo.data.layout3d.TargetRecord` per index.
+
+    Random transforms draw their seed from torch's global generator per item, so ``seed_everything`` plus
+    Lightning's worker seeding makes epochs reproducible.
+    """
+
+    def __init__(self, targets: Sequence[TargetRecord], transform: Compose) -> None:
+        self.targets = list(targets)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Sample3D:
+        record = self.targets[index]
+        image = load_image(record.image_path)
+        label = load_label(record.label_path)
+        check_same_grid(image, label)
+        binary = torch.from_numpy(label.array == record.class_id).to(torch.uint8)
+        if not bool(binary.any()):
+            raise DataError(record.label_path, f"class {record.class_id} ({record.class_name}) is not in this label")
+        affine = torch.from_numpy(image.affine)
+        data = {
+            IMAGE_KEY: MetaTensor(torch.from_numpy(image.array)[None], affine=affine),
+            LABEL_KEY: MetaTensor(binary[None], affine=affine.clone()),
+            PATH_KEY: str(record.image_path),
+        }
+        self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+        try:
+            out = self.transform(data)
+        except Exception as exc:
+            found = _data_error_in(exc)
+            if found is not None:
+                raise found from exc
+            raise
+        processed_image, processed_label = out[IMAGE_KEY], out[LABEL_KEY]
+        return Sample3D(
+            image=processed_image.as_tensor().to(torch.float32).contiguous(),
+            target=(processed_label.as_tensor() > 0.5).contiguous(),
+            class_id=record.class_id,
+            class_name=record.class_name,
+            case_id=record.case_id,
+            image_path=str(record.image_path),
+            label_path=str(record.label_path),
+            crop_affine=processed_image.affine.to(torch.float64).clone(),
+            original_affine=affine.clone(),
+            original_shape=torch.tensor(image.shape, dtype=torch.int64),
+        )

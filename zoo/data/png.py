@@ -1,0 +1,55 @@
+"""Reading 2D PNG images and object masks, with bad files turned into :class:`~zoo.data.errors.DataError`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from zoo.data.errors import DataError
+
+# PIL modes holding 8-bit samples; they convert to 3-channel RGB as cv2.imread(..., IMREAD_COLOR) would.
+_EIGHT_BIT_IMAGE_MODES = {"L", "LA", "P", "RGB", "RGBA"}
+_MASK_MODES = {"1", "L", "P"}
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        problem = f"cannot read the image; it is truncated or not an image ({type(exc).__name__}: {exc})"
+        raise DataError(path, problem) from exc
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An 8-bit image as ``H x W x 3`` uint8 RGB (grey replicated, alpha dropped)."""
+    file = Path(path)
+    image = _open(file)
+    if image.mode not in _EIGHT_BIT_IMAGE_MODES:
+        raise DataError(file, f"expected an 8-bit grey or RGB image, got PIL mode {image.mode!r}")
+    return np.array(image.convert("RGB"))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A single-object mask (single channel, values {0, 255} or {0, 1}) as ``H x W`` bool; empty is an error."""
+    file = Path(path)
+    image = _open(file)
+    if image.mode not in _MASK_MODES:
+        raise DataError(file, f"expected a single-channel mask, got PIL mode {image.mode!r}")
+    values = np.asarray(image)
+    if image.mode == "1":
+        mask = values.astype(bool)
+    else:
+        present = np.unique(values)
+        foreground = 255 if present.max(initial=0) == 255 else 1
+        if not set(present.tolist()) <= {0, foreground}:
+            raise DataError(file, f"mask values must be 0/255 or 0/1, found {present[:10].tolist()}")
+        mask = values == foreground
+    if not mask.any():
+        raise DataError(file, "mask is empty (no foreground pixel)")
+    return mask

@@ -1,0 +1,249 @@
+"""2D data in the SA-Med2D layout: PNG images, one PNG per object mask, linked by JSON files.
+
+* ``image2label_<split>.json``: ``{image_path: [mask_path, ...]}`` (SAM-Med2D's training set);
+* ``label2image_<split>.json``: ``{mask_path: image_path}`` (its test set, one sample per mask).
+
+Relative paths resolve against ``path_root`` (default: the JSON file's folder).
+
+Batch format (:func:`collate_2d`; ``B`` samples, ``N`` masks per sample, ``S`` = 256):
+
+=====================  ===========================  =============================================================
+key                    type / shape                 meaning
+=====================  ===========================  =============================================================
+``image``              float32 ``B x 3 x S x S``    normalised (SAM mean/std) and padded/stretched model input
+``masks``              bool ``B x N x 1 x S x S``   object masks on the input grid (N = masks_per_image in
+                                                    training, 1 per sample in evaluation)
+``mask_paths``         list of ``N``-lists of str   source mask files
+``image_path``         list[str]                    source image
+``original_size``      int64 ``B x 2``              ``(H, W)`` of the original image
+``padded``             bool ``B``                   True: centred zero padding; False: nearest stretch
+``pad_offset``         int64 ``B x 2``              ``(top, left)`` of the image on the canvas when padded
+``original_masks``     list of bool ``N x H x W``   evaluation only: masks at the original size (for metrics)
+=====================  ===========================  =============================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zoo.data.errors import DataError
+from zoo.data.png import read_image, read_mask
+from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, prepare_image_and_masks
+from zoo.inference.preprocess2d import Letterbox
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise DataError(path, "file not found") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot parse JSON ({exc})") from exc
+
+
+def _resolve(json_path: Path, root: Path, relative: Any) -> Path:
+    if not isinstance(relative, str):
+        raise DataError(json_path, f"expected a path string, got {relative!r}")
+    path = Path(relative)
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise DataError(json_path, f"references a missing file: {path} (set path_root if paths are relative elsewhere)")
+    return path
+
+
+def read_image2label(json_path: str | Path, path_root: str | Path | None = None) -> list[tuple[Path, list[Path]]]:
+    """``(image, [masks])`` pairs from an ``image2label`` JSON; every referenced file must exist."""
+    file = Path(json_path)
+    root = Path(path_root) if path_root is not None else file.parent
+    content = _read_json(file)
+    if not isinstance(content, dict):
+        raise DataError(file, "expected a JSON object {image_path: [mask_path, ...]}")
+    pairs = []
+    for image, masks in content.items():
+        if not isinstance(masks, list) or not masks:
+            raise DataError(file, f"image {image!r} must map to a non-empty list of mask paths, got {masks!r}")
+        pairs.append((_resolve(file, root, image), [_resolve(file, root, m) for m in masks]))
+    return pairs
+
+
+def read_label2image(json_path: str | Path, path_root: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """``(image, mask)`` pairs from a ``label2image`` JSON; every referenced file must exist."""
+    file = Path(json_path)
+    root = Path(path_root) if path_root is not None else file.parent
+    content = _read_json(file)
+    if not isinstance(content, dict):
+        raise DataError(file, "expected a JSON object {mask_path: image_path}")
+    return [(_resolve(file, root, image), _resolve(file, root, mask)) for mask, image in content.items()]
+
+
+def load_image_with_masks(image_path: Path, mask_paths: Sequence[Path]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Read an image and its masks, checking every mask has the image's size."""
+    image = read_image(image_path)
+    masks = []
+    for mask_path in mask_paths:
+        mask = read_mask(mask_path)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                [image_path, mask_path], f"image size {image.shape[:2]} and mask size {mask.shape} differ"
+            )
+        masks.append(mask)
+    return image, masks
+
+
+def make_sample_2d(
+    image_path: Path,
+    mask_paths: Sequence[Path],
+    image_size: int,
+    keep_original_masks: bool,
+    pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
+    pixel_std: Sequence[float] = SAM_PIXEL_STD,
+) -> dict[str, Any]:
+    """One sample in the documented format from files on disk."""
+    image, masks = load_image_with_masks(image_path, mask_paths)
+    model_input, prepared, letterbox = prepare_image_and_masks(image, masks, image_size, pixel_mean, pixel_std)
+    sample = sample_dict_2d(model_input, prepared, letterbox, str(image_path), [str(p) for p in mask_paths])
+    if keep_original_masks:
+        sample["original_masks"] = torch.from_numpy(np.stack(masks))
+    return sample
+
+
+def sample_dict_2d(
+    model_input: torch.Tensor, masks: torch.Tensor, letterbox: Letterbox, image_path: str, mask_paths: list[str]
+) -> dict[str, Any]:
+    """The documented sample dict from a prepared input, its masks and geometry."""
+    return {
+        "image": model_input,
+        "masks": masks,
+        "mask_paths": mask_paths,
+        "image_path": image_path,
+        "original_size": torch.tensor(letterbox.original_size, dtype=torch.int64),
+        "padded": letterbox.padded,
+        "pad_offset": torch.tensor((letterbox.top, letterbox.left), dtype=torch.int64),
+    }
+
+
+# Keys that stay lists even when their shapes happen to agree, so their type does not depend on the batch.
+RAGGED_KEYS = frozenset({"original_masks", "mask_paths"})
+
+
+def collate_2d(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors of equal shape, and bools/ints, into tensors; keep paths and original-size masks as lists."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if key in RAGGED_KEYS:
+            batch[key] = values
+        elif all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+            batch[key] = torch.stack(values)
+        elif all(isinstance(v, bool) for v in values):
+            batch[key] = torch.tensor(values, dtype=torch.bool)
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            batch[key] = torch.tensor(values, dtype=torch.int64)
+        else:
+            batch[key] = values
+    return batch
+
+
+class ImageMasksDataset(Dataset[dict[str, Any]]):
+    """SAM-Med2D training samples: per image, ``masks_per_image`` masks drawn with replacement.
+
+    Upstream draws with ``random.choices``; here the draw uses torch's global generator, so
+    ``seed_everything`` makes it reproducible.
+    """
+
+    def __init__(
+        self,
+        json_path: str | Path,
+        masks_per_image: int = 5,
+        image_size: int = 256,
+        path_root: str | Path | None = None,
+    ) -> None:
+        if masks_per_image < 1:
+            raise ValueError(f"masks_per_image must be >= 1, got {masks_per_image}")
+        self.items = read_image2label(json_path, path_root)
+        self.masks_per_image, self.image_size = masks_per_image, image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_path, mask_paths = self.items[index]
+        chosen = torch.randint(0, len(mask_paths), (self.masks_per_image,)).tolist()
+        return make_sample_2d(image_path, [mask_paths[i] for i in chosen], self.image_size, keep_original_masks=False)
+
+
+class MaskImageDataset(Dataset[dict[str, Any]]):
+    """SAM-Med2D evaluation samples: one per mask of a ``label2image`` JSON, with the original-size mask."""
+
+    def __init__(self, json_path: str | Path, image_size: int = 256, path_root: str | Path | None = None) -> None:
+        self.items = read_label2image(json_path, path_root)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_path, mask_path = self.items[index]
+        return make_sample_2d(image_path, [mask_path], self.image_size, keep_original_masks=True)
+
+
+class SAMed2DDataModule(pl.LightningDataModule):
+    """SA-Med2D-layout folder: training from ``image2label_train.json``, evaluation from ``label2image_test.json``.
+
+    Args:
+        root: folder holding the JSON files.
+        train_json / eval_json: file names inside ``root`` (the evaluation file serves validation and test).
+        path_root: folder the JSON paths are relative to (default ``root``).
+        masks_per_image: masks drawn per training image (upstream ``mask_num=5``).
+        image_size: model input size (256).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        train_json: str = "image2label_train.json",
+        eval_json: str = "label2image_test.json",
+        path_root: str | Path | None = None,
+        masks_per_image: int = 5,
+        image_size: int = 256,
+        batch_size: int = 2,
+        eval_batch_size: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.train_json, self.eval_json, self.path_root = train_json, eval_json, path_root
+        self.masks_per_image, self.image_size = masks_per_image, image_size
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.train_set: ImageMasksDataset | None = None
+        self.eval_set: MaskImageDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        root = self.path_root if self.path_root is not None else self.root
+        if (self.root / self.train_json).exists() and stage in (None, "fit"):
+            self.train_set = ImageMasksDataset(self.root / self.train_json, self.masks_per_image, self.image_size, root)
+        self.eval_set = MaskImageDataset(self.root / self.eval_json, self.image_size, root)
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() first (and check the JSON file exists)")
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate_2d
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_set, self.eval_batch_size, shuffle=False)
