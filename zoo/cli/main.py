@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from zoo.cli import convert
+from zoo.cli import convert, demo
 
 #: Training and evaluation subcommands, handed to LightningCLI with the rest of the command line.
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="Promptable medical image segmentation model zoo.")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     convert.add_parser(subcommands)
+    demo.add_parser(subcommands)
     for name in LIGHTNING_SUBCOMMANDS:
         lightning = subcommands.add_parser(name, help=f"{name} with a YAML recipe (LightningCLI)", add_help=False)
         lightning.set_defaults(run=run_lightning)

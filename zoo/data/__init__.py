@@ -6,7 +6,9 @@ from zoo.data.errors import DataError
 from zoo.data.layout3d import CaseFiles, TargetRecord, find_cases, list_targets, read_dataset_json
 from zoo.data.nifti import Volume, check_same_grid, load_image, load_label, read_header
 from zoo.data.png import read_image, read_mask
+from zoo.data.predict import PromptedImagesDataModule
 from zoo.data.sa_med2d import ImageMasksDataset, MaskImageDataset, SAMed2DDataModule, collate_2d
+from zoo.data.sliced import SlicedVolumeDataModule
 from zoo.data.slicer import SlicedVolumeDataset, assemble_volume, slice_volume
 from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, letterbox_index_map, prepare_image_and_masks
 from zoo.data.transforms3d import build_transforms_3d, crop_to_original_map, restore_to_original
@@ -19,8 +21,10 @@ __all__ = [
     "ImageMasksDataset",
     "MaskImageDataset",
     "NiftiDataModule3D",
+    "PromptedImagesDataModule",
     "SAMed2DDataModule",
     "Sample3D",
+    "SlicedVolumeDataModule",
     "SlicedVolumeDataset",
     "TargetDataset",
     "TargetRecord",

@@ -16,13 +16,15 @@ def build_model(
     overrides: dict[str, Any] | None = None,
     weights: str | None = None,
     sam_init: str | None = None,
+    resnet_init: str | None = None,
 ) -> nn.Module:
     """Build ``name`` with config ``overrides``, then take its weights from ``weights`` or ``sam_init``.
 
     ``weights``: a Hub-format folder or repo id (``zoo.from_pretrained``; its config wins and ``overrides`` must be
     empty), or an authors' checkpoint file loaded strictly through the converter. ``sam_init``: a SAM ViT-B
     checkpoint file to initialise from the way SAM-Med2D and SAM-UNet do (position tables resized, new parts
-    left at their initialisation).
+    left at their initialisation). ``resnet_init``: with ``sam_init``, the ImageNet ResNet state dict file for
+    SAM-UNet's convolutional branch (a local file; nothing is downloaded).
     """
     if weights is not None and sam_init is not None:
         raise ValueError("give either weights (a trained model) or sam_init (an initialisation), not both")
@@ -33,7 +35,13 @@ def build_model(
     model = zoo.create_model(name, **(overrides or {}))
     if weights is not None:
         load_official_weights(model, weights)
-    if sam_init is not None:
+    if resnet_init is not None and (sam_init is None or getattr(model, "family", None) != "sam_unet"):
+        raise ValueError("resnet_init is SAM-UNet's initialisation and goes together with sam_init")
+    if sam_init is not None and resnet_init is not None:
+        from zoo.models.sam_unet_init import init_sam_unet
+
+        init_sam_unet(model, sam_init, resnet_init)
+    elif sam_init is not None:
         init_from_sam(model, sam_init)
     return model
 

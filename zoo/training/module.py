@@ -2,6 +2,7 @@
 
 import hashlib
 import random
+from dataclasses import fields, replace
 from typing import Any
 
 import lightning as L
@@ -24,10 +25,10 @@ from zoo.training.schedules import EvaluationProtocol, TrainingPromptSchedule
 class PromptableSegmentationModule(L.LightningModule):
     """Trains and evaluates any zoo model with the interactive prompt loop its paper uses.
 
-    Batches are dicts with ``image`` (``B x C x *spatial`` at the model's input size), ``label`` (``B x 1 x
-    *spatial`` binary target) and ``class_index`` (``B``); 3D batches may carry ``spacing`` (``B x 3`` mm) for NSD.
-    What differs between papers is configuration: the prompt schedule, the loss, the trainable parts and the
-    optimiser groups.
+    Batches come from the zoo DataModules: ``image`` (``B x C x *spatial`` at the model's input size) with either
+    ``target`` (``B x 1 x *spatial``, one binary target per image: 3D) or ``masks`` (``B x N x *spatial``, N targets
+    per image sharing one image embedding: 2D), and ``class_name`` per target. What differs between papers is
+    configuration: the prompt schedule, the loss, the trainable parts and the optimiser groups.
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class PromptableSegmentationModule(L.LightningModule):
         model_overrides: dict[str, Any] | None = None,
         weights: str | None = None,
         sam_init: str | None = None,
+        resnet_init: str | None = None,
         loss: SegmentationLoss | None = None,
         train_prompts: TrainingPromptSchedule | None = None,
         eval_prompts: EvaluationProtocol | None = None,
@@ -48,8 +50,12 @@ class PromptableSegmentationModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss"])
-        self.net = build_model(model, model_overrides, weights, sam_init)
+        # Only plain values go into checkpoints, so they load with torch.load(weights_only=True); the full
+        # configuration (loss, schedules, optimiser) is saved by LightningCLI as config.yaml beside the run.
+        self.save_hyperparameters(
+            ignore=["loss", "train_prompts", "eval_prompts", "lr_groups", "optimizer", "lr_scheduler"]
+        )
+        self.net = build_model(model, model_overrides, weights, sam_init, resnet_init)
         set_trainable(self.net, freeze or [], unfreeze or [])
         self.loss = loss if loss is not None else SegmentationLoss(dice=1.0)
         self.train_prompts = train_prompts or TrainingPromptSchedule()
@@ -58,10 +64,55 @@ class PromptableSegmentationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.seed = seed
-        self.class_names = list(class_names or ["foreground"])
-        self.metrics = nn.ModuleDict(
-            {key: PerClassMean(len(self.class_names)) for key in self._metric_keys("val") + self._metric_keys("test")}
-        )
+        self.class_names = list(class_names or [])
+        self.metrics = nn.ModuleDict()
+
+    def setup(self, stage: str) -> None:
+        """Take the class list from the DataModule (unless the recipe fixed it) and build the metrics."""
+        if not self.class_names:
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            self.class_names = list(getattr(datamodule, "class_names", None) or ["foreground"])
+        keys = self._metric_keys("val") + self._metric_keys("test")
+        self.metrics = nn.ModuleDict({key: PerClassMean(len(self.class_names)) for key in keys}).to(self.device)
+
+    # ------------------------------------------------------------------------------------------------ batches
+    def _unpack(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+        """Images, binary targets ``P x 1 x *spatial``, the image of each target (``P``) and its class name."""
+        images = batch["image"]
+        if "target" in batch:
+            targets = batch["target"]
+            image_index = torch.arange(images.shape[0], device=images.device)
+            names = list(batch.get("class_name") or ["foreground"] * images.shape[0])
+        elif "masks" in batch:
+            masks = batch["masks"]  # B x N x *spatial, or B x N x 1 x *spatial
+            per_image = masks.shape[1]
+            spatial = masks.shape[-(images.ndim - 2) :]
+            targets = masks.reshape(-1, 1, *spatial)
+            image_index = torch.arange(images.shape[0], device=images.device).repeat_interleave(per_image)
+            given = batch.get("class_name")
+            if not given:
+                names = ["foreground"] * targets.shape[0]
+            else:  # one name per image (N = 1) or a list of N names per image
+                names = [n for sample in given for n in ([sample] if isinstance(sample, str) else sample)]
+        else:
+            raise KeyError(f"a batch needs 'target' or 'masks' beside 'image'; got keys {sorted(batch)}")
+        return images, targets.bool(), image_index, names
+
+    def _class_indices(self, names: list[str]) -> Tensor:
+        lookup = {name: i for i, name in enumerate(self.class_names)}
+        unknown = sorted(set(names) - set(lookup))
+        if unknown:
+            raise KeyError(f"classes {unknown} are not in the module's class list {self.class_names}")
+        return torch.tensor([lookup[n] for n in names], device=self.device)
+
+    @staticmethod
+    def _per_target(features: Any, image_index: Tensor) -> Any:
+        """Image features for each target: a tensor indexed along batch, or a dataclass of such tensors."""
+        if isinstance(features, Tensor):
+            return features if image_index.numel() == features.shape[0] and bool(
+                (image_index == torch.arange(features.shape[0], device=image_index.device)).all()
+            ) else features[image_index]
+        return replace(features, **{f.name: getattr(features, f.name)[image_index] for f in fields(features)})
 
     # ----------------------------------------------------------------------------------------------- prompts
     @property
@@ -98,7 +149,7 @@ class PromptableSegmentationModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        images, target = batch["image"], batch["label"]
+        images, target, image_index, _ = self._unpack(batch)
         schedule = self.train_prompts
         generator = self._generator("train", batch_idx)
         rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
@@ -110,7 +161,7 @@ class PromptableSegmentationModule(L.LightningModule):
         if schedule.mask_only_last and schedule.iterations > 1:
             mask_only.add(schedule.iterations - 1)
 
-        features = self.net.encode_image(images)
+        features = self._per_target(self.net.encode_image(images), image_index)
         low_res = None
         if schedule.zero_mask_first:
             low_res = torch.zeros(target.shape[0], 1, *self.net.prompt_encoder.mask_input_size, device=self.device)
@@ -131,15 +182,16 @@ class PromptableSegmentationModule(L.LightningModule):
             if it > 0 and schedule.decoder_only_after_first:
                 with torch.no_grad():
                     sparse, dense = self.net.embed_prompts(**prompts)
-                out = self.net.decode_embeddings(features.detach(), sparse, dense, schedule.multimask_output)
+                detached = features.detach() if isinstance(features, Tensor) else features
+                out = self.net.decode_embeddings(detached, sparse, dense, schedule.multimask_output)
             else:
                 out = self.net.decode(features, **prompts, multimask_output=schedule.multimask_output)
             step_low_res, iou = self._best_mask(out.low_res_logits, out.iou_predictions)
             logits = self._upsample(step_low_res, spatial)
-            total = total + self.loss(logits, target, iou)
+            total = total + self.loss(logits, target.to(logits.dtype), iou)
             low_res = step_low_res.detach()
             prediction = (logits.detach() > schedule.click_threshold)[:, 0]
-        self.log("train/loss", total, prog_bar=True, batch_size=images.shape[0])
+        self.log("train/loss", total, prog_bar=True, batch_size=target.shape[0])
         return total
 
     def _first_training_prompt(self, target: Tensor, rng: random.Random, generator: torch.Generator):
@@ -174,12 +226,12 @@ class PromptableSegmentationModule(L.LightningModule):
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
         protocol = self.eval_prompts
-        images, target = batch["image"], batch["label"]
-        target_mask = target[:, 0].bool()
-        class_index = batch["class_index"].long()
-        spacing = batch.get("spacing")
+        images, target, image_index, names = self._unpack(batch)
+        target_mask = target[:, 0]
+        class_index = self._class_indices(names)
+        spacing = getattr(self.trainer.datamodule, "spacing", None) if self._trainer is not None else None
         generator = torch.Generator().manual_seed(protocol.seed + batch_idx)
-        features = self.net.encode_image(images)
+        features = self._per_target(self.net.encode_image(images), image_index)
         spatial = tuple(target.shape[2:])
 
         def record(name: str, logits: Tensor) -> None:
@@ -187,13 +239,8 @@ class PromptableSegmentationModule(L.LightningModule):
             self.metrics[f"{stage}__dice__{name}"].update(dice_per_sample(pred, target), class_index)
             if protocol.nsd_tolerance_mm is not None:
                 if spacing is None:
-                    raise ValueError("NSD needs the voxel spacing: the batch has no 'spacing' entry")
-                nsd = torch.stack(
-                    [
-                        surface_dice_per_sample(p[None], t[None], protocol.nsd_tolerance_mm, s.tolist())[0]
-                        for p, t, s in zip(pred, target, spacing)
-                    ]
-                )
+                    raise ValueError("NSD needs the crop spacing: the DataModule has no 'spacing' attribute")
+                nsd = surface_dice_per_sample(pred, target, protocol.nsd_tolerance_mm, list(spacing))
                 self.metrics[f"{stage}__nsd__{name}"].update(nsd, class_index)
 
         if protocol.clicks:
@@ -242,3 +289,9 @@ class PromptableSegmentationModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    # -------------------------------------------------------------------------------------------- prediction
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
+        from zoo.training.prediction import predict_batch
+
+        return predict_batch(self.net, batch)
