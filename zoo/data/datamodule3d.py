@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from zoo.data.dataset3d import TargetDataset
 from zoo.data.layout3d import CaseFiles, Layout, TargetRecord, find_cases, list_targets
+from zoo.data.sampling import SeededSampler
 from zoo.data.transforms3d import CropCenter, Normalization, as_triple, build_transforms_3d
 
 # SAM-Med3D's train.py: Dataset_Union_ALL(..., threshold=1000) drops targets with <= 1000 voxels at 1.5 mm.
@@ -20,6 +21,10 @@ UPSTREAM_MIN_TARGET_VOXELS = 1000
 
 class NiftiDataModule3D(pl.LightningDataModule):
     """Binary 128^3 targets from a 3D dataset folder; batches as documented in :mod:`zoo.data.dataset3d`.
+
+    Every loader uses a :class:`~zoo.data.sampling.SeededSampler`: the training order and each target's random
+    crop and flips are functions of ``(seed, epoch, item)`` (a resumed run replays them), and with several
+    processes each rank reads its own shard. After :meth:`setup`, :attr:`class_names` lists the dataset's classes.
 
     Args:
         root: dataset folder (``dataset.json`` + ``imagesTr``/``labelsTr``, or the per-target tree).
@@ -38,6 +43,7 @@ class NiftiDataModule3D(pl.LightningDataModule):
         classes: restrict to these label values.
         val_fraction: share of ``Tr`` cases (not targets) held out for validation, chosen with ``split_seed``.
         channel: image channel (``_000c`` suffix) for the nnU-Net layout.
+        seed: seed of the training order and of the random crops and flips.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class NiftiDataModule3D(pl.LightningDataModule):
         channel: int = 0,
         batch_size: int = 1,
         num_workers: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -69,7 +76,8 @@ class NiftiDataModule3D(pl.LightningDataModule):
         self.train_crop, self.flips = train_crop, flips
         self.min_target_voxels, self.classes = min_target_voxels, classes
         self.val_fraction, self.split_seed, self.channel = val_fraction, split_seed, channel
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self._class_names: list[str] | None = None
         self.train_targets: list[TargetRecord] = []
         self.val_targets: list[TargetRecord] = []
         self.test_targets: list[TargetRecord] = []
@@ -84,14 +92,33 @@ class NiftiDataModule3D(pl.LightningDataModule):
         val_ids = set(order[:num_val])
         return [c for i, c in enumerate(cases) if i not in val_ids], [c for i, c in enumerate(cases) if i in val_ids]
 
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the classes the targets can have, after :meth:`setup`.
+
+        nnU-Net layout: ``dataset.json``'s foreground labels in label-value order (restricted to ``classes``);
+        per-target layout: the target folder names, sorted.
+        """
+        if self._class_names is None:
+            raise RuntimeError("class_names is known after setup()")
+        return list(self._class_names)
+
+    @staticmethod
+    def _names_of(cases: list[CaseFiles], classes: list[int] | None) -> list[str]:
+        pairs = {(cid, name) for case in cases for cid, name in case.class_names.items()}
+        wanted = sorted(p for p in pairs if classes is None or p[0] in classes)
+        return list(dict.fromkeys(name for _, name in wanted))
+
     def setup(self, stage: str | None = None) -> None:
-        train_cases, val_cases = self._split_cases(find_cases(self.root, self.layout, "Tr", self.channel))
+        all_train_cases = find_cases(self.root, self.layout, "Tr", self.channel)
+        train_cases, val_cases = self._split_cases(all_train_cases)
         self.train_targets, self.skipped_targets = list_targets(
             train_cases, self.spacing, self.min_target_voxels, self.classes
         )
         self.val_targets, _ = list_targets(val_cases, self.spacing, 0, self.classes)
         test_cases = find_cases(self.root, self.layout, "Ts", self.channel)
         self.test_targets, _ = list_targets(test_cases, self.spacing, 0, self.classes)
+        self._class_names = self._names_of(all_train_cases + test_cases, self.classes)
 
     def _transform(self, train: bool) -> Compose:
         return build_transforms_3d(
@@ -106,10 +133,11 @@ class NiftiDataModule3D(pl.LightningDataModule):
         )
 
     def _loader(self, targets: list[TargetRecord], train: bool) -> DataLoader:
+        dataset = TargetDataset(targets, self._transform(train))
         return DataLoader(
-            TargetDataset(targets, self._transform(train)),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=SeededSampler(dataset, shuffle=train, seed=self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from zoo.data.errors import DataError
 from zoo.data.layout3d import TargetRecord
 from zoo.data.nifti import check_same_grid, load_image, load_label
+from zoo.data.sampling import SEED_BOUND, ItemKey
 from zoo.data.transforms3d import IMAGE_KEY, LABEL_KEY, PATH_KEY
 
 
@@ -65,8 +66,9 @@ def _data_error_in(exc: BaseException) -> DataError | None:
 class TargetDataset(Dataset[Sample3D]):
     """Loads, checks and preprocesses one :class:`~zoo.data.layout3d.TargetRecord` per index.
 
-    Random transforms draw their seed from torch's global generator per item, so ``seed_everything`` plus
-    Lightning's worker seeding makes epochs reproducible.
+    Indexed with an :class:`~zoo.data.sampling.ItemKey` (what :class:`~zoo.data.sampling.SeededSampler` yields),
+    the random transforms are seeded with the key's seed, so an item's crop and flips depend only on
+    ``(seed, epoch, index)``. A plain ``int`` index seeds them from torch's global generator instead.
     """
 
     def __init__(self, targets: Sequence[TargetRecord], transform: Compose) -> None:
@@ -76,7 +78,11 @@ class TargetDataset(Dataset[Sample3D]):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> Sample3D:
+    def __getitem__(self, key: int | ItemKey) -> Sample3D:
+        if isinstance(key, ItemKey):
+            index, seed = key
+        else:
+            index, seed = key, int(torch.randint(0, SEED_BOUND, ()).item())
         record = self.targets[index]
         image = load_image(record.image_path)
         label = load_label(record.label_path)
@@ -90,7 +96,7 @@ class TargetDataset(Dataset[Sample3D]):
             LABEL_KEY: MetaTensor(binary[None], affine=affine.clone()),
             PATH_KEY: str(record.image_path),
         }
-        self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+        self.transform.set_random_state(seed=seed)
         try:
             out = self.transform(data)
         except Exception as exc:

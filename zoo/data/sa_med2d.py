@@ -5,6 +5,9 @@
 
 Relative paths resolve against ``path_root`` (default: the JSON file's folder).
 
+Mask files are named ``<image stem>_<class>_<nnn>.png`` (e.g. ``amos_0004_75_aorta_000.png``); the class name is
+what lies between the image's stem and the trailing instance number (:func:`class_name_of`).
+
 Batch format (:func:`collate_2d`; ``B`` samples, ``N`` masks per sample, ``S`` = 256):
 
 =====================  ===========================  =============================================================
@@ -14,6 +17,8 @@ key                    type / shape                 meaning
 ``masks``              bool ``B x N x 1 x S x S``   object masks on the input grid (N = masks_per_image in
                                                     training, 1 per sample in evaluation)
 ``mask_paths``         list of ``N``-lists of str   source mask files
+``class_name``         list of ``N``-lists of str   training: the class of each drawn mask
+                       list[str]                    evaluation: the class of the sample's mask
 ``image_path``         list[str]                    source image
 ``original_size``      int64 ``B x 2``              ``(H, W)`` of the original image
 ``padded``             bool ``B``                   True: centred zero padding; False: nearest stretch
@@ -25,6 +30,7 @@ key                    type / shape                 meaning
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.errors import DataError
 from zoo.data.png import read_image, read_mask
+from zoo.data.sampling import SEED_BOUND, ItemKey, SeededSampler
 from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, prepare_image_and_masks
 from zoo.inference.preprocess2d import Letterbox
 
@@ -57,6 +64,26 @@ def _resolve(json_path: Path, root: Path, relative: Any) -> Path:
     if not path.is_file():
         raise DataError(json_path, f"references a missing file: {path} (set path_root if paths are relative elsewhere)")
     return path
+
+
+def class_name_of(image_path: Path, mask_path: Path) -> str:
+    """The class in a mask's file name ``<image stem>_<class>_<nnn>.png`` (``--`` separators work too).
+
+    The image's stem is removed from the front when present, then separators, then a trailing ``_<nnn>``
+    instance number; what remains is the class (the mask's own stem if nothing remains).
+    """
+    name = mask_path.stem
+    if name.startswith(image_path.stem):
+        name = name[len(image_path.stem) :]
+    name = re.sub(r"_\d{3}$", "", name.lstrip("_-"))
+    return name or mask_path.stem
+
+
+def _key_parts(key: int | ItemKey) -> tuple[int, int]:
+    """``(index, seed)``; a plain index draws its seed from torch's global generator."""
+    if isinstance(key, ItemKey):
+        return key.index, key.seed
+    return key, int(torch.randint(0, SEED_BOUND, ()).item())
 
 
 def read_image2label(json_path: str | Path, path_root: str | Path | None = None) -> list[tuple[Path, list[Path]]]:
@@ -155,8 +182,9 @@ def collate_2d(samples: list[dict[str, Any]]) -> dict[str, Any]:
 class ImageMasksDataset(Dataset[dict[str, Any]]):
     """SAM-Med2D training samples: per image, ``masks_per_image`` masks drawn with replacement.
 
-    Upstream draws with ``random.choices``; here the draw uses torch's global generator, so
-    ``seed_everything`` makes it reproducible.
+    Upstream draws with ``random.choices``; here the draw uses a ``torch.Generator`` seeded with the
+    :class:`~zoo.data.sampling.ItemKey`'s seed, so it depends only on ``(seed, epoch, index)`` (a plain ``int``
+    index seeds it from torch's global generator).
     """
 
     def __init__(
@@ -174,10 +202,20 @@ class ImageMasksDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted names of every class a mask of this set has."""
+        return sorted({class_name_of(image, mask) for image, masks in self.items for mask in masks})
+
+    def __getitem__(self, key: int | ItemKey) -> dict[str, Any]:
+        index, seed = _key_parts(key)
         image_path, mask_paths = self.items[index]
-        chosen = torch.randint(0, len(mask_paths), (self.masks_per_image,)).tolist()
-        return make_sample_2d(image_path, [mask_paths[i] for i in chosen], self.image_size, keep_original_masks=False)
+        generator = torch.Generator().manual_seed(seed)
+        draws = torch.randint(0, len(mask_paths), (self.masks_per_image,), generator=generator)
+        chosen = [mask_paths[i] for i in draws]
+        sample = make_sample_2d(image_path, chosen, self.image_size, keep_original_masks=False)
+        sample["class_name"] = [class_name_of(image_path, mask) for mask in chosen]
+        return sample
 
 
 class MaskImageDataset(Dataset[dict[str, Any]]):
@@ -190,13 +228,25 @@ class MaskImageDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted names of every class a mask of this set has."""
+        return sorted({class_name_of(image, mask) for image, mask in self.items})
+
+    def __getitem__(self, key: int | ItemKey) -> dict[str, Any]:
+        index, _ = _key_parts(key)
         image_path, mask_path = self.items[index]
-        return make_sample_2d(image_path, [mask_path], self.image_size, keep_original_masks=True)
+        sample = make_sample_2d(image_path, [mask_path], self.image_size, keep_original_masks=True)
+        sample["class_name"] = class_name_of(image_path, mask_path)
+        return sample
 
 
 class SAMed2DDataModule(pl.LightningDataModule):
     """SA-Med2D-layout folder: training from ``image2label_train.json``, evaluation from ``label2image_test.json``.
+
+    Every loader uses a :class:`~zoo.data.sampling.SeededSampler`: the training order and the masks drawn per
+    image are functions of ``(seed, epoch, item)`` (a resumed run replays them), and with several processes each
+    rank reads its own shard. After :meth:`setup`, :attr:`class_names` lists the classes of both sets' masks.
 
     Args:
         root: folder holding the JSON files.
@@ -204,6 +254,7 @@ class SAMed2DDataModule(pl.LightningDataModule):
         path_root: folder the JSON paths are relative to (default ``root``).
         masks_per_image: masks drawn per training image (upstream ``mask_num=5``).
         image_size: model input size (256).
+        seed: seed of the training order and of the masks drawn per image.
     """
 
     def __init__(
@@ -217,26 +268,50 @@ class SAMed2DDataModule(pl.LightningDataModule):
         batch_size: int = 2,
         eval_batch_size: int = 1,
         num_workers: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.root = Path(root)
         self.train_json, self.eval_json, self.path_root = train_json, eval_json, path_root
         self.masks_per_image, self.image_size = masks_per_image, image_size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.seed = seed
+        self._class_names: list[str] | None = None
         self.train_set: ImageMasksDataset | None = None
         self.eval_set: MaskImageDataset | None = None
 
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted class names of the training and evaluation masks (from their file names), after :meth:`setup`.
+
+        Both JSON files count whatever the stage, so the list (and a class's position in it) is the same for
+        ``fit``, ``validate`` and ``test``.
+        """
+        if self._class_names is None:
+            raise RuntimeError("class_names is known after setup()")
+        return list(self._class_names)
+
     def setup(self, stage: str | None = None) -> None:
         root = self.path_root if self.path_root is not None else self.root
-        if (self.root / self.train_json).exists() and stage in (None, "fit"):
-            self.train_set = ImageMasksDataset(self.root / self.train_json, self.masks_per_image, self.image_size, root)
+        train_file = self.root / self.train_json
+        train_set = (
+            ImageMasksDataset(train_file, self.masks_per_image, self.image_size, root) if train_file.exists() else None
+        )
+        if stage in (None, "fit"):
+            self.train_set = train_set
         self.eval_set = MaskImageDataset(self.root / self.eval_json, self.image_size, root)
+        train_names = train_set.class_names if train_set is not None else []
+        self._class_names = sorted({*self.eval_set.class_names, *train_names})
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() first (and check the JSON file exists)")
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate_2d
+            dataset,
+            batch_size=batch_size,
+            sampler=SeededSampler(dataset, shuffle=shuffle, seed=self.seed),
+            num_workers=self.num_workers,
+            collate_fn=collate_2d,
         )
 
     def train_dataloader(self) -> DataLoader:
