@@ -42,6 +42,8 @@ class NiftiDataModule3D(pl.LightningDataModule):
             (upstream: 1000); evaluation keeps every target present.
         classes: restrict to these label values.
         val_fraction: share of ``Tr`` cases (not targets) held out for validation, chosen with ``split_seed``.
+        val_classes: hold out classes instead of cases: these label values are validated on the training cases
+            and never trained on (for a single scan, e.g. the bundled CT). Needs ``val_fraction=0``.
         channel: image channel (``_000c`` suffix) for the nnU-Net layout.
         seed: seed of the training order and of the random crops and flips.
     """
@@ -60,6 +62,7 @@ class NiftiDataModule3D(pl.LightningDataModule):
         min_target_voxels: float = UPSTREAM_MIN_TARGET_VOXELS,
         classes: list[int] | None = None,
         val_fraction: float = 0.2,
+        val_classes: list[int] | None = None,
         split_seed: int = 0,
         channel: int = 0,
         batch_size: int = 1,
@@ -69,6 +72,11 @@ class NiftiDataModule3D(pl.LightningDataModule):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if val_classes and val_fraction:
+            raise ValueError("hold out either cases (val_fraction) or classes (val_classes), not both")
+        if val_classes and classes and set(val_classes) & set(classes):
+            raise ValueError(f"val_classes {sorted(set(val_classes) & set(classes))} are also training classes")
+        self.val_classes = list(val_classes) if val_classes else None
         self.root, self.layout = Path(root), layout
         self.spacing = as_triple(spacing, "spacing")
         self.crop_size, self.normalization = crop_size, normalization
@@ -112,13 +120,19 @@ class NiftiDataModule3D(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         all_train_cases = find_cases(self.root, self.layout, "Tr", self.channel)
         train_cases, val_cases = self._split_cases(all_train_cases)
+        train_classes = self.classes
+        if self.val_classes:
+            val_cases = train_cases
+            if train_classes is None:
+                train_classes = sorted(set().union(*(c.class_names for c in train_cases)) - set(self.val_classes))
         self.train_targets, self.skipped_targets = list_targets(
-            train_cases, self.spacing, self.min_target_voxels, self.classes
+            train_cases, self.spacing, self.min_target_voxels, train_classes
         )
-        self.val_targets, _ = list_targets(val_cases, self.spacing, 0, self.classes)
+        self.val_targets, _ = list_targets(val_cases, self.spacing, 0, self.val_classes or self.classes)
         test_cases = find_cases(self.root, self.layout, "Ts", self.channel)
-        self.test_targets, _ = list_targets(test_cases, self.spacing, 0, self.classes)
-        self._class_names = self._names_of(all_train_cases + test_cases, self.classes)
+        self.test_targets, _ = list_targets(test_cases, self.spacing, 0, self.val_classes or self.classes)
+        named = None if self.classes is None and self.val_classes is None else [*(train_classes or []), *(self.val_classes or [])]
+        self._class_names = self._names_of(all_train_cases + test_cases, named)
 
     def _transform(self, train: bool) -> Compose:
         return build_transforms_3d(
