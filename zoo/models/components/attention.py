@@ -3,9 +3,16 @@
 Tokens are channels-last: ``B x *grid x C``. The relative-position bias is the sum of one term per spatial axis
 (MViTv2 / ViTDet style, as SAM and SAM-Med3D use) and is passed to ``scaled_dot_product_attention`` as an additive
 mask, which is exactly ``softmax(q k^T / sqrt(d) + bias) v``.
+
+``ViTBlock`` runs its attention through ``fast_window_attention`` (exact, without computing window padding)
+unless :func:`reference_attention` is active, which restores upstream's computation with materialised zero
+padding: this module's ``RelPosAttention.forward`` over ``window_partition``-ed windows (tests, benchmarks).
 """
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +20,23 @@ from torch.nn import functional as F
 
 # Parameter suffixes per spatial axis, matching the upstream key names (rel_pos_h/w in 2D, rel_pos_d/h/w in 3D).
 AXIS_NAMES = {2: ("h", "w"), 3: ("d", "h", "w")}
+
+_use_reference: ContextVar[bool] = ContextVar("use_reference_attention", default=False)
+
+
+@contextmanager
+def reference_attention() -> Iterator[None]:
+    """Within this block, windowed attention pads windows with zeros and attends over them, as upstream does."""
+    token = _use_reference.set(True)
+    try:
+        yield
+    finally:
+        _use_reference.reset(token)
+
+
+def reference_attention_enabled() -> bool:
+    """Whether :func:`reference_attention` is active."""
+    return _use_reference.get()
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
@@ -120,9 +144,8 @@ class RelPosAttention(nn.Module):
         bias = None
         if self.use_rel_pos:
             flat_q = q.reshape(batch * self.num_heads, num_tokens, -1)
-            bias = decomposed_rel_pos_bias(
-                flat_q, self.rel_pos_tables(), tuple(grid), tuple(grid), self.sam_med3d_broadcast
-            )
+            tables = [table.to(q.dtype) for table in self.rel_pos_tables()]  # autocast runs the einsums in q's dtype
+            bias = decomposed_rel_pos_bias(flat_q, tables, tuple(grid), tuple(grid), self.sam_med3d_broadcast)
             bias = bias.view(batch, self.num_heads, num_tokens, num_tokens)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.permute(0, 2, 1, 3).reshape(batch, *grid, dim)

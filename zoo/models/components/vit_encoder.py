@@ -6,7 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.components.adapter import ChannelSpatialAdapter
-from zoo.models.components.attention import RelPosAttention, window_partition, window_unpartition
+from zoo.models.components.attention import (
+    RelPosAttention,
+    reference_attention_enabled,
+    window_partition,
+    window_unpartition,
+)
+from zoo.models.components.fast_window_attention import padded_window_attention
 from zoo.models.components.layers import LayerNormNd, MLPBlock, conv_nd
 
 
@@ -23,6 +29,9 @@ class PatchEmbed(nn.Module):
 
 class ViTBlock(nn.Module):
     """Pre-norm transformer block with windowed (``window_size > 0``) or global attention.
+
+    Attention runs on the exact padding-free path of ``fast_window_attention``; inside
+    ``attention.reference_attention()`` it materialises the zero-padded windows as upstream does.
 
     With an adapter (SAM-Med2D) the block computes ``x + mlp(norm2(x)) + Adapter(norm2(x))``.
     """
@@ -56,17 +65,25 @@ class ViTBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
         x = self.norm1(x)
-        if self.window_size > 0:
-            grid = tuple(x.shape[1:-1])
-            windows, padded = window_partition(x, self.window_size)
-            x = window_unpartition(self.attn(windows), self.window_size, padded, grid)
+        if reference_attention_enabled():
+            x = self._reference_attention(x)
         else:
-            x = self.attn(x)
+            grid = tuple(x.shape[1:-1])
+            window = (self.window_size,) * len(grid) if self.window_size > 0 else grid
+            x = padded_window_attention(self.attn, x, window)
         x = shortcut + x
         normed = self.norm2(x)
         if hasattr(self, "Adapter"):
             return x + self.mlp(normed) + self.Adapter(normed)
         return x + self.mlp(normed)
+
+    def _reference_attention(self, x: Tensor) -> Tensor:
+        """Upstream's computation: attention over zero-padded windows (or the whole grid), padding cropped."""
+        if self.window_size == 0:
+            return self.attn(x)
+        grid = tuple(x.shape[1:-1])
+        windows, padded = window_partition(x, self.window_size)
+        return window_unpartition(self.attn(windows), self.window_size, padded, grid)
 
 
 class ImageEncoderViT(nn.Module):

@@ -1,0 +1,338 @@
+"""Encoder and per-click speed of the released architectures on this machine, reference vs fast attention.
+
+For each family at full size, batch 1, on ``--threads`` CPU threads (or a GPU with ``--device cuda``), one row per
+attention path and dtype (fp32, bf16 autocast). Paths: ``reference`` (upstream's zero-padded windows), ``fast``
+(the exact padding-free path, the default) and, with ``--paths ... compiled``, the fast path under
+``torch.compile`` with inductor freezing (fp32 only; minutes of compilation per family on 2 cores). Per row:
+
+* encoder median latency over ``--runs`` runs after one warm-up, and every run;
+* GFLOP executed per encoder pass (``torch.utils.flop_counter``, CPU flash attention counted too) and the
+  achieved GFLOP/s;
+* per-click latency with a cached image embedding (prompt encoder + mask decoder only; median of 20 clicks);
+* peak RSS of the process that ran the row (each row runs in a fresh process), or peak GPU memory;
+* checks on bundled real data: fp32 rows off the reference path report their max abs difference from it
+  (embedding and low-res logits); bf16 rows report the share of voxels/pixels whose binary mask agrees with
+  fp32 on the same path.
+
+It also measures the fp32 GEMM rate of the machine (2048 x 2048 matmul) before and after the rows.
+
+Without ``--weights-3d`` / ``--weights-2d`` the networks are randomly initialised (relative-position tables and
+absolute positions too, which upstream zero-initialises); speed does not depend on the weights, but the bf16 mask
+agreement is then a numerical check, not a statement about the released models.
+
+    python benchmarks/encoder_speed.py                     # reference and fast, fp32 and bf16 (tens of minutes)
+    python benchmarks/encoder_speed.py --families sam_med2d_b --dtypes fp32 --paths fast compiled
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ("sam_med3d_turbo", "sam_med2d_b")
+PATHS = ("reference", "fast", "compiled")  # compiled: the fast path under torch.compile (inductor, freezing)
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+CLICKS = 20
+CT_VOLUME = Path("totalseg_example/ct.nii.gz")
+CT_LABELS = Path("totalseg_example/labels.nii.gz")
+LIVER = 5  # TotalSegmentator 'total' id
+SLICE_IMAGE = Path("sam_med2d_demo/images/amos_0004_75.png")
+SLICE_MASK = Path("sam_med2d_demo/masks/amos_0004_75_liver_000.png")
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+
+
+def data_root(requested: str | None) -> Path:
+    """``--data``, else the repository's ``data/``, else ``/work/shared/data``."""
+    candidates = [Path(requested)] if requested else [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
+    for root in candidates:
+        if (root / CT_VOLUME).is_file() and (root / SLICE_IMAGE).is_file():
+            return root
+    raise FileNotFoundError(f"no bundled data ({CT_VOLUME}, {SLICE_IMAGE}) under {', '.join(map(str, candidates))}")
+
+
+def ct_crop_and_click(root: Path) -> tuple[Tensor, Tensor]:
+    """The liver of the bundled CT, preprocessed as SAM-Med3D's inference does, and a click inside it."""
+    from monai.data import MetaTensor
+
+    from zoo.data.nifti import load_image, load_label
+    from zoo.data.transforms3d import IMAGE_KEY, LABEL_KEY, build_transforms_3d
+
+    image, label = load_image(root / CT_VOLUME), load_label(root / CT_LABELS)
+    affine = torch.from_numpy(image.affine)
+    sample = build_transforms_3d(train=False)(
+        {
+            IMAGE_KEY: MetaTensor(torch.from_numpy(image.array)[None], affine=affine),
+            LABEL_KEY: MetaTensor(torch.from_numpy(label.array == LIVER).to(torch.uint8)[None], affine=affine.clone()),
+        }
+    )
+    crop = sample[IMAGE_KEY].as_tensor().float()[None]  # 1 x 1 x 128^3
+    return crop, _click_inside(sample[LABEL_KEY].as_tensor()[0] > 0.5)[None]  # 1 x 3
+
+
+def slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor, Tensor]:
+    """The bundled CT slice preprocessed as SAM-Med2D's predictor does, and an (x, y) click on its liver."""
+    from zoo.data.png import read_image, read_mask
+    from zoo.inference.preprocess2d import preprocess_for_predictor, scale_coords
+
+    image = read_image(root / SLICE_IMAGE)
+    row, col = _click_inside(torch.from_numpy(read_mask(root / SLICE_MASK))).tolist()
+    coords = scale_coords(np.array([[col, row]], dtype=np.float32), image.shape[:2], image_size)
+    return preprocess_for_predictor(image, image_size, mean, std), coords.reshape(1, 2)
+
+
+def _click_inside(mask: Tensor) -> Tensor:
+    """The foreground index nearest the mask's centroid."""
+    indices = torch.nonzero(mask).float()
+    nearest = (indices - indices.mean(0)).square().sum(1).argmin()
+    return indices[nearest]
+
+
+def randomise_positions(model: nn.Module, seed: int = 0) -> None:
+    """Give the zero-initialised relative-position tables and absolute positions realistic non-zero values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.image_encoder.named_parameters():
+            if "rel_pos" in name or name == "pos_embed":
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_runs(fn: Callable[[], Any], runs: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _cpu_flash_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def executed_gflop(fn: Callable[[], Any]) -> float:
+    """FLOPs of one call; the CPU flash-attention kernel is counted like the other SDPA kernels."""
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_rate(device: torch.device, size: int = 2048, runs: int = 5) -> float:
+    """fp32 GFLOP/s of a ``size`` x ``size`` matmul (median of ``runs`` after a warm-up)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    times = timed_runs(lambda: a @ b, runs, warmup=2, device=device)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Bench:
+    """One family's model, real input and click, on one device."""
+
+    def __init__(self, family: str, args: argparse.Namespace) -> None:
+        import zoo
+        from zoo.hub.loading import load_official_weights
+
+        self.family = family
+        self.device = torch.device(args.device)
+        torch.manual_seed(0)
+        model = zoo.create_model(family)
+        weights = args.weights_3d if family.startswith("sam_med3d") else args.weights_2d
+        if weights:
+            load_official_weights(model, weights)
+        else:
+            randomise_positions(model)
+        self.model = model.eval().to(self.device)
+        root = data_root(args.data)
+        config = model.config
+        if family.startswith("sam_med3d"):
+            image, click = ct_crop_and_click(root)
+            self.mask_prompt: Tensor | None = torch.zeros(1, 1, *model.prompt_encoder.mask_input_size)
+            self.out_size = (config.image_size,) * 3
+        else:
+            image, click = slice_and_click(root, config.image_size, config.pixel_mean, config.pixel_std)
+            self.mask_prompt = None
+            self.out_size = (config.image_size,) * 2
+        self.image = image.to(self.device)
+        self.compiled: nn.Module | None = None
+        self.points = (click[None].to(self.device), torch.ones(1, 1, dtype=torch.int64, device=self.device))
+        if self.mask_prompt is not None:
+            self.mask_prompt = self.mask_prompt.to(self.device)
+
+    def context(self, path: str, dtype: torch.dtype | None) -> ExitStack:
+        """Attention path and autocast dtype (``None``: fp32) for the calls made inside."""
+        from zoo.models.components.attention import reference_attention
+
+        stack = ExitStack()
+        stack.enter_context(reference_attention() if path == "reference" else nullcontext())
+        stack.enter_context(torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext())
+        return stack
+
+    def compile_encoder(self) -> None:
+        """Encode through ``torch.compile`` with inductor freezing (weights folded in as constants)."""
+        import torch._inductor.config
+
+        torch._inductor.config.freezing = True
+        self.compiled = torch.compile(self.model.image_encoder)
+
+    def encode(self) -> Tensor:
+        return self.compiled(self.image) if self.compiled is not None else self.model.image_encoder(self.image)
+
+    def decode(self, embedding: Tensor) -> Tensor:
+        return self.model.decode(embedding, self.points, masks=self.mask_prompt).low_res_logits
+
+    def binary_mask(self, low_res_logits: Tensor) -> Tensor:
+        mode = "trilinear" if len(self.out_size) == 3 else "bilinear"
+        return F.interpolate(low_res_logits.float(), self.out_size, mode=mode, align_corners=False) > 0
+
+
+def measure_row(family: str, path: str, dtype_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One table row, run in its own process so that its peak RSS is its own."""
+    torch.set_num_threads(args.threads)
+    bench = Bench(family, args)
+    dtype = DTYPES[dtype_name]
+    row: dict[str, Any] = {"family": family, "path": path, "dtype": dtype_name}
+    with torch.inference_mode(), bench.context(path, dtype):
+        row["gflop"] = executed_gflop(bench.encode)  # before compiling: the counter sees the eager ops
+        compile_s = None
+        if path == "compiled":
+            bench.compile_encoder()
+            compile_s = timed_runs(bench.encode, 1, warmup=0, device=bench.device)[0]
+        times = timed_runs(bench.encode, args.runs, warmup=1, device=bench.device)
+        embedding = bench.encode()
+        clicks = timed_runs(lambda: bench.decode(embedding), CLICKS, warmup=3, device=bench.device)
+        logits = bench.decode(embedding)
+    row.update(
+        encoder_s=statistics.median(times),
+        runs_s=times,
+        click_ms=statistics.median(clicks) * 1e3,
+        peak_mb=peak_memory_mb(bench.device),
+    )
+    row["gflops"] = row["gflop"] / row["encoder_s"]
+    with torch.inference_mode():
+        if path != "reference" and dtype is None:
+            bench.compiled = None
+            with bench.context("reference", None):
+                reference = bench.encode()
+                reference_logits = bench.decode(reference)
+            row["check"] = (
+                f"vs reference: embedding {(embedding - reference).abs().max().item():.1e}, "
+                f"logits {(logits - reference_logits).abs().max().item():.1e}"
+            )
+        elif dtype is not None:
+            with bench.context(path, None):
+                exact = bench.binary_mask(bench.decode(bench.encode()))
+            low = bench.binary_mask(logits)
+            agree = (low == exact).float().mean().item()
+            row["check"] = f"binary mask vs fp32: {100 * agree:.2f}% agree ({int(exact.sum())} fg in fp32)"
+    if compile_s is not None:
+        row["check"] = f"compile {compile_s:.0f} s; " + row.get("check", "")
+    return row
+
+
+def _row_in_child(job: tuple[str, str, str, argparse.Namespace]) -> dict[str, Any]:
+    return measure_row(*job)
+
+
+def format_table(rows: list[dict[str, Any]]) -> list[str]:
+    header = (
+        f"{'family':<16} {'path':<9} {'dtype':<5} {'encoder s':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
+        f"{'click ms':>8} {'peak MiB':>8}  runs s / check"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        runs = " ".join(f"{t:.2f}" for t in row["runs_s"])
+        lines.append(
+            f"{row['family']:<16} {row['path']:<9} {row['dtype']:<5} {row['encoder_s']:>9.3f} {row['gflop']:>7.1f} "
+            f"{row['gflops']:>8.1f} {row['click_ms']:>8.1f} {row['peak_mb']:>8.0f}  [{runs}]"
+            + (f" {row['check']}" if row.get("check") else "")
+        )
+    return lines
+
+
+def _load() -> str:
+    """1/5/15-minute load averages: other processes on the cores make every number here slower."""
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=PATHS)
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--runs", type=int, default=5, help="timed encoder runs after one warm-up")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--data", help="folder holding totalseg_example/ and sam_med2d_demo/")
+    parser.add_argument("--weights-3d", help="official SAM-Med3D(-turbo) checkpoint; random weights otherwise")
+    parser.add_argument("--weights-2d", help="official SAM-Med2D checkpoint; random weights otherwise")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, python {sys.version.split()[0]}, {cpu}, device {device}, threads {args.threads}")
+    rate = gemm_rate(device)
+    print(f"fp32 GEMM 2048x2048 on {device}: {rate:.1f} GFLOP/s; load average {_load()}")
+
+    # Compiled rows are fp32 only: each dtype would be another multi-minute compilation.
+    jobs = [
+        (f, p, d, args)
+        for f in args.families
+        for p in args.paths
+        for d in args.dtypes
+        if p != "compiled" or d == "fp32"
+    ]
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for job in jobs:
+        with context.Pool(1) as pool:
+            rows.append(pool.apply(_row_in_child, (job,)))
+        print(format_table(rows)[-1] if len(rows) > 1 else "\n".join(format_table(rows)), flush=True)
+    after = gemm_rate(device)
+    print(f"fp32 GEMM 2048x2048 on {device} after the rows: {after:.1f} GFLOP/s; load average {_load()}")
+    print()
+    print("\n".join(format_table(rows)))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"gemm_gflops": [rate, after], "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

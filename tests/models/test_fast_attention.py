@@ -1,0 +1,218 @@
+"""The padding-free windowed attention equals upstream's zero-padded windows (the reference path) exactly.
+
+Each tiny comparison runs the fast path twice: in float64, where the closed form must agree with the float64
+reference to rounding (1e-10), and in float32, where it must stay within 1e-5 of that float64 reference.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo.models.components.attention import (
+    RelPosAttention,
+    reference_attention,
+    reference_attention_enabled,
+    window_partition,
+    window_unpartition,
+)
+from zoo.models.components.fast_window_attention import padded_window_attention, window_groups
+from zoo.models.components.vit_encoder import ViTBlock
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+FULL_SIZE_TOL = 1e-4
+
+
+def randomise(module: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
+    """Non-zero weights everywhere, including relative-position tables and biases (zero-initialised upstream)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return module
+
+
+def tokens(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_windows(attn: RelPosAttention, x: torch.Tensor, window_size: int) -> torch.Tensor:
+    grid = tuple(x.shape[1:-1])
+    windows, padded = window_partition(x, window_size)
+    return window_unpartition(attn(windows), window_size, padded, grid)
+
+
+def fast_windows(attn: RelPosAttention, x: torch.Tensor, window_size: int) -> torch.Tensor:
+    return padded_window_attention(attn, x, (window_size,) * (x.ndim - 2))
+
+
+def make_attention(spatial_dims, window_size, sam_med3d_broadcast=False, qkv_bias=True, use_rel_pos=True, seed=0):
+    attn = RelPosAttention(
+        spatial_dims, dim=16, num_heads=2, qkv_bias=qkv_bias, use_rel_pos=use_rel_pos,
+        input_size=(window_size,) * spatial_dims, sam_med3d_broadcast=sam_med3d_broadcast,
+    )
+    return randomise(attn, seed).eval()
+
+
+def assert_fast_matches_reference(attn: RelPosAttention, x: torch.Tensor, window_size: int) -> None:
+    """float64: fast == reference to rounding. float32: fast within 1e-5 of the float64 reference (the float32
+    reference itself drifts further on big windows, where it sums thousands of padded keys)."""
+    with torch.no_grad():
+        fast32 = fast_windows(attn.float(), x.float(), window_size)
+        attn.double()
+        truth = reference_windows(attn, x.double(), window_size)
+        fast64 = fast_windows(attn, x.double(), window_size)
+    torch.testing.assert_close(fast64, truth, rtol=0, atol=TOL[torch.float64])
+    torch.testing.assert_close(fast32.double(), truth, rtol=0, atol=TOL[torch.float32])
+
+
+# (grid, window): window larger than the grid, ragged last windows, exact tiling, non-square grids;
+# ((16, 16), 14) is SAM-Med2D's layout: four windows of a 28x28 padded grid, each padded differently.
+CASES_2D = [((4, 4), 6), ((8, 8), 3), ((16, 16), 14), ((5, 7), 4), ((6, 6), 3)]
+CASES_3D = [((4, 4, 4), 6), ((5, 5, 5), 3), ((6, 6, 6), 4), ((3, 4, 5), 2), ((4, 4, 4), 2)]
+# ((8, 8, 8), 14) is the released SAM-Med3D layout: one 14^3 window, 2232 of its 2744 tokens padding.
+CUBIC_3D = [((4, 4, 4), 6), ((5, 5, 5), 3), ((6, 6, 6), 4), ((7, 7, 7), 4), ((8, 8, 8), 14)]
+
+
+@pytest.mark.parametrize(("grid", "window_size"), CASES_2D)
+def test_fast_2d_windows_match_zero_padded_windows(grid, window_size):
+    assert_fast_matches_reference(make_attention(2, window_size), tokens(2, *grid, 16), window_size)
+
+
+@pytest.mark.parametrize(("grid", "window_size"), CASES_3D)
+def test_fast_3d_windows_match_zero_padded_windows(grid, window_size):
+    assert_fast_matches_reference(make_attention(3, window_size), tokens(2, *grid, 16), window_size)
+
+
+@pytest.mark.parametrize(("grid", "window_size"), CUBIC_3D)
+def test_fast_windows_reproduce_sam_med3d_broadcasting(grid, window_size):
+    attn = make_attention(3, window_size, sam_med3d_broadcast=True)
+    assert_fast_matches_reference(attn, tokens(2, *grid, 16), window_size)
+
+
+@pytest.mark.parametrize(
+    ("grid", "sam_med3d_broadcast"), [((5, 7), False), ((4, 5, 3), False), ((4, 4, 4), True)]
+)
+def test_fast_global_attention_matches_plain_attention(grid, sam_med3d_broadcast):
+    attn = RelPosAttention(len(grid), 16, 2, input_size=grid, sam_med3d_broadcast=sam_med3d_broadcast)
+    randomise(attn, seed=3).eval()
+    x = tokens(2, *grid, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(padded_window_attention(attn, x, grid), attn(x), rtol=0, atol=TOL[torch.float32])
+
+
+@pytest.mark.parametrize(("qkv_bias", "use_rel_pos"), [(False, True), (True, False), (False, False)])
+def test_fast_windows_without_qkv_bias_or_relative_positions(qkv_bias, use_rel_pos):
+    attn = make_attention(2, 3, qkv_bias=qkv_bias, use_rel_pos=use_rel_pos)
+    assert_fast_matches_reference(attn, tokens(1, 8, 7, 16), 3)
+
+
+def test_fast_windows_stay_exact_when_relative_positions_dominate_the_logits():
+    """Biases up to ~80 (std 8): the closed form is exact (float64) and the log-space sums stay accurate in float32."""
+    attn = make_attention(3, 6, sam_med3d_broadcast=True)
+    with torch.no_grad():
+        for table in attn.rel_pos_tables():
+            table.mul_(8)
+    x = tokens(1, 4, 4, 4, 16)
+    with torch.no_grad():
+        fast32 = fast_windows(attn, x, 6)
+        attn.double()
+        truth = reference_windows(attn, x.double(), 6)
+        fast64 = fast_windows(attn, x.double(), 6)
+    torch.testing.assert_close(fast64, truth, rtol=0, atol=1e-10)
+    assert torch.isfinite(fast32).all()
+    torch.testing.assert_close(fast32.double(), truth, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("sam_med3d_broadcast", [False, True])
+def test_fast_windows_have_the_reference_gradients(sam_med3d_broadcast):
+    attn = make_attention(3, 3, sam_med3d_broadcast=sam_med3d_broadcast).double()
+    x = tokens(1, 5, 5, 5, 16).double()
+    grads = []
+    for run in (fast_windows, reference_windows):
+        attn.zero_grad()
+        inputs = x.clone().requires_grad_()
+        run(attn, inputs, 3).square().sum().backward()
+        grads.append([inputs.grad] + [p.grad.clone() for p in attn.parameters()])
+    for fast, reference in zip(*grads):
+        torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-9)
+
+
+def test_window_groups_cover_every_token_once():
+    grid, window_size = (16, 9, 5), 4
+    covered = torch.zeros(grid, dtype=torch.int64)
+    for group in window_groups(grid, (window_size,) * 3):
+        covered[group.slices] += 1
+        box = [s.stop - s.start for s in group.slices]
+        assert all(size % extent == 0 for size, extent in zip(box, group.extent))
+    assert (covered == 1).all()
+
+
+def test_reference_attention_is_scoped_to_its_block():
+    assert not reference_attention_enabled()
+    with reference_attention():
+        assert reference_attention_enabled()
+    assert not reference_attention_enabled()
+
+
+@pytest.mark.parametrize("window_size", [3, 0])
+def test_vit_block_uses_the_fast_path_unless_reference_is_requested(monkeypatch, window_size):
+    block = ViTBlock(2, 16, 2, 2.0, True, True, window_size=window_size, grid_size=(4, 4)).eval()
+    randomise(block, seed=4)
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return padded_window_attention(*args)
+
+    monkeypatch.setattr("zoo.models.components.vit_encoder.padded_window_attention", spy)
+    x = tokens(1, 4, 4, 16)
+    with torch.no_grad():
+        fast = block(x)
+        assert len(calls) == 1
+        with reference_attention():
+            reference = block(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(fast, reference, rtol=0, atol=TOL[torch.float32])
+
+
+def test_fast_windows_run_under_cpu_bf16_autocast():
+    attn = make_attention(3, 6, sam_med3d_broadcast=True)
+    x = tokens(1, 4, 4, 4, 16)
+    with torch.no_grad():
+        exact = reference_windows(attn, x, 6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = fast_windows(attn, x, 6)
+    assert low.dtype == torch.bfloat16
+    # bf16 keeps 8 mantissa bits; the error is relative to the output scale.
+    assert (low.float() - exact).abs().max() <= 0.05 * exact.abs().max()
+
+
+def _full_size_encoder_agrees(model: nn.Module, image: torch.Tensor) -> None:
+    """Default initialisation, plus the relative-position tables and absolute positions upstream zero-initialises."""
+    encoder = model.image_encoder.eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in encoder.named_parameters():
+            if "rel_pos" in name or name == "pos_embed":
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+        fast = encoder(image)
+        with reference_attention():
+            reference = encoder(image)
+    assert reference.abs().amax() > 0.5, "degenerate embeddings would make the comparison meaningless"
+    error = (fast - reference).abs().max().item()
+    assert error <= FULL_SIZE_TOL, f"fast vs reference max abs error {error:.3g}"
+
+
+@pytest.mark.full_size
+@pytest.mark.slow
+def test_full_size_sam_med3d_encoder_fast_path_matches_reference():
+    torch.manual_seed(0)
+    _full_size_encoder_agrees(zoo.create_model("sam_med3d_turbo"), tokens(1, 1, 128, 128, 128))
+
+
+@pytest.mark.full_size
+@pytest.mark.slow
+def test_full_size_sam_med2d_encoder_fast_path_matches_reference():
+    torch.manual_seed(0)
+    _full_size_encoder_agrees(zoo.create_model("sam_med2d_b"), tokens(1, 3, 256, 256))

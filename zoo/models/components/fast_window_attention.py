@@ -1,0 +1,208 @@
+"""Exact windowed attention that never materialises the zero padding of partial windows.
+
+Upstream pads the token grid with zeros after ``norm1`` up to a multiple of the window size. A padded token's
+query, key and value are therefore the qkv bias, the same for every padded token. A real query's logits over the
+padded keys differ only through the relative-position bias, a sum of per-axis terms, so the sum of their softmax
+weights factorises over axes and has a closed form. Attention over the real tokens plus ONE extra key (key = key
+bias, value = value bias, mask = log of the summed bias weights) is then exactly the padded attention restricted
+to real queries. Padded queries are never computed: upstream crops their outputs away.
+
+The padded part of a window (real extent ``r`` of ``W`` per axis) is split into disjoint boxes, box ``a`` holding
+the keys that are real on the axes before ``a``, padded on axis ``a`` and anything after it; every box is a
+product of index sets, so its log-weight is a sum (or, for SAM-Med3D's broadcasting, a nested log-sum-exp) of
+per-axis log-sum-exps. Summing positive parts in log space keeps it exact and free of cancellation.
+"""
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from zoo.models.components.attention import RelPosAttention, relative_position_table
+
+
+@dataclass(frozen=True)
+class WindowGroup:
+    """A box of the unpadded grid tiled by windows that all have the same real extent per axis."""
+
+    slices: tuple[slice, ...]
+    extent: tuple[int, ...]
+
+
+def window_groups(grid: Sequence[int], window: Sequence[int]) -> list[WindowGroup]:
+    """Group the windows of ``grid`` by real extent: full windows and the last partial one, per axis."""
+    per_axis = []
+    for size, window_size in zip(grid, window):
+        full, rest = divmod(size, window_size)
+        choices = []
+        if full:
+            choices.append((slice(0, full * window_size), window_size))
+        if rest:
+            choices.append((slice(full * window_size, size), rest))
+        per_axis.append(choices)
+    return [
+        WindowGroup(tuple(s for s, _ in combo), tuple(e for _, e in combo)) for combo in itertools.product(*per_axis)
+    ]
+
+
+def split_windows(x: Tensor, extent: Sequence[int]) -> Tensor:
+    """``B x *box x C`` -> ``(B * windows) x prod(extent) x C`` for a box that ``extent`` tiles exactly."""
+    batch, *box, channels = x.shape
+    n = len(box)
+    split = [batch]
+    for size, e in zip(box, extent):
+        split += [size // e, e]
+    order = [0] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [1 + 2 * n]
+    return x.reshape(*split, channels).permute(*order).reshape(-1, math.prod(extent), channels)
+
+
+def merge_windows(windows: Tensor, extent: Sequence[int], box: Sequence[int]) -> Tensor:
+    """Inverse of :func:`split_windows`: ``(B * windows) x prod(extent) x C`` -> ``B x *box x C``."""
+    n = len(box)
+    counts = [size // e for size, e in zip(box, extent)]
+    x = windows.reshape(-1, *counts, *extent, windows.shape[-1])
+    order = [0]
+    for i in range(n):
+        order += [1 + i, 1 + n + i]
+    order.append(1 + 2 * n)
+    return x.permute(*order).reshape(-1, *box, windows.shape[-1])
+
+
+def _with_padded_column(bias: Tensor, log_padded: list[Tensor]) -> Tensor:
+    """Append the column ``log sum exp`` of the padded boxes' log-weights to the ``Bh x N x N`` bias."""
+    column = log_padded[0] if len(log_padded) == 1 else torch.logsumexp(torch.stack(log_padded), dim=0)
+    return torch.cat([bias, column.reshape(bias.shape[0], -1, 1)], dim=-1)
+
+
+def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], window: tuple[int, ...]) -> Tensor:
+    """Attention mask for standard decomposed relative positions over one zero-padded window.
+
+    ``q``: unscaled queries ``Bh x prod(extent) x c`` of the real tokens of windows of shape ``window``.
+    bias[q, k] = sum_a T_a[q, k_a] with T_a[q, j] = <q, R_a[q_a, j]>. Returns ``Bh x N x N`` biases over the
+    real keys, plus, when the window has padding, a last column holding ``log sum_{padded k} exp(bias[q, k])``.
+    """
+    n = len(extent)
+    bh, num_q, dim = q.shape
+    letters = "dhw"[-n:]
+    grid_q = q.reshape(bh, *extent, dim)
+    terms = []  # T_a: Bh x *extent x window[a]
+    for axis, table in enumerate(tables):
+        rel = relative_position_table(window[axis], window[axis], table.to(q.dtype))[: extent[axis]]
+        terms.append(torch.einsum(f"b{letters}c,{letters[axis]}kc->b{letters}k", grid_q, rel))
+
+    # Bh x *extent (queries) x k_0 x ... x k_a, one key axis at a time.
+    bias = terms[0][..., : extent[0]]
+    for axis in range(1, n):
+        bias = bias[..., None] + terms[axis][..., : extent[axis]].reshape(bh, *extent, *([1] * axis), -1)
+    bias = bias.reshape(bh, num_q, num_q)
+    if extent == window:
+        return bias
+
+    real = [torch.logsumexp(t[..., :e], dim=-1) for t, e in zip(terms, extent)]
+    boxes = []
+    for axis, e in enumerate(extent):
+        if e == window[axis]:
+            continue
+        log_weight = torch.logsumexp(terms[axis][..., e:], dim=-1)
+        for other in range(n):
+            if other < axis:
+                log_weight = log_weight + real[other]
+            elif other > axis:
+                log_weight = log_weight + torch.logsumexp(terms[other], dim=-1)
+        boxes.append(log_weight)
+    return _with_padded_column(bias, boxes)
+
+
+def sam_med3d_mask(
+    q: Tensor, q_pad: Tensor, tables: list[Tensor], extent: tuple[int, ...], window: tuple[int, ...]
+) -> Tensor:
+    """Like :func:`separable_mask` for SAM-Med3D's broadcasting (see ``decomposed_rel_pos_bias``).
+
+    For query (d, h, w) and key (kd, kh, kw) the bias is ``A[d,h,w,kw] + B[d,h,kd,kw] + C[d,h,kh,kw]`` with
+    ``A[d,h,w,j] = <q(d,h,w), R_d[d,j]>``, ``B[d,h,i,j] = <q(d,h,i), R_h[h,j]>`` and
+    ``C[d,h,i,j] = <q(d,h,i), R_w[i,j]>``: B and C read the query at another position along the w axis, which
+    may be a padded one (its query is ``q_pad``, the query bias, ``Bh x c``). For a fixed kw the key terms
+    separate over kd and kh, so each padded box is a log-sum-exp over kw of A plus two per-axis log-sum-exps.
+    """
+    if len(set(window)) != 1:
+        raise ValueError(f"SAM-Med3D relative positions need cubic windows, got {window}")
+    rd, rh, rw = extent
+    ws = window[0]
+    bh, num_q, dim = q.shape
+    grid_q = q.reshape(bh, rd, rh, rw, dim)
+    rel_d, rel_h, rel_w = (relative_position_table(ws, ws, t.to(q.dtype)) for t in tables)
+    # Queries at every w index of the window (padded ones are the query bias).
+    q_ext = torch.cat([grid_q, q_pad[:, None, None, None, :].expand(bh, rd, rh, ws - rw, dim)], dim=3)
+    a = torch.einsum("bdhwc,dkc->bdhwk", grid_q, rel_d[:rd])  # Bh x rd x rh x rw x W(kw)
+    b = torch.einsum("bdhic,hkc->bdhik", q_ext, rel_h[:rh])  # Bh x rd x rh x W(kd) x W(kw)
+    c = torch.einsum("bdhic,ikc->bdhik", q_ext, rel_w)  # Bh x rd x rh x W(kh) x W(kw)
+
+    key_terms = b[:, :, :, :rd, None, :rw] + c[:, :, :, None, :rh, :rw]  # Bh x rd x rh x kd x kh x kw
+    bias = (a[:, :, :, :, None, None, :rw] + key_terms[:, :, :, None]).reshape(bh, num_q, num_q)
+    if extent == window:
+        return bias
+
+    b_real = torch.logsumexp(b[..., :rd, :], dim=-2)  # Bh x rd x rh x W(kw)
+    c_real = torch.logsumexp(c[..., :rh, :], dim=-2)
+    # Boxes over every kw: kd padded (kh anything), or kd real and kh padded.
+    all_kw = []
+    if rd < ws:
+        all_kw.append(torch.logsumexp(b[..., rd:, :], dim=-2) + torch.logsumexp(c, dim=-2))
+    if rh < ws:
+        all_kw.append(b_real + torch.logsumexp(c[..., rh:, :], dim=-2))
+    boxes = []
+    if all_kw:
+        per_kw = all_kw[0] if len(all_kw) == 1 else torch.logaddexp(*all_kw)
+        boxes.append(torch.logsumexp(a + per_kw[:, :, :, None, :], dim=-1))
+    if rw < ws:  # kd and kh real, kw padded
+        boxes.append(torch.logsumexp(a[..., rw:] + (b_real + c_real)[:, :, :, None, rw:], dim=-1))
+    return _with_padded_column(bias, boxes)
+
+
+def padded_window_attention(attn: RelPosAttention, x: Tensor, window: Sequence[int]) -> Tensor:
+    """``attn`` over zero-padded windows of shape ``window`` of ``x`` (``B x *grid x C``, the ``norm1`` output).
+
+    Equals ``window_unpartition(attn(window_partition(x)))`` cropped to ``grid`` (or ``attn(x)`` when ``window``
+    is the grid), computing only the real tokens. Padded keys enter as one aggregated key.
+    """
+    window = tuple(window)
+    batch, *grid, channels = x.shape
+    heads = attn.num_heads
+    head_dim = channels // heads
+    window_tokens = math.prod(window)
+    qkv = attn.qkv(x)
+    if attn.qkv.bias is not None:
+        pad_q, pad_k, pad_v = attn.qkv.bias.to(qkv.dtype).reshape(3, heads, head_dim).unbind(0)
+    else:
+        pad_q = pad_k = pad_v = qkv.new_zeros(heads, head_dim)
+    out = qkv.new_empty(batch, *grid, channels)
+    for group in window_groups(grid, window):
+        box = qkv[(slice(None), *group.slices)]
+        windows = split_windows(box, group.extent)  # Bw x N x 3C
+        num_windows, num_tokens, _ = windows.shape
+        q, k, v = windows.reshape(num_windows, num_tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        padded = num_tokens < window_tokens
+        mask = None
+        if attn.use_rel_pos:
+            flat_q = q.reshape(num_windows * heads, num_tokens, head_dim)
+            tables = attn.rel_pos_tables()
+            if attn.sam_med3d_broadcast:
+                q_pad = pad_q.expand(num_windows, heads, head_dim).reshape(-1, head_dim)
+                mask = sam_med3d_mask(flat_q, q_pad, tables, group.extent, window)
+            else:
+                mask = separable_mask(flat_q, tables, group.extent, window)
+            mask = mask.view(num_windows, heads, num_tokens, -1)
+        elif padded:  # every padded key has the same logit: log(count) adds their weights
+            mask = q.new_zeros(num_windows, heads, num_tokens, num_tokens + 1)
+            mask[..., -1] = math.log(window_tokens - num_tokens)
+        if padded:
+            k = torch.cat([k, pad_k[None, :, None, :].expand(num_windows, heads, 1, head_dim)], dim=2)
+            v = torch.cat([v, pad_v[None, :, None, :].expand(num_windows, heads, 1, head_dim)], dim=2)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        attended = attended.permute(0, 2, 1, 3).reshape(num_windows, num_tokens, channels)
+        out[(slice(None), *group.slices)] = merge_windows(attended, group.extent, box.shape[1:-1])
+    return attn.proj(out)
