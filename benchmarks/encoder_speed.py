@@ -1,9 +1,11 @@
-"""Encoder and per-click speed of the released architectures on this machine, reference vs fast attention.
+"""Encoder and per-click speed of the released architectures on this machine, reference vs fast kernels.
 
 For each family at full size, batch 1, on ``--threads`` CPU threads (or a GPU with ``--device cuda``), one row per
-attention path and dtype (fp32, bf16 autocast). Paths: ``reference`` (upstream's zero-padded windows), ``fast``
-(the exact padding-free path, the default) and, with ``--paths ... compiled``, the fast path under
-``torch.compile`` with inductor freezing (fp32 only; minutes of compilation per family on 2 cores). Per row:
+path and precision (fp32, bf16 autocast), run through the predictors' ``zoo.inference.runtime.ModelRuntime``.
+Paths: ``reference`` (upstream's computation: zero-padded attention windows, channels-first mask upscaling),
+``fast`` (the exact fast kernels, the default) and, with ``--paths ... compiled``, the fast path with the image
+side under ``torch.compile`` with inductor freezing (fp32 only; minutes of compilation per family on 2 cores).
+Per row:
 
 * encoder median latency over ``--runs`` runs after one warm-up, and every run;
 * GFLOP executed per encoder pass (``torch.utils.flop_counter``, CPU flash attention counted too) and the
@@ -16,7 +18,7 @@ attention path and dtype (fp32, bf16 autocast). Paths: ``reference`` (upstream's
 
 It also measures the fp32 GEMM rate of the machine (2048 x 2048 matmul) before and after the rows.
 
-Without ``--weights-3d`` / ``--weights-2d`` the networks are randomly initialised (relative-position tables and
+Without ``--weights-3d`` / ``--weights-2d`` / ``--weights-unet`` the networks are randomly initialised (relative-position tables and
 absolute positions too, which upstream zero-initialises); speed does not depend on the weights, but the bf16 mask
 agreement is then a numerical check, not a statement about the released models.
 
@@ -36,7 +38,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +48,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from zoo.inference.runtime import ModelRuntime
+from zoo.models.components.compute_path import reference_computation
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("sam_med3d_turbo", "sam_med2d_b")
+FAMILIES = ("sam_med3d_turbo", "sam_med2d_b", "sam_unet_r34")
 PATHS = ("reference", "fast", "compiled")  # compiled: the fast path under torch.compile (inductor, freezing)
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")
 CLICKS = 20
 CT_VOLUME = Path("totalseg_example/ct.nii.gz")
 CT_LABELS = Path("totalseg_example/labels.nii.gz")
@@ -98,6 +103,18 @@ def slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor, Ten
     row, col = _click_inside(torch.from_numpy(read_mask(root / SLICE_MASK))).tolist()
     coords = scale_coords(np.array([[col, row]], dtype=np.float32), image.shape[:2], image_size)
     return preprocess_for_predictor(image, image_size, mean, std), coords.reshape(1, 2)
+
+
+def unet_slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor, Tensor]:
+    """The bundled CT slice preprocessed as SAM-UNet does (resize longest side, normalise, pad) and a click."""
+    from zoo.data.png import read_image, read_mask
+    from zoo.inference import sam_unet_processing as unet
+
+    image = read_image(root / SLICE_IMAGE)
+    row, col = _click_inside(torch.from_numpy(read_mask(root / SLICE_MASK))).tolist()
+    resized = torch.from_numpy(unet.resize_longest_side(image, image_size)).permute(2, 0, 1)
+    coords = unet.scale_coords(torch.tensor([[col, row]]), image.shape[:2], image_size)
+    return unet.preprocess(resized, image_size, mean, std)[None], coords
 
 
 def _click_inside(mask: Tensor) -> Tensor:
@@ -173,7 +190,7 @@ class Bench:
         self.device = torch.device(args.device)
         torch.manual_seed(0)
         model = zoo.create_model(family)
-        weights = args.weights_3d if family.startswith("sam_med3d") else args.weights_2d
+        weights = {"sam_med3d_turbo": args.weights_3d, "sam_med2d_b": args.weights_2d}.get(family, args.weights_unet)
         if weights:
             load_official_weights(model, weights)
         else:
@@ -185,59 +202,55 @@ class Bench:
             image, click = ct_crop_and_click(root)
             self.mask_prompt: Tensor | None = torch.zeros(1, 1, *model.prompt_encoder.mask_input_size)
             self.out_size = (config.image_size,) * 3
+        elif family.startswith("sam_unet"):
+            image, click = unet_slice_and_click(root, config.image_size, config.pixel_mean, config.pixel_std)
+            self.mask_prompt = None
+            self.out_size = (config.image_size,) * 2
         else:
             image, click = slice_and_click(root, config.image_size, config.pixel_mean, config.pixel_std)
             self.mask_prompt = None
             self.out_size = (config.image_size,) * 2
         self.image = image.to(self.device)
-        self.compiled: nn.Module | None = None
         self.points = (click[None].to(self.device), torch.ones(1, 1, dtype=torch.int64, device=self.device))
         if self.mask_prompt is not None:
             self.mask_prompt = self.mask_prompt.to(self.device)
 
-    def context(self, path: str, dtype: torch.dtype | None) -> ExitStack:
-        """Attention path and autocast dtype (``None``: fp32) for the calls made inside."""
-        from zoo.models.components.attention import reference_attention
+    def encode(self, runtime: ModelRuntime) -> Any:
+        """The prompt-independent image side: embeddings (SAM-UNet: embeddings and multi-scale features)."""
+        return runtime.encode_image(self.image)
 
-        stack = ExitStack()
-        stack.enter_context(reference_attention() if path == "reference" else nullcontext())
-        stack.enter_context(torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext())
-        return stack
-
-    def compile_encoder(self) -> None:
-        """Encode through ``torch.compile`` with inductor freezing (weights folded in as constants)."""
-        import torch._inductor.config
-
-        torch._inductor.config.freezing = True
-        self.compiled = torch.compile(self.model.image_encoder)
-
-    def encode(self) -> Tensor:
-        return self.compiled(self.image) if self.compiled is not None else self.model.image_encoder(self.image)
-
-    def decode(self, embedding: Tensor) -> Tensor:
-        return self.model.decode(embedding, self.points, masks=self.mask_prompt).low_res_logits
+    def decode(self, runtime: ModelRuntime, embedding: Any) -> Tensor:
+        """One click on a cached embedding: prompt encoder + mask decoder, as the predictors run it."""
+        return runtime.decode(self.model.decode, embedding, self.points, masks=self.mask_prompt).low_res_logits
 
     def binary_mask(self, low_res_logits: Tensor) -> Tensor:
         mode = "trilinear" if len(self.out_size) == 3 else "bilinear"
         return F.interpolate(low_res_logits.float(), self.out_size, mode=mode, align_corners=False) > 0
 
 
-def measure_row(family: str, path: str, dtype_name: str, args: argparse.Namespace) -> dict[str, Any]:
+def computation(path: str) -> AbstractContextManager:
+    """Upstream's literal computation for the reference path, the default fast kernels otherwise."""
+    return reference_computation() if path == "reference" else nullcontext()
+
+
+def measure_row(family: str, path: str, precision: str, args: argparse.Namespace) -> dict[str, Any]:
     """One table row, run in its own process so that its peak RSS is its own."""
     torch.set_num_threads(args.threads)
     bench = Bench(family, args)
-    dtype = DTYPES[dtype_name]
-    row: dict[str, Any] = {"family": family, "path": path, "dtype": dtype_name}
-    with torch.inference_mode(), bench.context(path, dtype):
-        row["gflop"] = executed_gflop(bench.encode)  # before compiling: the counter sees the eager ops
-        compile_s = None
+    # The predictors' runtime: autocast for bf16, torch.compile with weight freezing for the compiled path.
+    runtime = ModelRuntime(bench.model, precision, compile_encoder=path == "compiled")
+    exact = ModelRuntime(bench.model)
+    row: dict[str, Any] = {"family": family, "path": path, "dtype": precision}
+    compile_s = None
+    with torch.inference_mode(), computation(path):
+        with runtime.autocast():  # counted on the eager ops, before any compilation
+            row["gflop"] = executed_gflop(lambda: bench.model.encode_image(bench.image))
         if path == "compiled":
-            bench.compile_encoder()
-            compile_s = timed_runs(bench.encode, 1, warmup=0, device=bench.device)[0]
-        times = timed_runs(bench.encode, args.runs, warmup=1, device=bench.device)
-        embedding = bench.encode()
-        clicks = timed_runs(lambda: bench.decode(embedding), CLICKS, warmup=3, device=bench.device)
-        logits = bench.decode(embedding)
+            compile_s = timed_runs(lambda: bench.encode(runtime), 1, warmup=0, device=bench.device)[0]
+        times = timed_runs(lambda: bench.encode(runtime), args.runs, warmup=1, device=bench.device)
+        embedding = bench.encode(runtime)
+        clicks = timed_runs(lambda: bench.decode(runtime, embedding), CLICKS, warmup=3, device=bench.device)
+        logits = bench.decode(runtime, embedding)
     row.update(
         encoder_s=statistics.median(times),
         runs_s=times,
@@ -246,24 +259,29 @@ def measure_row(family: str, path: str, dtype_name: str, args: argparse.Namespac
     )
     row["gflops"] = row["gflop"] / row["encoder_s"]
     with torch.inference_mode():
-        if path != "reference" and dtype is None:
-            bench.compiled = None
-            with bench.context("reference", None):
-                reference = bench.encode()
-                reference_logits = bench.decode(reference)
+        if path != "reference" and precision == "fp32":
+            with computation("reference"):
+                reference = bench.encode(exact)
+                reference_logits = bench.decode(exact, reference)
             row["check"] = (
-                f"vs reference: embedding {(embedding - reference).abs().max().item():.1e}, "
+                f"vs reference: embedding {max_abs_difference(embedding, reference):.1e}, "
                 f"logits {(logits - reference_logits).abs().max().item():.1e}"
             )
-        elif dtype is not None:
-            with bench.context(path, None):
-                exact = bench.binary_mask(bench.decode(bench.encode()))
-            low = bench.binary_mask(logits)
-            agree = (low == exact).float().mean().item()
-            row["check"] = f"binary mask vs fp32: {100 * agree:.2f}% agree ({int(exact.sum())} fg in fp32)"
+        elif precision != "fp32":
+            with computation(path):
+                exact_mask = bench.binary_mask(bench.decode(exact, bench.encode(exact)))
+            agree = (bench.binary_mask(logits) == exact_mask).float().mean().item()
+            row["check"] = f"binary mask vs fp32: {100 * agree:.2f}% agree ({int(exact_mask.sum())} fg in fp32)"
     if compile_s is not None:
         row["check"] = f"compile {compile_s:.0f} s; " + row.get("check", "")
     return row
+
+
+def max_abs_difference(a: Any, b: Any) -> float:
+    """Largest absolute difference between two encodings (a tensor, or a dataclass of tensors)."""
+    if isinstance(a, Tensor):
+        return (a - b).abs().max().item()
+    return max(max_abs_difference(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
 
 
 def _row_in_child(job: tuple[str, str, str, argparse.Namespace]) -> dict[str, Any]:
@@ -295,13 +313,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--paths", nargs="+", default=["reference", "fast"], choices=PATHS)
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
     parser.add_argument("--runs", type=int, default=5, help="timed encoder runs after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--data", help="folder holding totalseg_example/ and sam_med2d_demo/")
     parser.add_argument("--weights-3d", help="official SAM-Med3D(-turbo) checkpoint; random weights otherwise")
     parser.add_argument("--weights-2d", help="official SAM-Med2D checkpoint; random weights otherwise")
+    parser.add_argument("--weights-unet", help="SAM-UNet checkpoint (zoo or upstream keys); random weights otherwise")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
 

@@ -9,13 +9,8 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.models.components.attention import (
-    RelPosAttention,
-    reference_attention,
-    reference_attention_enabled,
-    window_partition,
-    window_unpartition,
-)
+from zoo.models.components.attention import RelPosAttention, window_partition, window_unpartition
+from zoo.models.components.compute_path import reference_computation, reference_computation_enabled
 from zoo.models.components.fast_window_attention import padded_window_attention, window_groups
 from zoo.models.components.vit_encoder import ViTBlock
 
@@ -148,11 +143,11 @@ def test_window_groups_cover_every_token_once():
     assert (covered == 1).all()
 
 
-def test_reference_attention_is_scoped_to_its_block():
-    assert not reference_attention_enabled()
-    with reference_attention():
-        assert reference_attention_enabled()
-    assert not reference_attention_enabled()
+def test_reference_computation_is_scoped_to_its_block():
+    assert not reference_computation_enabled()
+    with reference_computation():
+        assert reference_computation_enabled()
+    assert not reference_computation_enabled()
 
 
 @pytest.mark.parametrize("window_size", [3, 0])
@@ -170,7 +165,7 @@ def test_vit_block_uses_the_fast_path_unless_reference_is_requested(monkeypatch,
     with torch.no_grad():
         fast = block(x)
         assert len(calls) == 1
-        with reference_attention():
+        with reference_computation():
             reference = block(x)
     assert len(calls) == 1
     torch.testing.assert_close(fast, reference, rtol=0, atol=TOL[torch.float32])
@@ -197,7 +192,7 @@ def _full_size_encoder_agrees(model: nn.Module, image: torch.Tensor) -> None:
             if "rel_pos" in name or name == "pos_embed":
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
         fast = encoder(image)
-        with reference_attention():
+        with reference_computation():
             reference = encoder(image)
     assert reference.abs().amax() > 0.5, "degenerate embeddings would make the comparison meaningless"
     error = (fast - reference).abs().max().item()

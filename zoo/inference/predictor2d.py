@@ -15,6 +15,7 @@ from zoo.inference.preprocess2d import (
     scale_boxes,
     scale_coords,
 )
+from zoo.inference.runtime import ModelRuntime
 
 IMAGE_FORMATS = ("RGB", "BGR")
 
@@ -45,6 +46,8 @@ class SamMed2DPredictor:
     are in original-image pixels ``(x, y)``. With ``multimask_output=True`` the decoder's three candidate
     masks are reduced to the one with the highest predicted IoU, as upstream.
 
+    ``precision`` and ``compile_encoder`` choose how the networks run (:class:`zoo.inference.runtime.ModelRuntime`).
+
     Example::
 
         predictor = SamMed2DPredictor(zoo.create_model("sam_med2d_b"))
@@ -53,8 +56,9 @@ class SamMed2DPredictor:
         result.masks.shape  # 1 x H x W
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, precision: str = "fp32", compile_encoder: bool = False) -> None:
         self.model = model.eval()
+        self.runtime = ModelRuntime(self.model, precision, compile_encoder)
         config = model.config
         self.image_size: int = config.image_size
         self.pixel_mean = tuple(config.pixel_mean)
@@ -85,7 +89,7 @@ class SamMed2DPredictor:
         if image_format == "BGR":
             pixels = pixels.flip(-1)
         model_input = preprocess_for_predictor(pixels, self.image_size, self.pixel_mean, self.pixel_std)
-        self.features = self.model.image_encoder(model_input.to(self.device))
+        self.features = self.runtime.encode_image(model_input.to(self.device))
         self.original_size = (int(pixels.shape[0]), int(pixels.shape[1]))
 
     def _prompts(
@@ -158,16 +162,10 @@ class SamMed2DPredictor:
                 points = (points[0].expand(prompt_sets, -1, -1), points[1].expand(prompt_sets, -1))
             if masks is not None:
                 masks = masks.expand(prompt_sets, -1, -1, -1)
-        model = self.model
-        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        decoded = model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
+        decoded = self.runtime.decode(
+            self.model.decode, self.features, points, boxes, masks, multimask_output=multimask_output
         )
-        low_res, iou = decoded.low_res_logits, decoded.iou_predictions
+        low_res, iou = decoded.low_res_logits.float(), decoded.iou_predictions.float()
         if multimask_output:
             low_res, iou = select_best_mask(low_res, iou)
         logits = postprocess_for_predictor(low_res, self.image_size, self.original_size)

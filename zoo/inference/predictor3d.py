@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.inference.common import as_tensor, binarize, check_labels, check_points_inside, select_best_mask
+from zoo.inference.runtime import ModelRuntime
 
 
 def upsample_logits(low_res_logits: Tensor, size: tuple[int, int, int]) -> Tensor:
@@ -46,6 +47,8 @@ class SamMed3DPredictor:
     Upstream inference feeds the previous click's ``low_res_logits`` back as ``mask_input`` and, on the first
     click, an all-zero mask (:meth:`empty_mask_input`).
 
+    ``precision`` and ``compile_encoder`` choose how the networks run (:class:`zoo.inference.runtime.ModelRuntime`).
+
     Example::
 
         predictor = SamMed3DPredictor(zoo.create_model("sam_med3d_turbo"))
@@ -54,8 +57,9 @@ class SamMed3DPredictor:
         second = predictor.predict([[64, 60, 70], [40, 60, 70]], [1, 0], mask_input=first.low_res_logits)
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, precision: str = "fp32", compile_encoder: bool = False) -> None:
         self.model = model.eval()
+        self.runtime = ModelRuntime(self.model, precision, compile_encoder)
         self.image_size: int = model.config.image_size
         self.reset_image()
 
@@ -90,7 +94,7 @@ class SamMed3DPredictor:
                 f"expected a single-channel crop of shape {self.crop_shape} (crop or pad the volume first), "
                 f"got shape {tuple(as_tensor(volume).shape)}"
             )
-        self.features = self.model.image_encoder(crop[None, None].to(self.device))
+        self.features = self.runtime.encode_image(crop[None, None].to(self.device))
 
     @torch.inference_mode()
     def predict(
@@ -133,16 +137,10 @@ class SamMed3DPredictor:
             if tuple(masks.shape) != expected:
                 raise ValueError(f"mask_input must have shape {expected}, got {tuple(masks.shape)}")
             masks = masks[None].to(self.device)
-        model = self.model
-        sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=masks)
-        decoded = model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
+        decoded = self.runtime.decode(
+            self.model.decode, self.features, points, None, masks, multimask_output=multimask_output
         )
-        low_res, iou = decoded.low_res_logits, decoded.iou_predictions
+        low_res, iou = decoded.low_res_logits.float(), decoded.iou_predictions.float()
         if multimask_output:
             low_res, iou = select_best_mask(low_res, iou)
         logits = upsample_logits(low_res, self.crop_shape)

@@ -29,7 +29,8 @@ class ChannelSpatialAdapter(nn.Module):
         height, width = x.shape[1:3]
         if height % 2 or width % 2:
             raise ValueError(f"the adapter needs an even token grid, got {height}x{width}")
-        x = x.permute(0, 3, 1, 2)
+        # A contiguous NCHW copy: on a channels-last view the CPU convolutions reorder their weights on every call.
+        x = x.permute(0, 3, 1, 2).contiguous()
         gate = self.channel(x.mean(dim=(2, 3)))[:, :, None, None]
         x = x + self.spatial(x * gate)
         return self.norm(x.permute(0, 2, 3, 1))

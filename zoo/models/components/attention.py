@@ -5,14 +5,11 @@ Tokens are channels-last: ``B x *grid x C``. The relative-position bias is the s
 mask, which is exactly ``softmax(q k^T / sqrt(d) + bias) v``.
 
 ``ViTBlock`` runs its attention through ``fast_window_attention`` (exact, without computing window padding)
-unless :func:`reference_attention` is active, which restores upstream's computation with materialised zero
+unless ``compute_path.reference_computation()`` is active, which restores upstream's computation with materialised zero
 padding: this module's ``RelPosAttention.forward`` over ``window_partition``-ed windows (tests, benchmarks).
 """
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -20,24 +17,6 @@ from torch.nn import functional as F
 
 # Parameter suffixes per spatial axis, matching the upstream key names (rel_pos_h/w in 2D, rel_pos_d/h/w in 3D).
 AXIS_NAMES = {2: ("h", "w"), 3: ("d", "h", "w")}
-
-_use_reference: ContextVar[bool] = ContextVar("use_reference_attention", default=False)
-
-
-@contextmanager
-def reference_attention() -> Iterator[None]:
-    """Within this block, windowed attention pads windows with zeros and attends over them, as upstream does."""
-    token = _use_reference.set(True)
-    try:
-        yield
-    finally:
-        _use_reference.reset(token)
-
-
-def reference_attention_enabled() -> bool:
-    """Whether :func:`reference_attention` is active."""
-    return _use_reference.get()
-
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
     """Gather the ``q_size x k_size x C`` table of embeddings for offsets ``q_i - k_j`` along one axis.

@@ -1,9 +1,10 @@
 """SAM's mask decoder for 2D and 3D: IoU and mask tokens through a two-way transformer, hypernetwork masks."""
 
+import torch
 from torch import Tensor, nn
 
-import torch
-
+from zoo.models.components.compute_path import reference_computation_enabled
+from zoo.models.components.fast_upscaling import channels_last_masks, supports_channels_last_upscaling
 from zoo.models.components.layers import MLP, LayerNormNd, conv_transpose_nd
 from zoo.models.components.transformer import TwoWayTransformer
 from zoo.models.outputs import MaskPrediction
@@ -78,10 +79,13 @@ class MaskDecoder(nn.Module):
         hidden, src = self.transformer(src, pos, tokens)
         iou_token_out = hidden[:, 0]
         mask_tokens_out = hidden[:, 1 : 1 + self.num_mask_tokens]
-        src = src.transpose(1, 2).reshape(batch, -1, *image_embeddings.shape[2:])
-        upscaled = self.output_upscaling(src)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        masks = (hyper_in @ upscaled.flatten(2)).view(batch, -1, *upscaled.shape[2:])
+        grid = image_embeddings.shape[2:]
+        if not reference_computation_enabled() and supports_channels_last_upscaling(self.output_upscaling):
+            masks = channels_last_masks(self.output_upscaling, src, grid, hyper_in)
+        else:
+            upscaled = self.output_upscaling(src.transpose(1, 2).reshape(batch, -1, *grid))
+            masks = (hyper_in @ upscaled.flatten(2)).view(batch, -1, *upscaled.shape[2:])
         return masks, self.iou_prediction_head(iou_token_out)

@@ -8,10 +8,10 @@ from torch import Tensor, nn
 from zoo.models.components.adapter import ChannelSpatialAdapter
 from zoo.models.components.attention import (
     RelPosAttention,
-    reference_attention_enabled,
     window_partition,
     window_unpartition,
 )
+from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.fast_window_attention import padded_window_attention
 from zoo.models.components.layers import LayerNormNd, MLPBlock, conv_nd
 
@@ -31,7 +31,7 @@ class ViTBlock(nn.Module):
     """Pre-norm transformer block with windowed (``window_size > 0``) or global attention.
 
     Attention runs on the exact padding-free path of ``fast_window_attention``; inside
-    ``attention.reference_attention()`` it materialises the zero-padded windows as upstream does.
+    ``compute_path.reference_computation()`` it materialises the zero-padded windows as upstream does.
 
     With an adapter (SAM-Med2D) the block computes ``x + mlp(norm2(x)) + Adapter(norm2(x))``.
     """
@@ -65,7 +65,7 @@ class ViTBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
         x = self.norm1(x)
-        if reference_attention_enabled():
+        if reference_computation_enabled():
             x = self._reference_attention(x)
         else:
             grid = tuple(x.shape[1:-1])

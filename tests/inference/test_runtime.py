@@ -1,0 +1,67 @@
+"""Predictor runtime options: precision (fp32 / bf16 autocast / auto) and a compiled image encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.inference import SamMed2DPredictor, SamMed3DPredictor
+from zoo.inference import runtime as runtime_module
+from zoo.inference.runtime import ModelRuntime, resolve_precision
+
+
+def test_unknown_precision_is_refused_when_the_predictor_is_made(tiny_2d_model):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SamMed2DPredictor(tiny_2d_model, precision="fp16")
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_uses_bf16_only_where_it_is_native(monkeypatch, native, expected):
+    monkeypatch.setattr(runtime_module, "native_bf16", lambda device: native)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_bf16_runs_the_networks_in_bf16_and_returns_float32(tiny_3d_model):
+    crop = torch.randn(32, 32, 32, generator=torch.Generator().manual_seed(0))
+    linear_dtypes = []
+    hook = tiny_3d_model.image_encoder.blocks[0].mlp.lin1.register_forward_hook(
+        lambda module, args, output: linear_dtypes.append(output.dtype)
+    )
+    exact, low = SamMed3DPredictor(tiny_3d_model), SamMed3DPredictor(tiny_3d_model, precision="bf16")
+    exact.set_image(crop)
+    low.set_image(crop)
+    hook.remove()
+    assert linear_dtypes == [torch.float32, torch.bfloat16]
+    first_exact = exact.predict([[10, 12, 20]], [1], mask_input=exact.empty_mask_input())
+    first_low = low.predict([[10, 12, 20]], [1], mask_input=low.empty_mask_input())
+    assert first_low.logits.dtype == first_low.low_res_logits.dtype == torch.float32
+    # bf16 keeps 8 mantissa bits: close to fp32, not equal.
+    scale = first_exact.low_res_logits.abs().max()
+    error = (first_low.low_res_logits - first_exact.low_res_logits).abs().max()
+    assert 0 < error <= 0.05 * scale
+
+
+def test_bf16_2d_masks_mostly_agree_with_fp32(tiny_2d_model):
+    image = (torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    results = []
+    for precision in ("fp32", "bf16"):
+        predictor = SamMed2DPredictor(tiny_2d_model, precision=precision)
+        predictor.set_image(image)
+        results.append(predictor.predict(point_coords=[[20, 10]], point_labels=[1]))
+    exact, low = results
+    agree = (exact.masks == low.masks).float().mean().item()
+    assert agree >= 0.9, f"only {agree:.1%} of pixels agree"
+
+
+def test_compiled_encoder_gives_the_eager_embedding(tiny_2d_model):
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        eager = ModelRuntime(tiny_2d_model).encode_image(images)
+        compiled_runtime = ModelRuntime(tiny_2d_model, compile_encoder=True)
+        compiled = compiled_runtime.encode_image(images)
+        again = compiled_runtime.encode_image(images)
+    assert compiled_runtime._compiled is not None
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, compiled, rtol=0, atol=0)

@@ -1,0 +1,80 @@
+"""How a predictor runs its network: numeric precision and an optionally compiled image encoder.
+
+Precision ``"fp32"`` is exact; ``"bf16"`` runs encoder and decoder under ``torch.autocast`` (bfloat16 matrix
+products, float32 reductions) and returns float32 logits; ``"auto"`` picks bf16 only where the device computes
+it natively (CUDA with bf16 support, or a CPU whose oneDNN has bf16 kernels: AVX-512 or AMX). On a CPU without
+them bf16 is emulated and slower than fp32 (``benchmarks/encoder_speed.py`` measures both).
+
+``compile_encoder=True`` wraps the image side in ``torch.compile`` with inductor weight freezing; the first call
+compiles (minutes on a small CPU), later calls with the same input shape reuse the compiled code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has native bfloat16 matrix kernels (rather than emulating them)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"``: ``precision`` itself, or for ``"auto"`` what ``device`` runs natively."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+class ModelRuntime:
+    """Runs a promptable model's image side and prompt side at one precision, the image side maybe compiled."""
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", compile_encoder: bool = False) -> None:
+        self.model = model
+        self.requested_precision = precision
+        resolve_precision(precision, torch.device("cpu"))  # validate now, resolve per device at call time
+        self.compile_encoder = compile_encoder
+        self._compiled: Callable[[Tensor], Any] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def precision(self) -> str:
+        """The precision in effect on the model's current device."""
+        return resolve_precision(self.requested_precision, self.device)
+
+    def autocast(self) -> AbstractContextManager:
+        """``torch.autocast`` to bfloat16 on the model's device, or nothing for fp32."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def encode_image(self, images: Tensor) -> Any:
+        """The model's ``encode_image`` at this precision (compiled on first use if requested)."""
+        encode = self.model.encode_image
+        if self.compile_encoder:
+            if self._compiled is None:
+                self._compiled = torch.compile(encode, options={"freezing": True})
+            encode = self._compiled
+        with self.autocast():
+            return encode(images)
+
+    def decode(self, decode: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a prompt-side function (prompt encoder + mask decoder) at this precision."""
+        with self.autocast():
+            return decode(*args, **kwargs)
