@@ -295,6 +295,12 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
     )
     lines = [header, "-" * len(header)]
     for row in rows:
+        if "timed_out_s" in row:
+            lines.append(
+                f"{row['family']:<16} {row['path']:<9} {row['dtype']:<5} "
+                f"did not finish within --row-timeout {row['timed_out_s']:.0f} s (GFLOP count, warm-up and runs)"
+            )
+            continue
         runs = " ".join(f"{t:.2f}" for t in row["runs_s"])
         lines.append(
             f"{row['family']:<16} {row['path']:<9} {row['dtype']:<5} {row['encoder_s']:>9.3f} {row['gflop']:>7.1f} "
@@ -316,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
     parser.add_argument("--runs", type=int, default=5, help="timed encoder runs after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--row-timeout", type=float, default=900, help="seconds a row may take before it is reported as unfinished"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--data", help="folder holding totalseg_example/ and sam_med2d_demo/")
     parser.add_argument("--weights-3d", help="official SAM-Med3D(-turbo) checkpoint; random weights otherwise")
@@ -342,8 +351,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     context = multiprocessing.get_context("spawn")
     for job in jobs:
-        with context.Pool(1) as pool:
-            rows.append(pool.apply(_row_in_child, (job,)))
+        with context.Pool(1) as pool:  # leaving the block terminates a row that ran out of time
+            pending = pool.apply_async(_row_in_child, (job,))
+            try:
+                rows.append(pending.get(timeout=args.row_timeout))
+            except multiprocessing.TimeoutError:
+                family, path, precision = job[:3]
+                rows.append({"family": family, "path": path, "dtype": precision, "timed_out_s": args.row_timeout})
         print(format_table(rows)[-1] if len(rows) > 1 else "\n".join(format_table(rows)), flush=True)
     after = gemm_rate(device)
     print(f"fp32 GEMM 2048x2048 on {device} after the rows: {after:.1f} GFLOP/s; load average {_load()}")

@@ -15,7 +15,9 @@ from typing import Any, ClassVar
 
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin, hf_hub_download
 from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
-from torch import nn
+from torch import Tensor, nn
+
+from zoo.models.outputs import MaskPrediction
 
 LIBRARY_NAME = "promptable-medseg-zoo"
 
@@ -113,6 +115,34 @@ class PromptableSegmenter(
         if getattr(config, "family", self.family) != self.family:
             raise ValueError(f"{type(self).__name__} needs a {self.family!r} config, got family {config.family!r}")
         self.config = config
+
+    # ----------------------------------------------------------------------------------------------- forward
+
+    def encode_image(self, images: Tensor) -> Any:
+        """The prompt-independent image side (compute once per image, decode many prompt sets)."""
+        raise NotImplementedError
+
+    def decode(
+        self,
+        encoding: Any,
+        points: tuple[Tensor, Tensor] | None = None,
+        boxes: Tensor | None = None,
+        masks: Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> MaskPrediction:
+        """Prompt encoder + mask decoder on what :meth:`encode_image` returned."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        images: Tensor,
+        points: tuple[Tensor, Tensor] | None = None,
+        boxes: Tensor | None = None,
+        masks: Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> MaskPrediction:
+        """Encode ``images`` and decode one prompt set per image (or several prompt sets for one image)."""
+        return self.decode(self.encode_image(images), points, boxes, masks, multimask_output)
 
     # ------------------------------------------------------------------------------------------------ saving
 

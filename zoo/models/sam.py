@@ -60,14 +60,3 @@ class SegmentAnythingModel(PromptableSegmenter):
         """Prompt encoder + mask decoder on precomputed image embeddings."""
         sparse, dense = self.embed_prompts(points, boxes, masks)
         return self.decode_embeddings(image_embeddings, sparse, dense, multimask_output)
-
-    def forward(
-        self,
-        images: Tensor,
-        points: tuple[Tensor, Tensor] | None = None,
-        boxes: Tensor | None = None,
-        masks: Tensor | None = None,
-        multimask_output: bool = False,
-    ) -> MaskPrediction:
-        """Encode ``images`` and decode one prompt set per image (or several prompt sets for one image)."""
-        return self.decode(self.encode_image(images), points, boxes, masks, multimask_output)

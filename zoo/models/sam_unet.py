@@ -282,17 +282,6 @@ class SamUNet(
             multi_scale_feature=encoding.multi_scale_feature,
         )
 
-    def forward(
-        self,
-        images: Tensor,
-        points: tuple[Tensor, Tensor] | None = None,
-        boxes: Tensor | None = None,
-        masks: Tensor | None = None,
-        multimask_output: bool = False,
-    ) -> MaskPrediction:
-        """Encode ``images`` and decode one prompt set per image (or several prompt sets for one image)."""
-        return self.decode(self.encode_image(images), points, boxes, masks, multimask_output)
-
     # ------------------------------------------------------------------------------------- weights, training
 
     def adapt_official_state_dict(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
