@@ -16,7 +16,9 @@ Per row:
   (embedding and low-res logits); bf16 rows report the share of voxels/pixels whose binary mask agrees with
   fp32 on the same path.
 
-It also measures the fp32 GEMM rate of the machine (2048 x 2048 matmul) before and after the rows.
+It also measures the fp32 GEMM rate of the machine (2048 x 2048 matmul) before and after the rows. A row that runs
+longer than ``--row-timeout`` seconds is stopped and printed as unfinished. ``benchmarks/upstream_speed.py`` times the
+authors' own modules on the same machine for comparison.
 
 Without ``--weights-3d`` / ``--weights-2d`` / ``--weights-unet`` the networks are randomly initialised (relative-position tables and
 absolute positions too, which upstream zero-initialises); speed does not depend on the weights, but the bf16 mask
@@ -112,7 +114,7 @@ def unet_slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor
 
     image = read_image(root / SLICE_IMAGE)
     row, col = _click_inside(torch.from_numpy(read_mask(root / SLICE_MASK))).tolist()
-    resized = torch.from_numpy(unet.resize_longest_side(image, image_size)).permute(2, 0, 1)
+    resized = torch.from_numpy(np.array(unet.resize_longest_side(image, image_size))).permute(2, 0, 1)
     coords = unet.scale_coords(torch.tensor([[col, row]]), image.shape[:2], image_size)
     return unet.preprocess(resized, image_size, mean, std)[None], coords
 

@@ -184,19 +184,24 @@ def test_fast_windows_run_under_cpu_bf16_autocast():
 
 
 def _full_size_encoder_agrees(model: nn.Module, image: torch.Tensor) -> None:
-    """Default initialisation, plus the relative-position tables and absolute positions upstream zero-initialises."""
-    encoder = model.image_encoder.eval()
+    """``model.encode_image`` fast vs reference, at default initialisation plus random relative-position tables and
+    absolute positions (upstream zero-initialises them, which would hide errors in the bias terms)."""
+    model.eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, param in encoder.named_parameters():
+        for name, param in model.image_encoder.named_parameters():
             if "rel_pos" in name or name == "pos_embed":
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-        fast = encoder(image)
+        fast = model.encode_image(image)
         with reference_computation():
-            reference = encoder(image)
-    assert reference.abs().amax() > 0.5, "degenerate embeddings would make the comparison meaningless"
-    error = (fast - reference).abs().max().item()
-    assert error <= FULL_SIZE_TOL, f"fast vs reference max abs error {error:.3g}"
+            reference = model.encode_image(image)
+    outputs = {"embeddings": (fast, reference)} if isinstance(fast, torch.Tensor) else {
+        name: (getattr(fast, name), value) for name, value in vars(reference).items()
+    }
+    for name, (actual, expected) in outputs.items():
+        assert expected.abs().amax() > 0.5, f"degenerate {name} would make the comparison meaningless"
+        error = (actual - expected).abs().max().item()
+        assert error <= FULL_SIZE_TOL, f"{name}: fast vs reference max abs error {error:.3g}"
 
 
 @pytest.mark.full_size
@@ -211,3 +216,10 @@ def test_full_size_sam_med3d_encoder_fast_path_matches_reference():
 def test_full_size_sam_med2d_encoder_fast_path_matches_reference():
     torch.manual_seed(0)
     _full_size_encoder_agrees(zoo.create_model("sam_med2d_b"), tokens(1, 3, 256, 256))
+
+
+@pytest.mark.full_size
+@pytest.mark.slow
+def test_full_size_sam_unet_encoder_fast_path_matches_reference():
+    torch.manual_seed(0)
+    _full_size_encoder_agrees(zoo.create_model("sam_unet_r34"), tokens(1, 3, 256, 256))

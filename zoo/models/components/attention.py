@@ -5,8 +5,8 @@ Tokens are channels-last: ``B x *grid x C``. The relative-position bias is the s
 mask, which is exactly ``softmax(q k^T / sqrt(d) + bias) v``.
 
 ``ViTBlock`` runs its attention through ``fast_window_attention`` (exact, without computing window padding)
-unless ``compute_path.reference_computation()`` is active, which restores upstream's computation with materialised zero
-padding: this module's ``RelPosAttention.forward`` over ``window_partition``-ed windows (tests, benchmarks).
+unless ``compute_path.reference_computation()`` is active, which restores upstream's computation with
+materialised zero padding: this module's ``RelPosAttention.forward`` over ``window_partition``-ed windows.
 """
 
 import math

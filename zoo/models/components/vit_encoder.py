@@ -6,11 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.components.adapter import ChannelSpatialAdapter
-from zoo.models.components.attention import (
-    RelPosAttention,
-    window_partition,
-    window_unpartition,
-)
+from zoo.models.components.attention import RelPosAttention, window_partition, window_unpartition
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.fast_window_attention import padded_window_attention
 from zoo.models.components.layers import LayerNormNd, MLPBlock, conv_nd
