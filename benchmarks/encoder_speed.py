@@ -114,7 +114,7 @@ def unet_slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor
 
     image = read_image(root / SLICE_IMAGE)
     row, col = _click_inside(torch.from_numpy(read_mask(root / SLICE_MASK))).tolist()
-    resized = torch.from_numpy(np.array(unet.resize_longest_side(image, image_size))).permute(2, 0, 1)
+    resized = torch.from_numpy(unet.resize_longest_side(image, image_size)).permute(2, 0, 1)
     coords = unet.scale_coords(torch.tensor([[col, row]]), image.shape[:2], image_size)
     return unet.preprocess(resized, image_size, mean, std)[None], coords
 

@@ -36,7 +36,7 @@ def resize_longest_side(image: np.ndarray, target: int) -> np.ndarray:
         raise ValueError(f"expected an H x W (x 3) uint8 image, got {image.dtype} of shape {image.shape}")
     height, width = longest_side_shape(image.shape[0], image.shape[1], target)
     resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(resized)
+    return np.array(resized)  # a writable copy (PIL arrays are read-only)
 
 
 def scale_coords(coords: Tensor, original_size: tuple[int, int], target: int) -> Tensor:
