@@ -34,6 +34,11 @@ TINY_3D = dict(
     iou_head_hidden_dim=16,
 )
 
+# SAM-UNet at 64^2 with a depth-2 ViT (the ResNet stages and conv injection are full).
+TINY_UNET = dict(
+    image_size=64, embed_dim=32, depth=12, num_heads=2, window_size=3, resnet_layers=(1, 1, 1, 1), decoder_mlp_dim=32
+)
+
 
 class CallCounter:
     """Counts forward calls of a module."""
@@ -56,3 +61,9 @@ def tiny_2d_model():
 def tiny_3d_model():
     torch.manual_seed(0)
     return zoo.create_model("sam_med3d_turbo", **TINY_3D).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_model():
+    torch.manual_seed(0)
+    return zoo.create_model("sam_unet_r34", **TINY_UNET).eval()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from zoo.inference import sam_unet_processing as unet
 from zoo.inference.common import as_tensor, binarize, check_labels, check_points_inside, select_best_mask
 from zoo.inference.preprocess2d import (
     ArrayLike,
@@ -27,14 +28,14 @@ class Prediction2D:
     Attributes:
         logits: ``K x H x W`` mask logits at the original image size.
         masks: ``K x H x W`` bool, ``sigmoid(logits) > 0.5``.
-        iou_predictions: ``K`` predicted IoU of each returned mask.
+        iou_predictions: ``K`` predicted IoU of each returned mask (None for models without an IoU head).
         low_res_logits: ``K x h x w`` decoder logits (4x the embedding grid); feed ``low_res_logits[i:i+1]``
             (through a sigmoid for SAM-Med2D, which was trained on probabilities) back as ``mask_input``.
     """
 
     logits: Tensor
     masks: Tensor
-    iou_predictions: Tensor
+    iou_predictions: Tensor | None
     low_res_logits: Tensor
 
 
@@ -55,6 +56,9 @@ class SamMed2DPredictor:
         result = predictor.predict(point_coords=[[120, 80]], point_labels=[1])
         result.masks.shape  # 1 x H x W
     """
+
+    #: Upstream's predictor decodes three candidates and keeps the best by predicted IoU.
+    default_multimask_output = True
 
     def __init__(self, model: nn.Module, precision: str = "fp32", compile_encoder: bool = False) -> None:
         self.model = model.eval()
@@ -88,9 +92,26 @@ class SamMed2DPredictor:
             raise ValueError(f"expected an H x W x 3 image, got shape {tuple(pixels.shape)}")
         if image_format == "BGR":
             pixels = pixels.flip(-1)
-        model_input = preprocess_for_predictor(pixels, self.image_size, self.pixel_mean, self.pixel_std)
-        self.features = self.runtime.encode_image(model_input.to(self.device))
         self.original_size = (int(pixels.shape[0]), int(pixels.shape[1]))
+        self.features = self.runtime.encode_image(self._model_input(pixels).to(self.device))
+
+    # The model's image geometry; subclasses for models with other preprocessing override these four.
+
+    def _model_input(self, pixels: Tensor) -> Tensor:
+        """``1 x 3 x S x S`` model input from ``H x W x 3`` RGB pixels."""
+        return preprocess_for_predictor(pixels, self.image_size, self.pixel_mean, self.pixel_std)
+
+    def _scale_points(self, coords: Tensor) -> Tensor:
+        """``... x 2`` original-pixel ``(x, y)`` to model-input pixels."""
+        return scale_coords(coords, self.original_size, self.image_size)
+
+    def _scale_boxes(self, boxes: Tensor) -> Tensor:
+        """``K x 4`` original-pixel boxes to model-input pixels."""
+        return scale_boxes(boxes, self.original_size, self.image_size)
+
+    def _to_original(self, low_res_logits: Tensor) -> Tensor:
+        """``K x 1 x h x w`` decoder logits to ``K x 1 x H x W`` logits at the original image size."""
+        return postprocess_for_predictor(low_res_logits, self.image_size, self.original_size)
 
     def _prompts(
         self,
@@ -115,7 +136,7 @@ class SamMed2DPredictor:
                 raise ValueError(f"point_labels must have shape (N,), got {tuple(labels.shape)}")
             check_points_inside(coords, (width, height), ("x", "y"), "point")
             check_labels(labels, coords.shape[0])
-            scaled = scale_coords(coords, self.original_size, self.image_size)
+            scaled = self._scale_points(coords)
             points = (scaled[None].to(self.device), labels.to(torch.int32)[None].to(self.device))
         if box is not None:
             corners = as_tensor(box, torch.float64)
@@ -125,7 +146,7 @@ class SamMed2DPredictor:
             check_points_inside(corners.reshape(-1, 2), (width, height), ("x", "y"), "box corner")
             if ((corners[:, 2] < corners[:, 0]) | (corners[:, 3] < corners[:, 1])).any():
                 raise ValueError(f"box corners must satisfy x0 <= x1 and y0 <= y1, got {corners.tolist()}")
-            boxes = scale_boxes(corners, self.original_size, self.image_size).to(self.device)
+            boxes = self._scale_boxes(corners).to(self.device)
         if mask_input is not None:
             masks = as_tensor(mask_input, torch.float32)
             low_res = self.model.prompt_encoder.mask_input_size
@@ -141,7 +162,7 @@ class SamMed2DPredictor:
         point_labels: ArrayLike | None = None,
         box: ArrayLike | None = None,
         mask_input: ArrayLike | None = None,
-        multimask_output: bool = True,
+        multimask_output: bool | None = None,
     ) -> Prediction2D:
         """Segment the current image from prompts in original-image pixels.
 
@@ -150,11 +171,13 @@ class SamMed2DPredictor:
             point_labels: ``N`` labels: 1 foreground, 0 background (-1 padding).
             box: ``(x0, y0, x1, y1)`` or ``K x 4``; several boxes give several masks (points and mask are shared).
             mask_input: ``1 x h x w`` low-res mask prompt (h, w = 4x the embedding grid).
-            multimask_output: decode three candidates and keep the best by predicted IoU (True, upstream's
-                default) or decode the single-mask token (False).
+            multimask_output: decode three candidates and keep the best by predicted IoU (True) or decode the
+                single-mask token (False); None uses the model's upstream default (:attr:`default_multimask_output`).
         """
         if not self.is_image_set:
             raise RuntimeError("call set_image(...) before predict(...)")
+        if multimask_output is None:
+            multimask_output = self.default_multimask_output
         points, boxes, masks = self._prompts(point_coords, point_labels, box, mask_input)
         prompt_sets = boxes.shape[0] if boxes is not None else 1
         if prompt_sets > 1:
@@ -165,10 +188,58 @@ class SamMed2DPredictor:
         decoded = self.runtime.decode(
             self.model.decode, self.features, points, boxes, masks, multimask_output=multimask_output
         )
-        low_res, iou = decoded.low_res_logits.float(), decoded.iou_predictions.float()
+        low_res = decoded.low_res_logits.float()
+        iou = None if decoded.iou_predictions is None else decoded.iou_predictions.float()
         if multimask_output:
             low_res, iou = select_best_mask(low_res, iou)
-        logits = postprocess_for_predictor(low_res, self.image_size, self.original_size)
+        logits = self._to_original(low_res)[:, 0]
         return Prediction2D(
-            logits=logits[:, 0], masks=binarize(logits[:, 0]), iou_predictions=iou[:, 0], low_res_logits=low_res[:, 0]
+            logits=logits,
+            masks=self._binarize(logits),
+            iou_predictions=None if iou is None else iou[:, 0],
+            low_res_logits=low_res[:, 0],
         )
+
+    @staticmethod
+    def _binarize(logits: Tensor) -> Tensor:
+        return binarize(logits)
+
+
+class SamUNetPredictor(SamMed2DPredictor):
+    """SAM-UNet's inference (upstream ``SAM_UNET.infer``) around a :class:`zoo.models.SamUNet`, with the image side
+    (ViT, ResNet branch and multi-scale features) computed once per image and cached.
+
+    Preprocessing resizes the longest side to ``S``, normalises and zero-pads bottom/right; prompts (boxes, as
+    the model was trained, or points) are in original-image pixels and scaled by the same factor; logits come
+    back at the original size and masks are ``logits > 0``. SAM-UNet predicts one mask and no IoU, so
+    ``multimask_output=True`` raises and ``iou_predictions`` is None.
+
+    Example::
+
+        predictor = SamUNetPredictor(zoo.create_model("sam_unet_r34"))
+        predictor.set_image(rgb_uint8_hwc)
+        result = predictor.predict(box=[40, 30, 120, 90])
+    """
+
+    default_multimask_output = False
+
+    def _model_input(self, pixels: Tensor) -> Tensor:
+        if pixels.dtype != torch.uint8:
+            raise ValueError(f"SAM-UNet expects 8-bit (uint8) RGB images, got {pixels.dtype}")
+        resized = torch.from_numpy(unet.resize_longest_side(pixels.cpu().numpy(), self.image_size))
+        self.input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        channels_first = resized.permute(2, 0, 1)
+        return unet.preprocess(channels_first, self.image_size, self.pixel_mean, self.pixel_std)[None]
+
+    def _scale_points(self, coords: Tensor) -> Tensor:
+        return unet.scale_coords(coords, self.original_size, self.image_size)
+
+    def _scale_boxes(self, boxes: Tensor) -> Tensor:
+        return unet.scale_boxes(boxes, self.original_size, self.image_size)
+
+    def _to_original(self, low_res_logits: Tensor) -> Tensor:
+        return unet.postprocess_masks(low_res_logits, self.input_size, self.original_size, self.image_size)
+
+    @staticmethod
+    def _binarize(logits: Tensor) -> Tensor:
+        return unet.binarize(logits)
