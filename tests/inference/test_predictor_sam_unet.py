@@ -69,8 +69,11 @@ def test_points_are_scaled_by_the_longest_side_factor(predictor):
 def test_multimask_and_non_8_bit_images_are_refused(predictor, tiny_unet_model):
     with pytest.raises(ValueError, match="single mask"):
         predictor.predict(box=[10, 5, 60, 40], multimask_output=True)
+    fresh = SamUNetPredictor(tiny_unet_model)
+    fresh.set_image(IMAGE)
     with pytest.raises(ValueError, match="uint8"):
-        SamUNetPredictor(tiny_unet_model).set_image(IMAGE.astype(np.float32))
+        fresh.set_image(IMAGE.astype(np.float32))
+    assert not fresh.is_image_set, "a rejected image must not leave the previous image's embedding in place"
 
 
 def test_a_box_outside_the_image_names_the_problem(predictor):

@@ -92,8 +92,9 @@ class SamMed2DPredictor:
             raise ValueError(f"expected an H x W x 3 image, got shape {tuple(pixels.shape)}")
         if image_format == "BGR":
             pixels = pixels.flip(-1)
-        self.original_size = (int(pixels.shape[0]), int(pixels.shape[1]))
-        self.features = self.runtime.encode_image(self._model_input(pixels).to(self.device))
+        self.reset_image()  # a failure below leaves no image set, never the previous image's embedding
+        features = self.runtime.encode_image(self._model_input(pixels).to(self.device))
+        self.features, self.original_size = features, (int(pixels.shape[0]), int(pixels.shape[1]))
 
     # The model's image geometry; subclasses for models with other preprocessing override these four.
 
