@@ -12,7 +12,6 @@ A *target* is one (case, class) pair: the unit SAM-Med3D trains and evaluates on
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from zoo.data.errors import DataError
+from zoo.data.errors import DataError, read_json
 from zoo.data.nifti import check_same_grid, load_label, read_header
 
 logger = logging.getLogger(__name__)
@@ -59,12 +58,7 @@ class TargetRecord:
 def read_dataset_json(path: str | Path) -> tuple[dict[int, str], str]:
     """Foreground label values -> names, and the file ending, from an nnU-Net ``dataset.json`` (v1 or v2)."""
     file = Path(path)
-    try:
-        meta = json.loads(file.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(file, "dataset.json not found") from exc
-    except (OSError, ValueError) as exc:
-        raise DataError(file, f"cannot parse dataset.json ({exc})") from exc
+    meta = read_json(file, "dataset.json")
     labels = meta.get("labels") if isinstance(meta, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise DataError(file, "dataset.json has no 'labels' mapping")

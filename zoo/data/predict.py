@@ -69,7 +69,6 @@ key                type / shape                    meaning
 from __future__ import annotations
 
 import glob
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,7 +85,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.dataset3d import _data_error_in
-from zoo.data.errors import DataError
+from zoo.data.errors import DataError, read_json
 from zoo.data.nifti import load_image, read_header
 from zoo.data.png import read_image
 from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, letterbox_index_map, prepare_image_and_masks
@@ -206,12 +205,7 @@ def read_prompts(prompts: str | Path | Mapping[str, Any]) -> tuple[dict[str, lis
     else:
         where = Path(prompts)
         folder = where.parent
-        try:
-            content = json.loads(where.read_text())
-        except FileNotFoundError as exc:
-            raise DataError(where, "prompts file not found") from exc
-        except (OSError, ValueError) as exc:
-            raise DataError(where, f"cannot parse the prompts JSON ({exc})") from exc
+        content = read_json(where, "the prompts JSON")
     if not isinstance(content, Mapping) or not content:
         raise DataError(where, "expected a non-empty JSON object {image: object or [objects]}")
     parsed = {}

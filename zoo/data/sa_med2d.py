@@ -29,7 +29,6 @@ key                    type / shape                 meaning
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,20 +39,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.errors import DataError
+from zoo.data.errors import DataError, read_json
 from zoo.data.png import read_image, read_mask
 from zoo.data.sampling import SEED_BOUND, ItemKey, SeededSampler
 from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, prepare_image_and_masks
 from zoo.inference.preprocess2d import Letterbox
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(path, "file not found") from exc
-    except (OSError, ValueError) as exc:
-        raise DataError(path, f"cannot parse JSON ({exc})") from exc
 
 
 def _resolve(json_path: Path, root: Path, relative: Any) -> Path:
@@ -90,7 +80,7 @@ def read_image2label(json_path: str | Path, path_root: str | Path | None = None)
     """``(image, [masks])`` pairs from an ``image2label`` JSON; every referenced file must exist."""
     file = Path(json_path)
     root = Path(path_root) if path_root is not None else file.parent
-    content = _read_json(file)
+    content = read_json(file)
     if not isinstance(content, dict):
         raise DataError(file, "expected a JSON object {image_path: [mask_path, ...]}")
     pairs = []
@@ -105,7 +95,7 @@ def read_label2image(json_path: str | Path, path_root: str | Path | None = None)
     """``(image, mask)`` pairs from a ``label2image`` JSON; every referenced file must exist."""
     file = Path(json_path)
     root = Path(path_root) if path_root is not None else file.parent
-    content = _read_json(file)
+    content = read_json(file)
     if not isinstance(content, dict):
         raise DataError(file, "expected a JSON object {mask_path: image_path}")
     return [(_resolve(file, root, image), _resolve(file, root, mask)) for mask, image in content.items()]

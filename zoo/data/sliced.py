@@ -7,13 +7,13 @@ format of :mod:`zoo.data.sa_med2d` (one mask per item) plus ``class_name``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from zoo.data.errors import read_json
 from zoo.data.sa_med2d import collate_2d
 from zoo.data.slicer import Plane, SlicedVolumeDataset
 
@@ -107,7 +107,7 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
 def _read_label_names(label_names: dict[int, str] | str | Path, key: str | None) -> dict[int, str]:
     if isinstance(label_names, dict):
         return {int(k): str(v) for k, v in label_names.items()}
-    mapping = json.loads(Path(label_names).read_text())
+    mapping = read_json(label_names, "the label names JSON")
     if key is not None:
         if key not in mapping:
             raise KeyError(f"{label_names}: no {key!r} entry")
