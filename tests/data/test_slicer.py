@@ -69,3 +69,15 @@ def test_sliced_samples_batch_like_the_2d_datamodule():
     assert batch["padded"].all(), "101 x 122 slices are centred on the 256 canvas"
     assert all(int(m.sum()) >= 50 for m in batch["original_masks"])
     assert batch["class_id"].dtype == torch.int64 and batch["slice_index"].shape == (2,)
+
+
+def test_label_names_file_errors_name_the_file(tmp_path):
+    from zoo.data.errors import DataError
+    from zoo.data.sliced import _read_label_names
+
+    missing = tmp_path / "names.json"
+    with pytest.raises(DataError, match=r"names\.json: file not found"):
+        _read_label_names(missing, None)
+    missing.write_text("{not json")
+    with pytest.raises(DataError, match=r"names\.json: cannot parse the label names JSON"):
+        _read_label_names(missing, None)
