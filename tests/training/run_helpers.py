@@ -23,6 +23,11 @@ SAM_MED2D_DEMO = REPO / "data" / "sam_med2d_demo"
 STEP_MARKER = "zoo-test-step"
 HOLD_MARKER = "zoo-test-holding"
 
+#: A tiny SAM-Med3D (32^3 input, 2x2x2 token grid) shared by the module and prediction tests.
+TINY_3D = dict(
+    image_size=32, patch_size=16, embed_dim=24, depth=2, num_heads=2, window_size=3, global_attn_indexes=[1],
+    prompt_embed_dim=24, decoder_num_heads=2, decoder_mlp_dim=32, iou_head_hidden_dim=16,
+)
 TINY_SAM_MED2D_64 = dict(
     image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=[1],
     prompt_embed_dim=16, decoder_num_heads=2, decoder_mlp_dim=32, iou_head_hidden_dim=16,

@@ -13,11 +13,8 @@ from zoo.training.metrics import PerClassMean, dice_per_sample
 from zoo.training.module import PromptableSegmentationModule
 from zoo.training.optim import ParamGroup, apply_lr_scales, param_groups, set_trainable
 from zoo.training.schedules import EvaluationProtocol, TrainingPromptSchedule
+from run_helpers import TINY_3D
 
-TINY_3D = dict(
-    image_size=32, patch_size=16, embed_dim=24, depth=2, num_heads=2, window_size=3, global_attn_indexes=[1],
-    prompt_embed_dim=24, decoder_mlp_dim=32, decoder_num_heads=2, iou_head_hidden_dim=16,
-)
 TINY_2D = dict(
     image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=[1],
     prompt_embed_dim=32, decoder_mlp_dim=32, decoder_num_heads=2, iou_head_hidden_dim=16,

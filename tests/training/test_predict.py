@@ -24,6 +24,7 @@ from zoo.data.errors import DataError
 from zoo.data.predict import PromptedImagesDataModule, collate_prompted
 from zoo.training.module import PromptableSegmentationModule
 from zoo.training.prediction import predict_batch, predict_masks
+from run_helpers import TINY_3D
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 CT = DATA / "totalseg_example" / "ct.nii.gz"  # 122 x 101 x 30 voxels of 3 mm, RAS+
@@ -31,10 +32,6 @@ SLICES = DATA / "sam_med2d_demo" / "images"
 PADDED_SLICE = SLICES / "s0619_32.png"  # 155 x 225: both sides < 256, so SAM-Med2D pads it
 STRETCHED_SLICE = SLICES / "s0114_111.png"  # 181 x 258: stretched
 
-TINY_3D = dict(
-    image_size=32, patch_size=16, embed_dim=24, depth=2, num_heads=2, window_size=3, global_attn_indexes=[1],
-    prompt_embed_dim=24, decoder_num_heads=2, decoder_mlp_dim=32, iou_head_hidden_dim=16,
-)
 TINY_2D = dict(
     image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3, global_attn_indexes=[1],
     prompt_embed_dim=32, decoder_num_heads=2, decoder_mlp_dim=64, iou_head_hidden_dim=32,
