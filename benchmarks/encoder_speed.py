@@ -10,7 +10,8 @@ Per row:
 * encoder median latency over ``--runs`` runs after one warm-up, and every run;
 * GFLOP executed per encoder pass (``torch.utils.flop_counter``, CPU flash attention counted too) and the
   achieved GFLOP/s;
-* per-click latency with a cached image embedding (prompt encoder + mask decoder only; median of 20 clicks);
+* per-click latency with a cached image embedding (prompt encoder + mask decoder only; median of 50 clicks) and
+  the GFLOP of one click;
 * peak RSS of the process that ran the row (each row runs in a fresh process), or peak GPU memory;
 * checks on bundled real data: fp32 rows off the reference path report their max abs difference from it
   (embedding and low-res logits); bf16 rows report the share of voxels/pixels whose binary mask agrees with
@@ -57,7 +58,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("sam_med3d_turbo", "sam_med2d_b", "sam_unet_r34")
 PATHS = ("reference", "fast", "compiled")  # compiled: the fast path under torch.compile (inductor, freezing)
 PRECISIONS = ("fp32", "bf16")
-CLICKS = 20
+CLICKS = 50
+# glibc returns freed blocks above these sizes to the kernel, and the next allocation page-faults them back in:
+# thousands of faults per click here. Raised, freed memory is reused (as jemalloc or tcmalloc would).
+KEEP_FREED_MEMORY = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432"
 CT_VOLUME = Path("totalseg_example/ct.nii.gz")
 CT_LABELS = Path("totalseg_example/labels.nii.gz")
 LIVER = 5  # TotalSegmentator 'total' id
@@ -251,6 +255,7 @@ def measure_row(family: str, path: str, precision: str, args: argparse.Namespace
             compile_s = timed_runs(lambda: bench.encode(runtime), 1, warmup=0, device=bench.device)[0]
         times = timed_runs(lambda: bench.encode(runtime), args.runs, warmup=1, device=bench.device)
         embedding = bench.encode(runtime)
+        row["click_gflop"] = executed_gflop(lambda: bench.decode(runtime, embedding))
         clicks = timed_runs(lambda: bench.decode(runtime, embedding), CLICKS, warmup=3, device=bench.device)
         logits = bench.decode(runtime, embedding)
     row.update(
@@ -293,7 +298,7 @@ def _row_in_child(job: tuple[str, str, str, argparse.Namespace]) -> dict[str, An
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
     header = (
         f"{'family':<16} {'path':<9} {'dtype':<5} {'encoder s':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
-        f"{'click ms':>8} {'peak MiB':>8}  runs s / check"
+        f"{'click ms':>8} {'click GFLOP':>11} {'peak MiB':>8}  runs s / check"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -306,7 +311,8 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
         runs = " ".join(f"{t:.2f}" for t in row["runs_s"])
         lines.append(
             f"{row['family']:<16} {row['path']:<9} {row['dtype']:<5} {row['encoder_s']:>9.3f} {row['gflop']:>7.1f} "
-            f"{row['gflops']:>8.1f} {row['click_ms']:>8.1f} {row['peak_mb']:>8.0f}  [{runs}]"
+            f"{row['gflops']:>8.1f} {row['click_ms']:>8.1f} {row['click_gflop']:>11.2f} {row['peak_mb']:>8.0f}"
+            f"  [{runs}]"
             + (f" {row['check']}" if row.get("check") else "")
         )
     return lines
@@ -333,12 +339,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights-2d", help="official SAM-Med2D checkpoint; random weights otherwise")
     parser.add_argument("--weights-unet", help="SAM-UNet checkpoint (zoo or upstream keys); random weights otherwise")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help=f"run the rows with GLIBC_TUNABLES={KEEP_FREED_MEMORY} (no page faults for reused buffers)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.keep_freed_memory:
+        os.environ["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY  # read by each row's freshly spawned interpreter
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, {cpu}, device {device}, threads {args.threads}")
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} in the row processes")
     rate = gemm_rate(device)
     print(f"fp32 GEMM 2048x2048 on {device}: {rate:.1f} GFLOP/s; load average {_load()}")
 

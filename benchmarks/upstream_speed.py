@@ -4,7 +4,7 @@ Point it at the ``segment_anything/modeling`` folders of local checkouts of uni-
 OpenGVLab/SAM-Med2D (nothing is downloaded; the upstream code is imported from there, not copied here). It builds
 the released sizes with random weights (SAM-Med3D-turbo as ``_build_sam3D_ori``; SAM-Med2D ViT-B with adapters at
 256^2) and prints, with 2 threads and batch 1 in fp32: encoder median of ``--runs`` runs after one warm-up, per-click
-latency on a cached embedding (prompt encoder + ``get_dense_pe`` + mask decoder, median of 20 after 3 warm-ups;
+latency on a cached embedding (prompt encoder + ``get_dense_pe`` + mask decoder, median of 50 after 3 warm-ups;
 3D with a zero 32^3 mask and ``multimask_output=False`` as the authors' inference script, 2D with
 ``multimask_output=True`` and the highest-IoU pick as their predictor) and the fp32 GEMM rate before and after.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import types
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         "sam_med3d_turbo (authors)": (sam_med3d, args.sam_med3d),
         "sam_med2d_b (authors)": (sam_med2d, args.sam_med2d),
     }
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (set it when launching, as --keep-freed-memory does)")
     print(f"fp32 GEMM 2048x2048: {gemm_rate(CPU):.1f} GFLOP/s; load average {_load()}")
     print(f"{'model':<26} {'encoder s':>9} {'click ms':>8}  runs s")
     for name, (build, folder) in builders.items():

@@ -38,17 +38,18 @@ def reference_masks(chain: nn.Sequential, tokens: torch.Tensor, grid, hyper_in: 
     return (hyper_in @ upscaled.flatten(2)).view(batch, -1, *upscaled.shape[2:])
 
 
+@pytest.mark.parametrize("chunk_tokens", [None, 1, 5], ids=["one-chunk", "per-token", "uneven-chunks"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
     "grid, kernel", [((3, 5), 2), ((2, 3, 4), 2), ((4, 2), 3), ((2, 1, 3), 3)], ids=["2d", "3d", "2d-k3", "3d-k3"]
 )
-def test_channels_last_masks_equal_the_channels_first_chain(grid, kernel, dtype):
+def test_channels_last_masks_equal_the_channels_first_chain(grid, kernel, dtype, chunk_tokens):
     chain = upscaling(len(grid), 16, kernel, seed=len(grid) + kernel).to(dtype)
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randn(2, torch.Size(grid).numel(), 16, generator=generator, dtype=dtype)
     hyper_in = torch.randn(2, 3, 4, generator=generator, dtype=dtype)
     with torch.no_grad():
-        fast = channels_last_masks(chain, tokens, grid, hyper_in)
+        fast = channels_last_masks(chain, tokens, grid, hyper_in, chunk_tokens=chunk_tokens)
         exact = copy.deepcopy(chain).to(torch.float64)
         reference = reference_masks(exact, tokens.to(torch.float64), grid, hyper_in.to(torch.float64))
     assert fast.shape == reference.shape == (2, 3, *(g * kernel * kernel for g in grid))
@@ -110,3 +111,36 @@ def test_full_size_decoder_fast_path_matches_reference(family):
     assert reference.abs().max() > 0.1, "degenerate logits would make the comparison meaningless"
     error = (fast - reference).abs().max().item()
     assert error <= 1e-4, f"fast vs reference max abs error {error:.3g}"
+
+
+def test_rearranged_weights_follow_parameter_updates():
+    """The inference-time weight cache is rebuilt after an in-place update and after a parameter swap."""
+    chain = upscaling(3, 16, 2, seed=3)
+    generator = torch.Generator().manual_seed(2)
+    tokens = torch.randn(1, 8, 16, generator=generator)
+    hyper_in = torch.randn(1, 2, 4, generator=generator)
+    grid = (2, 2, 2)
+    with torch.no_grad():
+        channels_last_masks(chain, tokens, grid, hyper_in)  # fills the cache
+        chain[0].weight.mul_(-2.0)
+        chain[3].bias.add_(1.0)
+        after_update = channels_last_masks(chain, tokens, grid, hyper_in)
+        torch.testing.assert_close(after_update, reference_masks(chain, tokens, grid, hyper_in), rtol=0, atol=1e-5)
+        chain[3].weight = nn.Parameter(torch.randn(chain[3].weight.shape, generator=generator))
+        after_swap = channels_last_masks(chain, tokens, grid, hyper_in)
+        torch.testing.assert_close(after_swap, reference_masks(chain, tokens, grid, hyper_in), rtol=0, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            channels_last_masks(chain, tokens, grid, hyper_in), after_swap, rtol=0, atol=0
+        )
+
+
+def test_parameters_made_in_inference_mode_are_rearranged_every_call():
+    with torch.inference_mode():
+        chain = upscaling(2, 16, 2, seed=4)
+        tokens, hyper_in = torch.randn(1, 6, 16), torch.randn(1, 2, 4)
+        before = channels_last_masks(chain, tokens, (2, 3), hyper_in)
+        chain[0].weight.mul_(0.5)  # no version counter to see this: nothing may be cached
+        after = channels_last_masks(chain, tokens, (2, 3), hyper_in)
+        torch.testing.assert_close(after, reference_masks(chain, tokens, (2, 3), hyper_in), rtol=0, atol=1e-5)
+    assert not torch.equal(before, after)

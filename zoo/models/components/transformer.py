@@ -3,11 +3,18 @@
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from zoo.models.components.compute_path import reference_computation_enabled
+from zoo.models.components.few_token_attention import image_queries_token_keys, token_queries_image_keys
 from zoo.models.components.layers import MLPBlock
 
 
 class TokenAttention(nn.Module):
-    """Multi-head attention with separate q/k/v projections, optionally to a narrower internal width."""
+    """Multi-head attention with separate q/k/v projections, optionally to a narrower internal width.
+
+    Cross-attention between a few tokens and many (prompt tokens and image tokens) runs in the factored form of
+    :mod:`~zoo.models.components.few_token_attention` when that needs fewer operations, unless
+    ``compute_path.reference_computation()`` is active.
+    """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -25,6 +32,20 @@ class TokenAttention(nn.Module):
         return x.reshape(batch, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if not reference_computation_enabled():
+            projections = (self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.num_heads)
+            if self._factoring_pays(few=k.shape[1], many=q.shape[1]):
+                return image_queries_token_keys(*projections, q, k, v)
+            if self._factoring_pays(few=q.shape[1], many=k.shape[1]):
+                return token_queries_image_keys(*projections, q, k, v)
+        return self._direct(q, k, v)
+
+    def _factoring_pays(self, few: int, many: int) -> bool:
+        """Whether the factored form is cheaper: ``few`` tokens per head span less than the internal width."""
+        return few < many and self.num_heads * few < self.q_proj.out_features
+
+    def _direct(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Upstream's computation: project queries, keys and values, attend, project out."""
         q, k, v = (self._split_heads(proj(x)) for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
         out = F.scaled_dot_product_attention(q, k, v)
         batch, _, tokens, _ = out.shape
@@ -62,11 +83,10 @@ class TwoWayAttentionBlock(nn.Module):
             q = queries + query_pe
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        k = keys + key_pe  # the image keys do not change until norm4, so both cross-attentions share this sum
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
         return queries, keys
 
 

@@ -1,0 +1,63 @@
+"""Factored few-token cross-attention equals the direct projection-attention-projection (the reference path)."""
+
+import pytest
+import torch
+
+from zoo.models.components.compute_path import reference_computation
+from zoo.models.components.transformer import TokenAttention
+
+TOL = {torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+def random_attention(dim: int, heads: int, downsample: int, dtype: torch.dtype) -> TokenAttention:
+    attention = TokenAttention(dim, heads, downsample).to(dtype)
+    generator = torch.Generator().manual_seed(dim + heads)
+    with torch.no_grad():
+        for param in attention.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=dtype) * 0.3)
+    return attention
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("direction", ["image-to-tokens", "tokens-to-image"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_factored_cross_attention_equals_direct(direction, batch, dtype):
+    attention = random_attention(dim=48, heads=4, downsample=2, dtype=dtype)  # internal width 24
+    generator = torch.Generator().manual_seed(batch)
+    tokens = torch.randn(batch, 5, 48, generator=generator, dtype=dtype) * 2  # 4 heads x 5 tokens < 24
+    image = torch.randn(batch, 40, 48, generator=generator, dtype=dtype) * 2
+    q, k, v = (image, tokens, tokens * 0.5) if direction == "image-to-tokens" else (tokens, image, image * 0.5)
+    few, many = min(q.shape[1], k.shape[1]), max(q.shape[1], k.shape[1])
+    assert attention._factoring_pays(few=few, many=many)
+    with torch.no_grad():
+        factored = attention(q, k, v)
+        with reference_computation():
+            direct = attention(q, k, v)
+    assert factored.shape == direct.shape == q.shape
+    torch.testing.assert_close(factored, direct, rtol=0, atol=TOL[dtype] * direct.abs().max())
+
+
+def test_many_tokens_per_head_keep_the_direct_form():
+    attention = random_attention(dim=48, heads=4, downsample=2, dtype=torch.float64)
+    assert not attention._factoring_pays(few=6, many=40)  # 4 x 6 = 24 is not below the internal width
+    assert not attention._factoring_pays(few=5, many=5)  # self-attention among tokens
+
+
+def test_factored_attention_backpropagates_like_direct():
+    attention = random_attention(dim=48, heads=4, downsample=2, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 3, 48, generator=generator, dtype=torch.float64)
+    image = torch.randn(2, 20, 48, generator=generator, dtype=torch.float64)
+
+    def grads(reference: bool) -> list[torch.Tensor]:
+        attention.zero_grad()
+        with reference_computation() if reference else torch.enable_grad():
+            (attention(image, tokens, tokens).square().sum() + attention(tokens, image, image).sum()).backward()
+        return [p.grad.clone() for p in attention.parameters()]
+
+    fast_grads = grads(False)
+    attention.zero_grad()
+    attention(tokens, image, image).sum().backward()  # tokens to image only: every parameter is still used
+    assert all(param.grad is not None for param in attention.parameters())
+    for fast, direct in zip(fast_grads, grads(True)):
+        torch.testing.assert_close(fast, direct, rtol=1e-10, atol=1e-10)
