@@ -28,17 +28,13 @@ def _heads(projection: nn.Linear, num_heads: int) -> tuple[Tensor, Tensor]:
     return weight, projection.bias.view(num_heads, -1)
 
 
-def image_queries_token_keys(
-    q_proj: nn.Linear,
-    k_proj: nn.Linear,
-    v_proj: nn.Linear,
-    out_proj: nn.Linear,
-    num_heads: int,
-    queries: Tensor,
-    keys: Tensor,
-    values: Tensor,
-) -> Tensor:
-    """Attention of many queries (``B x N x C``) to few keys and values (``B x T x C``), output ``B x N x C``."""
+def image_queries_token_keys(attention: nn.Module, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """Attention of many queries (``B x N x C``) to few keys and values (``B x T x C``), output ``B x N x C``.
+
+    ``attention`` is a ``TokenAttention``: its ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` and ``num_heads``.
+    """
+    q_proj, k_proj, v_proj, out_proj = attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
+    num_heads = attention.num_heads
     q_weight, q_bias = _heads(q_proj, num_heads)
     head_dim = q_weight.shape[1]
     k = k_proj(keys).unflatten(-1, (num_heads, head_dim))  # B x T x H x d
@@ -55,17 +51,13 @@ def image_queries_token_keys(
     return torch.baddbmm(out_proj.bias, weights.flatten(2), values_out)
 
 
-def token_queries_image_keys(
-    q_proj: nn.Linear,
-    k_proj: nn.Linear,
-    v_proj: nn.Linear,
-    out_proj: nn.Linear,
-    num_heads: int,
-    queries: Tensor,
-    keys: Tensor,
-    values: Tensor,
-) -> Tensor:
-    """Attention of few queries (``B x T x C``) to many keys and values (``B x N x C``), output ``B x T x C``."""
+def token_queries_image_keys(attention: nn.Module, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """Attention of few queries (``B x T x C``) to many keys and values (``B x N x C``), output ``B x T x C``.
+
+    ``attention`` is a ``TokenAttention``, as for :func:`image_queries_token_keys`.
+    """
+    q_proj, k_proj, v_proj, out_proj = attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
+    num_heads = attention.num_heads
     k_weight, k_bias = _heads(k_proj, num_heads)
     v_weight, v_bias = _heads(v_proj, num_heads)
     head_dim = k_weight.shape[1]

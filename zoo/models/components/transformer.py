@@ -33,11 +33,10 @@ class TokenAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if not reference_computation_enabled():
-            projections = (self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.num_heads)
             if self._factoring_pays(few=k.shape[1], many=q.shape[1]):
-                return image_queries_token_keys(*projections, q, k, v)
+                return image_queries_token_keys(self, q, k, v)
             if self._factoring_pays(few=q.shape[1], many=k.shape[1]):
-                return token_queries_image_keys(*projections, q, k, v)
+                return token_queries_image_keys(self, q, k, v)
         return self._direct(q, k, v)
 
     def _factoring_pays(self, few: int, many: int) -> bool:
