@@ -67,8 +67,9 @@ def test_only_kernel_equals_stride_chains_take_the_fast_path():
     assert not supports_channels_last_upscaling(no_norm)
 
 
+@pytest.mark.parametrize("multimask", [True, False])
 @pytest.mark.parametrize("family", ["sam_med2d_b", "sam_med3d_turbo"])
-def test_mask_decoder_uses_the_fast_path_unless_reference_is_requested(monkeypatch, family):
+def test_mask_decoder_uses_the_fast_path_unless_reference_is_requested(monkeypatch, family, multimask):
     tiny = {"sam_med2d_b": dict(image_size=64, patch_size=8), "sam_med3d_turbo": dict(image_size=32, patch_size=8)}
     torch.manual_seed(0)
     model = zoo.create_model(family, embed_dim=16, depth=1, num_heads=2, global_attn_indexes=(0,), **tiny[family])
@@ -86,13 +87,36 @@ def test_mask_decoder_uses_the_fast_path_unless_reference_is_requested(monkeypat
     points = (torch.full((1, 1, spatial_dims), size / 2), torch.ones(1, 1, dtype=torch.int64))
     with torch.no_grad():
         embedding = model.encode_image(image)
-        fast = model.decode(embedding, points, multimask_output=True)
+        fast = model.decode(embedding, points, multimask_output=multimask)
         assert len(calls) == 1
         with reference_computation():
-            reference = model.decode(embedding, points, multimask_output=True)
+            reference = model.decode(embedding, points, multimask_output=multimask)
     assert len(calls) == 1
+    assert fast.low_res_logits.shape[1] == (3 if multimask else 1)
     torch.testing.assert_close(fast.low_res_logits, reference.low_res_logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(fast.iou_predictions, reference.iou_predictions, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["sam_med2d_b", "sam_med3d_turbo"])
+def test_selected_masks_are_those_of_the_full_decode(family):
+    """Decoding only the returned mask tokens gives the same masks as decoding all four and slicing (upstream)."""
+    tiny = {"sam_med2d_b": dict(image_size=64, patch_size=8), "sam_med3d_turbo": dict(image_size=32, patch_size=8)}
+    torch.manual_seed(1)
+    model = zoo.create_model(family, embed_dim=16, depth=1, num_heads=2, global_attn_indexes=(0,), **tiny[family])
+    decoder = model.eval().mask_decoder
+    grid = model.prompt_encoder.image_embedding_size
+    generator = torch.Generator().manual_seed(3)
+    embedding = torch.randn(2, model.config.prompt_embed_dim, *grid, generator=generator)
+    points = (torch.rand(2, 2, len(grid), generator=generator) * model.config.image_size, torch.tensor([[1, 0]] * 2))
+    with torch.no_grad():
+        sparse, dense = model.embed_prompts(points)
+        pe = model.prompt_encoder.get_dense_pe()
+        every_mask, every_iou = decoder.predict_masks(embedding, pe, sparse, dense)
+        for multimask, kept in ((False, slice(0, 1)), (True, slice(1, None))):
+            out = decoder(embedding, pe, sparse, dense, multimask_output=multimask)
+            torch.testing.assert_close(out.low_res_logits, every_mask[:, kept], rtol=0, atol=1e-6)
+            torch.testing.assert_close(out.iou_predictions, every_iou[:, kept], rtol=0, atol=0)
+    assert every_mask.shape[1] == decoder.num_mask_tokens == 4
 
 
 @pytest.mark.full_size

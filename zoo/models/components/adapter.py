@@ -2,6 +2,9 @@
 
 from torch import Tensor, nn
 
+from zoo.models.components.channels_last_conv import conv_channels_last, conv_transpose_channels_last
+from zoo.models.components.compute_path import reference_computation_enabled
+
 
 class ChannelSpatialAdapter(nn.Module):
     """Adapter run in parallel with each ViT block's MLP on the same ``norm2`` output (``B x H x W x C``).
@@ -29,8 +32,17 @@ class ChannelSpatialAdapter(nn.Module):
         height, width = x.shape[1:3]
         if height % 2 or width % 2:
             raise ValueError(f"the adapter needs an even token grid, got {height}x{width}")
-        # A contiguous NCHW copy: on a channels-last view the CPU convolutions reorder their weights on every call.
+        if x.device.type == "cpu" and not reference_computation_enabled():  # GPUs keep their convolution kernels
+            gate = self.channel(x.mean(dim=(1, 2)))[:, None, None, :]
+            return self.norm(x + self.spatial_channels_last(x * gate))
+        # Upstream's channels-first computation. A contiguous NCHW copy: on a channels-last view the CPU
+        # convolutions reorder their weights on every call.
         x = x.permute(0, 3, 1, 2).contiguous()
         gate = self.channel(x.mean(dim=(2, 3)))[:, :, None, None]
         x = x + self.spatial(x * gate)
         return self.norm(x.permute(0, 2, 3, 1))
+
+    def spatial_channels_last(self, x: Tensor) -> Tensor:
+        """The spatial branch on ``B x H x W x C`` tokens as matrix products (``channels_last_conv``), same sums."""
+        down, act1, up, act2 = self.spatial
+        return act2(conv_transpose_channels_last(up, act1(conv_channels_last(down, x))))

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from zoo.models.components.onednn_linear import OneDNNLinear
+
 # Parameter suffixes per spatial axis, matching the upstream key names (rel_pos_h/w in 2D, rel_pos_d/h/w in 3D).
 AXIS_NAMES = {2: ("h", "w"), 3: ("d", "h", "w")}
 
@@ -103,8 +105,8 @@ class RelPosAttention(nn.Module):
         self.sam_med3d_broadcast = sam_med3d_broadcast
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = OneDNNLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = OneDNNLinear(dim, dim)
         self.use_rel_pos = use_rel_pos
         if use_rel_pos:
             if input_size is None:

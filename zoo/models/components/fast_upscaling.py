@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zoo.models.components.layers import LayerNormNd
+from zoo.models.components.weight_cache import derived_from_parameters
 
 CHUNK_BYTES = 1 << 20
 
@@ -50,19 +51,11 @@ def supports_channels_last_upscaling(upscaling: nn.Sequential) -> bool:
 def _subvoxel_linear_weights(conv: nn.Module) -> tuple[Tensor, Tensor | None]:
     """A kernel == stride transposed convolution as a linear map ``C_in -> (kernel position, C_out)``.
 
-    Without autograd the rearranged weight is kept on the module until its parameters change (a new tensor or an
-    in-place update), because the strided copy costs as much as the matrix product it feeds on a click.
+    At inference the rearranged weight is kept on the module (see ``weight_cache``): the strided copy costs as much
+    as the matrix product it feeds on a click.
     """
     params = [conv.weight] if conv.bias is None else [conv.weight, conv.bias]
-    trains = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-    if trains or any(p.is_inference() for p in params):  # inference tensors keep no version counter
-        return _rearrange_subvoxel_weights(conv)
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    cached = conv.__dict__.get("_subvoxel_linear_cache")
-    if cached is None or cached[0] != key:
-        cached = (key, _rearrange_subvoxel_weights(conv))
-        conv.__dict__["_subvoxel_linear_cache"] = cached
-    return cached[1]
+    return derived_from_parameters(conv, "subvoxel_linear", params, lambda: _rearrange_subvoxel_weights(conv))
 
 
 def _rearrange_subvoxel_weights(conv: nn.Module) -> tuple[Tensor, Tensor | None]:

@@ -4,6 +4,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from zoo.models.components.onednn_linear import OneDNNLinear
+
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
     """``nn.Conv2d`` or ``nn.Conv3d``."""
@@ -40,8 +42,8 @@ class MLPBlock(nn.Module):
 
     def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
-        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
-        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.lin1 = OneDNNLinear(embedding_dim, mlp_dim)
+        self.lin2 = OneDNNLinear(mlp_dim, embedding_dim)
         self.act = act()
 
     def forward(self, x: Tensor) -> Tensor:

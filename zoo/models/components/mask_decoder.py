@@ -61,16 +61,21 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
     ) -> MaskPrediction:
         """Mask token 0 alone (``multimask_output=False``) or tokens 1..3 (``True``), as upstream."""
-        masks, iou = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
-        )
         selected = slice(1, None) if multimask_output else slice(0, 1)
-        return MaskPrediction(low_res_logits=masks[:, selected], iou_predictions=iou[:, selected])
+        masks, iou = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, selected
+        )
+        return MaskPrediction(low_res_logits=masks, iou_predictions=iou[:, selected])
 
     def predict_masks(
-        self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
+        self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor, selected: slice = slice(None)
     ) -> tuple[Tensor, Tensor]:
-        """All mask logits ``B x (1 + num_multimask) x *low_res`` and IoU predictions ``B x (1 + num_multimask)``."""
+        """Logits ``B x n x *low_res`` of the ``selected`` mask tokens and IoU predictions ``B x (1 + num_multimask)``.
+
+        Upstream decodes every mask token and then drops the unselected ones. Each mask depends only on its own
+        token's hypernetwork vector, so only the selected ones are computed: the same values, and a single-mask
+        click does a quarter of the hypernetwork product and the final rearrangement.
+        """
         batch = sparse.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
@@ -80,7 +85,8 @@ class MaskDecoder(nn.Module):
         iou_token_out = hidden[:, 0]
         mask_tokens_out = hidden[:, 1 : 1 + self.num_mask_tokens]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i]) for i in range(self.num_mask_tokens)[selected]],
+            dim=1,
         )
         grid = image_embeddings.shape[2:]
         if not reference_computation_enabled() and supports_channels_last_upscaling(self.output_upscaling):

@@ -1,0 +1,134 @@
+"""Convolutions written as matrix products on channels-last grids equal torch's convolutions; the adapter uses them."""
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.models.components.adapter import ChannelSpatialAdapter
+from zoo.models.components.channels_last_conv import conv_channels_last, conv_transpose_channels_last
+from zoo.models.components.compute_path import reference_computation
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+
+
+def randomised(module: nn.Module, seed: int) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return module
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(1, -1)
+
+
+def channels_first(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(-1, 1)
+
+
+LAYOUTS = [  # spatial dims, input grid, kernel, stride, padding, bias
+    (2, (16, 16), 3, 2, 1, False),  # SAM-Med2D's adapter
+    (2, (7, 5), 3, 1, 1, True),
+    (2, (6, 9), (2, 3), (2, 1), (0, 2), True),
+    (3, (5, 4, 6), 3, 2, 1, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spatial_dims, grid, kernel, stride, padding, bias", LAYOUTS)
+def test_conv_as_taps_product_equals_torch(spatial_dims, grid, kernel, stride, padding, bias, dtype):
+    conv = randomised(CONV[spatial_dims](6, 5, kernel, stride, padding, bias=bias), seed=1).to(dtype)
+    x = torch.randn(2, 6, *grid, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    with torch.no_grad():
+        fast = channels_first(conv_channels_last(conv, channels_last(x)))
+        expected = conv.double()(x.double())
+    assert fast.shape == expected.shape and fast.dtype == dtype
+    torch.testing.assert_close(fast.double(), expected, rtol=0, atol=TOL[dtype] * expected.abs().max())
+
+
+TRANSPOSED = [  # spatial dims, input grid, kernel, stride, padding, bias
+    (2, (8, 8), 4, 2, 1, False),  # SAM-Med2D's adapter
+    (2, (3, 5), 2, 2, 0, True),  # SAM's mask upscaling
+    (2, (4, 3), (3, 2), (2, 3), (1, 0), True),
+    (3, (3, 2, 4), 4, 2, 1, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spatial_dims, grid, kernel, stride, padding, bias", TRANSPOSED)
+def test_transposed_conv_as_overlap_add_equals_torch(spatial_dims, grid, kernel, stride, padding, bias, dtype):
+    conv = randomised(CONV_T[spatial_dims](6, 5, kernel, stride, padding, bias=bias), seed=3).to(dtype)
+    x = torch.randn(2, 6, *grid, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    with torch.no_grad():
+        fast = channels_first(conv_transpose_channels_last(conv, channels_last(x)))
+        expected = conv.double()(x.double())
+    assert fast.shape == expected.shape and fast.dtype == dtype
+    torch.testing.assert_close(fast.double(), expected, rtol=0, atol=TOL[dtype] * expected.abs().max())
+
+
+def test_gradients_match_torch_when_training():
+    """With autograd on (training on the CPU) nothing is cached and every parameter gets torch's gradient."""
+    down = randomised(nn.Conv2d(4, 3, 3, 2, 1), seed=5).double()
+    up = randomised(nn.ConvTranspose2d(3, 4, 4, 2, 1), seed=6).double()
+    x = torch.randn(1, 4, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+
+    def loss(fast: bool) -> torch.Tensor:
+        if fast:
+            y = channels_first(conv_transpose_channels_last(up, conv_channels_last(down, channels_last(x))))
+        else:
+            y = up(down(x))
+        return (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum()
+
+    grads = []
+    for fast in (True, False):
+        down.zero_grad(), up.zero_grad()
+        loss(fast).backward()
+        grads.append([p.grad.clone() for p in (*down.parameters(), *up.parameters())])
+    for fast_grad, torch_grad in zip(*grads):
+        torch.testing.assert_close(fast_grad, torch_grad, rtol=0, atol=1e-12)
+    assert "_derived_weight_cache" not in up.__dict__
+
+
+def test_cached_transposed_weight_follows_in_place_updates():
+    up = randomised(nn.ConvTranspose2d(3, 4, 4, 2, 1), seed=8)
+    x = torch.randn(1, 5, 5, 3, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        conv_transpose_channels_last(up, x)  # fills the cache
+        up.weight.mul_(-3.0)
+        after = channels_first(conv_transpose_channels_last(up, x))
+        torch.testing.assert_close(after, up(channels_first(x)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(4, 4, 3, dilation=2), nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, padding="same")],
+    ids=["dilated", "grouped", "same-padding"],
+)
+def test_convolutions_without_a_taps_form_are_refused(conv):
+    with pytest.raises(ValueError, match="no channels-last form"):
+        conv_channels_last(conv, torch.zeros(1, 6, 6, 4))
+
+
+def test_refuses_output_padding():
+    with pytest.raises(ValueError, match="no channels-last form"):
+        conv_transpose_channels_last(nn.ConvTranspose2d(4, 4, 3, stride=2, output_padding=1), torch.zeros(1, 3, 3, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adapter_fast_path_equals_upstreams_channels_first_computation(monkeypatch, dtype):
+    calls = []
+    monkeypatch.setattr(
+        "zoo.models.components.adapter.conv_channels_last", lambda *a: calls.append(1) or conv_channels_last(*a)
+    )
+    adapter = randomised(ChannelSpatialAdapter(32), seed=10).to(dtype).eval()
+    x = torch.randn(2, 6, 4, 32, generator=torch.Generator().manual_seed(11), dtype=dtype)
+    with torch.no_grad():
+        fast = adapter(x)
+        assert calls == [1]
+        with reference_computation():
+            reference = adapter(x)
+        assert calls == [1]
+    torch.testing.assert_close(fast, reference, rtol=0, atol=TOL[dtype] * reference.abs().max())

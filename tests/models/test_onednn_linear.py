@@ -1,0 +1,77 @@
+"""``linear`` takes oneDNN's path only for eager float32 CPU inference, and computes ``F.linear`` either way."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zoo.models.components.compute_path import reference_computation
+from zoo.models.components.onednn_linear import OneDNNLinear, linear, onednn_applies
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+
+def operands(rows: int = 7, inputs: int = 48, outputs: int = 80):
+    generator = torch.Generator().manual_seed(0)
+    return (
+        torch.randn(2, rows, inputs, generator=generator),
+        torch.randn(outputs, inputs, generator=generator),
+        torch.randn(outputs, generator=generator),
+    )
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_equals_f_linear(with_bias):
+    x, weight, bias = operands()
+    bias = bias if with_bias else None
+    with torch.no_grad():
+        assert onednn_applies(x, weight, bias)
+        out = linear(x, weight, bias)
+    exact = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    assert out.shape == (2, 7, 80) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
+
+
+def test_takes_the_onednn_kernel_for_inference(monkeypatch):
+    calls = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(1)
+            return kernel(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Spy())
+    x, weight, bias = operands()
+    with torch.inference_mode():
+        linear(x, weight, bias)
+    assert calls == [1]
+
+
+def test_falls_back_everywhere_else():
+    x, weight, bias = operands()
+    trainable = nn.Parameter(weight.clone())
+    assert not onednn_applies(x, trainable, bias), "autograd records the product"
+    assert not onednn_applies(x.double(), weight.double(), bias.double()), "float64"
+    assert not onednn_applies(x, weight.t().contiguous().t(), bias), "non-contiguous weight"
+    with torch.no_grad():
+        assert onednn_applies(x, trainable, bias)
+        with reference_computation():
+            assert not onednn_applies(x, weight, bias)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not onednn_applies(x, weight, bias)
+            assert linear(x, weight, bias).dtype == torch.bfloat16  # autocast still applies
+
+
+def test_module_keeps_nn_linear_parameters_and_gradients():
+    torch.manual_seed(0)
+    module = OneDNNLinear(48, 80)
+    plain = nn.Linear(48, 80)
+    plain.load_state_dict(module.state_dict())
+    assert isinstance(module, nn.Linear) and module.state_dict().keys() == plain.state_dict().keys()
+    x = operands()[0]
+    module(x).square().sum().backward()
+    plain(x).square().sum().backward()
+    torch.testing.assert_close(module.weight.grad, plain.weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), plain(x), rtol=0, atol=1e-5)

@@ -1,0 +1,80 @@
+"""Exact convolutions and transposed convolutions on channels-last grids (``B x *spatial x C``) as matrix products.
+
+SAM-Med2D's adapter convolves the ViT's channels-last tokens with a stride-2 3x3 convolution and a stride-2 4x4
+transposed convolution, 768 channels each, on a 16x16 grid. The CPU convolution kernels handle that shape poorly
+(the transposed one ran at ~29 GFLOP/s on 2 threads) and want a channels-first copy. Written as
+one matrix product over the gathered kernel taps (convolution), or one product followed by an overlap-add of the
+kernel-sized output blocks (transposed convolution), the same sums run at the machine's GEMM rate on the tokens as
+they are, through oneDNN where it applies (``onednn_linear``). The convolution's weight is used as it is stored;
+the transposed convolution's is rearranged once per parameter state and kept (``weight_cache``), one extra copy of
+it in memory.
+"""
+
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from zoo.models.components.onednn_linear import linear
+from zoo.models.components.weight_cache import derived_from_parameters
+
+_ConvNd = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_ConvTransposeNd = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _check_plain(conv: nn.Module, kinds: tuple[type, ...]) -> None:
+    """Only ungrouped, undilated, zero- and integer-padded convolutions (and no output padding) are written out."""
+    plain = (
+        isinstance(conv, kinds)
+        and not isinstance(conv.padding, str)
+        and conv.groups == 1
+        and all(d == 1 for d in conv.dilation)
+        and conv.padding_mode == "zeros"
+        and not any(getattr(conv, "output_padding", ()))
+    )
+    if not plain:
+        raise ValueError(f"no channels-last form for {conv!r}: needs groups=1, dilation 1, integer zero padding")
+
+
+def conv_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
+    """``conv`` (a ``ConvNd``) on ``x`` ``B x *spatial x C_in``, returning ``B x *out_spatial x C_out``."""
+    _check_plain(conv, _ConvNd)
+    kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
+    spatial = x.shape[1:-1]
+    out = [(size + 2 * pad - k) // s + 1 for size, k, s, pad in zip(spatial, kernel, stride, padding)]
+    # F.pad lists (before, after) pairs from the last axis backwards; the channel axis is last and not padded.
+    padded = F.pad(x, [0, 0, *itertools.chain.from_iterable((p, p) for p in reversed(padding))])
+    taps = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, stride, out))
+        taps.append(padded[(slice(None), *index)])
+    # Taps ordered (C_in, kernel offset), as the weight C_out x C_in x *kernel is stored: no weight copy.
+    gathered = torch.stack(taps, dim=-1).flatten(-2)
+    return linear(gathered, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+
+
+def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
+    """``conv`` (a ``ConvTransposeNd``) on ``x`` ``B x *spatial x C_in``, returning ``B x *out_spatial x C_out``.
+
+    Each input position writes a kernel-sized block of the output, ``stride`` apart: one matrix product gives every
+    block, and they are summed into place (the overlap-add), then ``padding`` is cropped off each side.
+    """
+    _check_plain(conv, _ConvTransposeNd)
+    kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
+    batch, *spatial, _ = x.shape
+
+    def weight() -> Tensor:  # C_in x C_out x *kernel -> (*kernel, C_out) x C_in
+        order = (*range(2, conv.weight.ndim), 1, 0)
+        return conv.weight.permute(order).reshape(math.prod(kernel) * conv.out_channels, conv.in_channels)
+
+    blocks = linear(x, derived_from_parameters(conv, "conv_transpose_blocks", [conv.weight], weight))
+    blocks = blocks.view(batch, *spatial, math.prod(kernel), conv.out_channels)
+    full = [(n - 1) * s + k for n, s, k in zip(spatial, stride, kernel)]
+    out = blocks.new_zeros(batch, *full, conv.out_channels)
+    for position, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
+        index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, stride, spatial))
+        out[(slice(None), *index)] += blocks[..., position, :]
+    out = out[(slice(None), *(slice(p, f - p) for p, f in zip(padding, full)))]
+    return out if conv.bias is None else out + conv.bias
