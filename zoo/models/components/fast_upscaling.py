@@ -13,6 +13,7 @@ whole second upscaling is 6 MiB per mask set, which leaves the caches and, freed
 costs page faults; chunked, one click's upscaling ran 10.7 -> 7.2 ms on 2 CPU threads.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -93,10 +94,23 @@ def channels_last_masks(
         x = F.linear(x, second_weight, second_bias).unflatten(-1, (-1, second.out_channels))
         x = act2(x)  # B x n x K1 x K2 x C2
         chunks.append(x.flatten(1, -2) @ hyper_t)  # B x (n K1 K2) x M
-    masks = torch.cat(chunks, dim=1)
-    # Output index along each axis: (grid index * k1 + first sub-voxel) * k2 + second sub-voxel.
-    n = len(grid)
-    masks = masks.view(batch, *grid, *first.kernel_size, *second.kernel_size, num_masks)
-    order = [0, 3 * n + 1] + [1 + axis + level * n for axis in range(n) for level in range(3)]
+    masks = torch.cat(chunks, dim=1)  # B x (grid, K1, K2) x M
     upscaled = [g * k1 * k2 for g, k1, k2 in zip(grid, first.kernel_size, second.kernel_size)]
-    return masks.permute(order).reshape(batch, num_masks, *upscaled)
+    order = _upscaled_order(batch, tuple(grid), first.kernel_size, second.kernel_size, num_masks, masks.device)
+    return torch.take(masks, order).view(batch, num_masks, *upscaled)
+
+
+@functools.lru_cache(maxsize=16)
+def _upscaled_order(
+    batch: int, grid: tuple[int, ...], k1: tuple[int, ...], k2: tuple[int, ...], num_masks: int, device: torch.device
+) -> Tensor:
+    """Flat indices that rearrange ``B x (grid, K1, K2) x M`` masks onto the upscaled ``B x M x *upscaled`` grid.
+
+    Along each axis the output index is (grid index * k1 + first sub-voxel) * k2 + second sub-voxel. As a
+    permutation of an 11-dimensional view the copy took 0.57 ms per SAM-Med3D mask on 2 threads; gathered through
+    these indices, 0.06 ms.
+    """
+    n = len(grid)
+    positions = torch.arange(batch * math.prod(grid) * math.prod(k1) * math.prod(k2) * num_masks, device=device)
+    order = [0, 3 * n + 1] + [1 + axis + level * n for axis in range(n) for level in range(3)]
+    return positions.view(batch, *grid, *k1, *k2, num_masks).permute(order).flatten()

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.components.layers import LayerNormNd, conv_nd
+from zoo.models.components.weight_cache import derived_from_parameters
 
 
 class RandomFourierPositionEncoding(nn.Module):
@@ -79,7 +80,16 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> Tensor:
-        """Positional encoding of the embedding grid's cell centres: ``1 x C x *grid``."""
+        """Positional encoding of the embedding grid's cell centres: ``1 x C x *grid``.
+
+        It depends only on the Gaussian matrix, so at inference it is computed once per state of that buffer and
+        kept (``weight_cache``); a click then skips a sine and a cosine over the whole grid. Do not modify the
+        returned tensor in place.
+        """
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        return derived_from_parameters(self, "dense_pe", [matrix], self._dense_pe)
+
+    def _dense_pe(self) -> Tensor:
         matrix = self.pe_layer.positional_encoding_gaussian_matrix
         axes = [
             (torch.arange(size, device=matrix.device, dtype=matrix.dtype) + 0.5) / size

@@ -5,6 +5,8 @@ as much as the product it feeds, so at inference the derived tensor is kept on t
 parameter's storage pointer, version counter, dtype and device: an in-place update (optimizer step,
 ``load_state_dict``) or a swapped parameter invalidates it. Nothing is cached while autograd records the
 parameters (the derived tensor must stay in the graph) or for inference tensors, which have no version counter.
+What is derived inside ``torch.inference_mode()`` (an inference tensor) is kept apart from what is derived outside
+it, so that validation under inference mode never hands an inference tensor to a training step.
 """
 
 from collections.abc import Callable, Sequence
@@ -23,7 +25,7 @@ def derived_from_parameters(
     records_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
     if records_grad or any(p.is_inference() for p in params):
         return derive()
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
     cache = module.__dict__.setdefault("_derived_weight_cache", {})  # not a buffer: never saved or moved
     cached = cache.get(slot)
     if cached is None or cached[0] != key:
