@@ -2,7 +2,8 @@
 
 For each family at full size, batch 1, on ``--threads`` CPU threads (or a GPU with ``--device cuda``), one row per
 path and precision (fp32, bf16 autocast), run through the predictors' ``zoo.inference.runtime.ModelRuntime``.
-Paths: ``reference`` (upstream's computation: zero-padded attention windows, channels-first mask upscaling),
+Paths: ``reference`` (upstream's computation: zero-padded attention windows, channels-first mask upscaling and
+adapter convolutions, torch's default linear kernels),
 ``fast`` (the exact fast kernels, the default) and, with ``--paths ... compiled``, the fast path with the image
 side under ``torch.compile`` with inductor freezing (fp32 only; minutes of compilation per family on 2 cores).
 Per row:

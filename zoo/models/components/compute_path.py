@@ -1,7 +1,8 @@
 """Switch between the exact fast kernels (default) and upstream's literal computation.
 
-Components with a fast path (windowed attention without padded tokens, channels-last mask upscaling) compute the
-same function as upstream with fewer operations. Inside :func:`reference_computation` they run upstream's
+Components with a fast path (windowed attention without padded tokens, channels-last mask upscaling, factored
+few-token cross-attention, SAM-Med2D's adapter convolutions as matrix products, oneDNN linears on the CPU) compute
+the same function as upstream with fewer operations or faster kernels. Inside :func:`reference_computation` they run upstream's
 computation step for step instead: for tests that compare the two and for benchmarks.
 """
 

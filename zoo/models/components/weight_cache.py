@@ -6,7 +6,8 @@ parameter's storage pointer, version counter, dtype and device: an in-place upda
 ``load_state_dict``) or a swapped parameter invalidates it. Nothing is cached while autograd records the
 parameters (the derived tensor must stay in the graph) or for inference tensors, which have no version counter.
 What is derived inside ``torch.inference_mode()`` (an inference tensor) is kept apart from what is derived outside
-it, so that validation under inference mode never hands an inference tensor to a training step.
+it, so that validation under inference mode never hands an inference tensor to a training step. While
+``torch.compile`` traces, the derivation is part of the traced graph instead.
 """
 
 from collections.abc import Callable, Sequence
@@ -23,8 +24,8 @@ def derived_from_parameters(
 ) -> Derived:
     """``derive()``, computed once per state of ``params`` and kept on ``module`` under ``slot``."""
     records_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-    if records_grad or any(p.is_inference() for p in params):
-        return derive()
+    if records_grad or torch.compiler.is_compiling() or any(p.is_inference() for p in params):
+        return derive()  # under torch.compile the derivation is traced into the graph (and frozen with it)
     key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
     cache = module.__dict__.setdefault("_derived_weight_cache", {})  # not a buffer: never saved or moved
     cached = cache.get(slot)
