@@ -8,9 +8,10 @@ features. Computed that way on channels-last tokens, the whole chain is three ma
 over the last axis; only the final masks, ``num_masks`` channels instead of ``C / 8``, are rearranged onto the
 upscaled grid. Same function, different rounding (within 1e-5 at full size).
 
-The tokens go through the chain in chunks whose largest intermediate stays around ``CHUNK_BYTES``: SAM-Med3D's
+The second stage runs in chunks of tokens whose largest intermediate stays around ``CHUNK_BYTES``: SAM-Med3D's
 whole second upscaling is 6 MiB per mask set, which leaves the caches and, freed and reallocated on every click,
-costs page faults; chunked, one click's upscaling ran 10.7 -> 7.2 ms on 2 CPU threads.
+costs page faults; chunked, one click's upscaling ran 10.7 -> 7.2 ms on 2 CPU threads. The first stage, a quarter
+of the size, runs over all tokens at once (in chunks of 85 tokens its product ran about 40% slower).
 """
 
 import functools
@@ -87,13 +88,13 @@ def channels_last_masks(
     hyper_t = hyper_in.transpose(1, 2)
     first_weight, first_bias = _subvoxel_linear_weights(first)
     second_weight, second_bias = _subvoxel_linear_weights(second)
+    # The first stage writes a quarter of what the second does: one product over all tokens keeps its GEMM efficient.
+    x = F.linear(tokens, first_weight, first_bias).unflatten(-1, (-1, first.out_channels))  # B x N x K1 x C1
+    x = act1(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
     chunks = []
-    for chunk in tokens.split(chunk_tokens, dim=1):
-        x = F.linear(chunk, first_weight, first_bias).unflatten(-1, (-1, first.out_channels))  # B x n x K1 x C1
-        x = act1(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
-        x = F.linear(x, second_weight, second_bias).unflatten(-1, (-1, second.out_channels))
-        x = act2(x)  # B x n x K1 x K2 x C2
-        chunks.append(x.flatten(1, -2) @ hyper_t)  # B x (n K1 K2) x M
+    for chunk in x.split(chunk_tokens, dim=1):
+        y = act2(F.linear(chunk, second_weight, second_bias).unflatten(-1, (-1, second.out_channels)))
+        chunks.append(y.flatten(1, -2) @ hyper_t)  # B x (n K1 K2) x M
     masks = torch.cat(chunks, dim=1)  # B x (grid, K1, K2) x M
     upscaled = [g * k1 * k2 for g, k1, k2 in zip(grid, first.kernel_size, second.kernel_size)]
     order = _upscaled_order(batch, tuple(grid), first.kernel_size, second.kernel_size, num_masks, masks.device)
