@@ -75,3 +75,18 @@ def test_module_keeps_nn_linear_parameters_and_gradients():
     torch.testing.assert_close(module.weight.grad, plain.weight.grad)
     with torch.no_grad():
         torch.testing.assert_close(module(x), plain(x), rtol=0, atol=1e-5)
+
+
+def test_few_rows_use_a_packed_weight_that_follows_updates():
+    torch.manual_seed(0)
+    module = OneDNNLinear(48, 80)
+    few = torch.randn(1, 7, 48)
+    many = torch.randn(1, 64, 48)
+    with torch.no_grad():
+        for x in (few, many):
+            torch.testing.assert_close(module(x), F.linear(x, module.weight, module.bias), rtol=0, atol=1e-5)
+        assert "onednn_packed" in module.__dict__["_derived_weight_cache"]
+        module.weight.mul_(-0.5)
+        torch.testing.assert_close(module(few), F.linear(few, module.weight, module.bias), rtol=0, atol=1e-5)
+    with torch.inference_mode():  # a packed copy made here is kept apart from the no-grad one
+        torch.testing.assert_close(module(few), F.linear(few, module.weight, module.bias), rtol=0, atol=1e-5)
