@@ -165,9 +165,17 @@ def _cpu_flash_attention_flop(query_shape, key_shape, value_shape, *args, out_sh
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * int(np.prod(x_shape)) * weight_shape[0]  # x: ... x K, weight: N x K
+
+
 def executed_gflop(fn: Callable[[], Any]) -> float:
-    """FLOPs of one call; the CPU flash-attention kernel is counted like the other SDPA kernels."""
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop}
+    """FLOPs of one call; the CPU flash-attention kernel is counted like the other SDPA kernels, and oneDNN's
+    linear kernel (``zoo.models.components.onednn_linear``) like ``F.linear``."""
+    mapping = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop,
+        torch.ops.mkldnn._linear_pointwise: _onednn_linear_flop,
+    }
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops() / 1e9
