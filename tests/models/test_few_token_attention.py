@@ -1,7 +1,10 @@
 """Factored few-token cross-attention equals the direct projection-attention-projection (the reference path)."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from zoo.models.components.compute_path import reference_computation
 from zoo.models.components.transformer import TokenAttention
@@ -61,3 +64,21 @@ def test_factored_attention_backpropagates_like_direct():
     assert all(param.grad is not None for param in attention.parameters())
     for fast, direct in zip(fast_grads, grads(True)):
         torch.testing.assert_close(fast, direct, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("counted", [False, True], ids=["plain", "flop-counted"])
+@pytest.mark.parametrize("direction", ["image-to-tokens", "tokens-to-image"])
+def test_factored_attention_runs_under_bf16_autocast(direction, counted):
+    """Autocast computes the projections in bf16 while the parameters stay float32 (the bf16 inference option).
+    Under a dispatch mode such as the benchmark's FLOP counter, einsum's inner products see no autocast."""
+    attention = random_attention(dim=48, heads=4, downsample=2, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(5)
+    tokens = torch.randn(1, 5, 48, generator=generator)
+    image = torch.randn(1, 40, 48, generator=generator)
+    q, k, v = (image, tokens, tokens) if direction == "image-to-tokens" else (tokens, image, image)
+    with torch.inference_mode():  # as the predictors run
+        exact = attention(q, k, v)
+        with torch.autocast("cpu", dtype=torch.bfloat16), FlopCounterMode(display=False) if counted else nullcontext():
+            low = attention(q, k, v)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - exact).abs().max() <= 0.05 * exact.abs().max()

@@ -22,10 +22,14 @@ import torch
 from torch import Tensor, nn
 
 
-def _heads(projection: nn.Linear, num_heads: int) -> tuple[Tensor, Tensor]:
-    """A ``C -> heads * d`` projection's weight as ``heads x d x C`` and its bias as ``heads x d``."""
-    weight = projection.weight.view(num_heads, -1, projection.in_features)
-    return weight, projection.bias.view(num_heads, -1)
+def _heads(projection: nn.Linear, num_heads: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """A ``C -> heads * d`` projection's weight as ``heads x d x C`` and its bias as ``heads x d``, in ``dtype``.
+
+    ``dtype`` is that of the projected activations: under autocast the linear layers compute in bf16 while the
+    parameters stay float32, and ``einsum`` (not an autocast op) needs both operands in one dtype.
+    """
+    weight = projection.weight.to(dtype).view(num_heads, -1, projection.in_features)
+    return weight, projection.bias.to(dtype).view(num_heads, -1)
 
 
 def image_queries_token_keys(attention: nn.Module, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
@@ -35,10 +39,10 @@ def image_queries_token_keys(attention: nn.Module, queries: Tensor, keys: Tensor
     """
     q_proj, k_proj, v_proj, out_proj = attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
     num_heads = attention.num_heads
-    q_weight, q_bias = _heads(q_proj, num_heads)
+    k = k_proj(keys).unflatten(-1, (num_heads, -1))  # B x T x H x d
+    v = v_proj(values).unflatten(-1, (num_heads, -1))
+    q_weight, q_bias = _heads(q_proj, num_heads, k.dtype)
     head_dim = q_weight.shape[1]
-    k = k_proj(keys).unflatten(-1, (num_heads, head_dim))  # B x T x H x d
-    v = v_proj(values).unflatten(-1, (num_heads, head_dim))
     # Each key pulled back to the input space of the queries: score = x . (W_q^T k) + b_q . k. Scores are laid
     # out (token, head) so that the softmax runs over a middle axis, which is ~8x faster than over a short last one.
     keys_in_query_space = torch.einsum("bthd,hdc->bthc", k, q_weight).flatten(1, 2)  # B x (T H) x C
@@ -46,7 +50,7 @@ def image_queries_token_keys(attention: nn.Module, queries: Tensor, keys: Tensor
     scores = torch.baddbmm(key_bias[:, None], queries, keys_in_query_space.transpose(1, 2))
     weights = (scores * head_dim**-0.5).unflatten(-1, (-1, num_heads)).softmax(dim=-2)  # B x N x T x H
     # Each value pushed through its head's slice of the output projection.
-    o_weight = out_proj.weight.view(out_proj.out_features, num_heads, head_dim)
+    o_weight = out_proj.weight.to(v.dtype).view(out_proj.out_features, num_heads, head_dim)
     values_out = torch.einsum("bthd,chd->bthc", v, o_weight).flatten(1, 2)  # B x (T H) x C
     return torch.baddbmm(out_proj.bias, weights.flatten(2), values_out)
 
@@ -58,10 +62,10 @@ def token_queries_image_keys(attention: nn.Module, queries: Tensor, keys: Tensor
     """
     q_proj, k_proj, v_proj, out_proj = attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
     num_heads = attention.num_heads
-    k_weight, k_bias = _heads(k_proj, num_heads)
-    v_weight, v_bias = _heads(v_proj, num_heads)
-    head_dim = k_weight.shape[1]
-    q = q_proj(queries).unflatten(-1, (num_heads, head_dim)) * head_dim**-0.5  # B x T x H x d
+    q = q_proj(queries).unflatten(-1, (num_heads, -1))  # B x T x H x d
+    k_weight, k_bias = _heads(k_proj, num_heads, q.dtype)
+    v_weight, v_bias = _heads(v_proj, num_heads, q.dtype)
+    q = q * k_weight.shape[1] ** -0.5
     queries_in_key_space = torch.einsum("bthd,hdc->bhtc", q, k_weight).flatten(1, 2)  # B x (H T) x C
     # q . b_k is the same for every key, so the softmax cancels it; kept so that b_k stays in the autograd graph
     # (its gradient is zero either way, but distributed training expects every parameter to be used).
