@@ -29,44 +29,28 @@ def channels_first(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, 1)
 
 
-LAYOUTS = [  # spatial dims, input grid, kernel, stride, padding, bias
-    (2, (16, 16), 3, 2, 1, False),  # SAM-Med2D's adapter
-    (2, (7, 5), 3, 1, 1, True),
-    (2, (6, 9), (2, 3), (2, 1), (0, 2), True),
-    (3, (5, 4, 6), 3, 2, 1, True),
+CASES = [  # fast function, torch module class per spatial dims, spatial dims, input grid, kernel, stride, padding, bias
+    (conv_channels_last, CONV, 2, (16, 16), 3, 2, 1, False),  # SAM-Med2D's adapter, down
+    (conv_channels_last, CONV, 2, (7, 5), 3, 1, 1, True),
+    (conv_channels_last, CONV, 2, (6, 9), (2, 3), (2, 1), (0, 2), True),
+    (conv_channels_last, CONV, 3, (5, 4, 6), 3, 2, 1, True),
+    (conv_transpose_channels_last, CONV_T, 2, (8, 8), 4, 2, 1, False),  # SAM-Med2D's adapter, up
+    (conv_transpose_channels_last, CONV_T, 2, (3, 5), 2, 2, 0, True),  # SAM's mask upscaling
+    (conv_transpose_channels_last, CONV_T, 2, (4, 3), (3, 2), (2, 3), (1, 0), True),
+    (conv_transpose_channels_last, CONV_T, 3, (3, 2, 4), 4, 2, 1, True),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("spatial_dims, grid, kernel, stride, padding, bias", LAYOUTS)
-def test_conv_as_taps_product_equals_torch(spatial_dims, grid, kernel, stride, padding, bias, dtype):
-    conv = randomised(CONV[spatial_dims](6, 5, kernel, stride, padding, bias=bias), seed=1).to(dtype)
+@pytest.mark.parametrize("fast, kind, spatial_dims, grid, kernel, stride, padding, bias", CASES)
+def test_channels_last_products_equal_torch(fast, kind, spatial_dims, grid, kernel, stride, padding, bias, dtype):
+    conv = randomised(kind[spatial_dims](6, 5, kernel, stride, padding, bias=bias), seed=len(grid)).to(dtype)
     x = torch.randn(2, 6, *grid, generator=torch.Generator().manual_seed(2), dtype=dtype)
     with torch.no_grad():
-        fast = channels_first(conv_channels_last(conv, channels_last(x)))
+        out = channels_first(fast(conv, channels_last(x)))
         expected = conv.double()(x.double())
-    assert fast.shape == expected.shape and fast.dtype == dtype
-    torch.testing.assert_close(fast.double(), expected, rtol=0, atol=TOL[dtype] * expected.abs().max())
-
-
-TRANSPOSED = [  # spatial dims, input grid, kernel, stride, padding, bias
-    (2, (8, 8), 4, 2, 1, False),  # SAM-Med2D's adapter
-    (2, (3, 5), 2, 2, 0, True),  # SAM's mask upscaling
-    (2, (4, 3), (3, 2), (2, 3), (1, 0), True),
-    (3, (3, 2, 4), 4, 2, 1, True),
-]
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("spatial_dims, grid, kernel, stride, padding, bias", TRANSPOSED)
-def test_transposed_conv_as_overlap_add_equals_torch(spatial_dims, grid, kernel, stride, padding, bias, dtype):
-    conv = randomised(CONV_T[spatial_dims](6, 5, kernel, stride, padding, bias=bias), seed=3).to(dtype)
-    x = torch.randn(2, 6, *grid, generator=torch.Generator().manual_seed(4), dtype=dtype)
-    with torch.no_grad():
-        fast = channels_first(conv_transpose_channels_last(conv, channels_last(x)))
-        expected = conv.double()(x.double())
-    assert fast.shape == expected.shape and fast.dtype == dtype
-    torch.testing.assert_close(fast.double(), expected, rtol=0, atol=TOL[dtype] * expected.abs().max())
+    assert out.shape == expected.shape and out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=TOL[dtype] * expected.abs().max())
 
 
 def test_gradients_match_torch_when_training():

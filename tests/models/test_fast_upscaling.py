@@ -168,3 +168,14 @@ def test_parameters_made_in_inference_mode_are_rearranged_every_call():
         after = channels_last_masks(chain, tokens, (2, 3), hyper_in)
         torch.testing.assert_close(after, reference_masks(chain, tokens, (2, 3), hyper_in), rtol=0, atol=1e-5)
     assert not torch.equal(before, after)
+
+
+def test_training_after_inference_mode_backpropagates():
+    """Lightning validates under inference mode before training: nothing cached then may break backward."""
+    chain = upscaling(2, 16, 2, seed=5)
+    generator = torch.Generator().manual_seed(6)
+    tokens, hyper_in = torch.randn(1, 6, 16, generator=generator), torch.randn(1, 2, 4, generator=generator)
+    with torch.inference_mode():
+        channels_last_masks(chain, tokens, (2, 3), hyper_in)
+    channels_last_masks(chain, tokens, (2, 3), hyper_in).square().sum().backward()
+    assert all(p.grad is not None for p in chain.parameters())

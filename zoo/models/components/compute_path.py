@@ -2,8 +2,8 @@
 
 Components with a fast path (windowed attention without padded tokens, channels-last mask upscaling, factored
 few-token cross-attention, SAM-Med2D's adapter convolutions as matrix products, oneDNN linears on the CPU) compute
-the same function as upstream with fewer operations or faster kernels. Inside :func:`reference_computation` they run upstream's
-computation step for step instead: for tests that compare the two and for benchmarks.
+the same function as upstream with fewer operations or faster kernels. Inside :func:`reference_computation` they
+run upstream's computation step for step instead: for tests that compare the two and for benchmarks.
 """
 
 from collections.abc import Iterator
