@@ -8,6 +8,7 @@ import torch
 from zoo.inference import SamMed2DPredictor, SamMed3DPredictor
 from zoo.inference import runtime as runtime_module
 from zoo.inference.runtime import ModelRuntime, resolve_precision
+from zoo.models.sam_unet import SamUNetImageEncoding
 
 
 def test_unknown_precision_is_refused_when_the_predictor_is_made(tiny_2d_model):
@@ -23,19 +24,27 @@ def test_auto_precision_uses_bf16_only_where_it_is_native(monkeypatch, native, e
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
-def test_bf16_runs_the_networks_in_bf16_and_returns_float32(tiny_3d_model):
+def test_bf16_runs_the_encoder_in_bf16_and_the_prompt_side_in_float32(tiny_3d_model):
     crop = torch.randn(32, 32, 32, generator=torch.Generator().manual_seed(0))
-    linear_dtypes = []
-    hook = tiny_3d_model.image_encoder.blocks[0].mlp.lin1.register_forward_hook(
-        lambda module, args, output: linear_dtypes.append(output.dtype)
-    )
+    encoder_dtypes, decoder_dtypes = [], []
+    hooks = [
+        tiny_3d_model.image_encoder.blocks[0].mlp.lin1.register_forward_hook(
+            lambda module, args, output: encoder_dtypes.append(output.dtype)
+        ),
+        tiny_3d_model.mask_decoder.transformer.layers[0].mlp.lin1.register_forward_hook(
+            lambda module, args, output: decoder_dtypes.append(output.dtype)
+        ),
+    ]
     exact, low = SamMed3DPredictor(tiny_3d_model), SamMed3DPredictor(tiny_3d_model, precision="bf16")
     exact.set_image(crop)
     low.set_image(crop)
-    hook.remove()
-    assert linear_dtypes == [torch.float32, torch.bfloat16]
+    assert encoder_dtypes == [torch.float32, torch.bfloat16]
+    assert low.features.dtype == torch.float32
     first_exact = exact.predict([[10, 12, 20]], [1], mask_input=exact.empty_mask_input())
     first_low = low.predict([[10, 12, 20]], [1], mask_input=low.empty_mask_input())
+    for hook in hooks:
+        hook.remove()
+    assert decoder_dtypes == [torch.float32, torch.float32]
     assert first_low.logits.dtype == first_low.low_res_logits.dtype == torch.float32
     # bf16 keeps 8 mantissa bits: close to fp32, not equal.
     scale = first_exact.low_res_logits.abs().max()
@@ -65,3 +74,18 @@ def test_compiled_encoder_gives_the_eager_embedding(tiny_2d_model):
     assert compiled_runtime._compiled is not None
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
     torch.testing.assert_close(again, compiled, rtol=0, atol=0)
+
+
+def test_bf16_encodings_are_handed_on_in_float32():
+    class BFloat16Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def encode_image(self, images):
+            return SamUNetImageEncoding(images.bfloat16(), images[:, :1].bfloat16())
+
+    runtime = ModelRuntime(BFloat16Encoder(), precision="bf16")
+    encoding = runtime.encode_image(torch.randn(1, 2, 4, 4))
+    assert isinstance(encoding, SamUNetImageEncoding)
+    assert encoding.image_embeddings.dtype == encoding.multi_scale_feature.dtype == torch.float32

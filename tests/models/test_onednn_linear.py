@@ -90,3 +90,49 @@ def test_few_rows_use_a_packed_weight_that_follows_updates():
         torch.testing.assert_close(module(few), F.linear(few, module.weight, module.bias), rtol=0, atol=1e-5)
     with torch.inference_mode():  # a packed copy made here is kept apart from the no-grad one
         torch.testing.assert_close(module(few), F.linear(few, module.weight, module.bias), rtol=0, atol=1e-5)
+
+
+ACTIVATIONS = {
+    "gelu": (nn.GELU(), lambda x: F.gelu(x)),
+    "gelu_tanh": (nn.GELU(approximate="tanh"), lambda x: F.gelu(x, approximate="tanh")),
+    "relu": (nn.ReLU(), F.relu),
+    "silu (not fused)": (nn.SiLU(), F.silu),
+}
+
+
+@pytest.mark.parametrize("rows", [7, 300], ids=["few rows (packed)", "many rows"])
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_applies_after_the_product(name, rows):
+    activation, function = ACTIVATIONS[name]
+    torch.manual_seed(0)
+    module = OneDNNLinear(48, 80)
+    x = torch.randn(2, rows, 48) * 3
+    exact = function(F.linear(x.double(), module.weight.double(), module.bias.double()))
+    with torch.inference_mode():
+        out = module(x, activation=activation)
+        plain = linear(x, module.weight, module.bias, activation)
+    for result in (out, plain):
+        assert result.dtype == torch.float32
+        torch.testing.assert_close(result.double(), exact, rtol=0, atol=1e-5 * exact.abs().max().item())
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        assert module(x, activation=activation).dtype == torch.bfloat16  # the fallback still follows autocast
+
+
+def test_fusable_activations_run_as_onednn_post_ops(monkeypatch):
+    attributes = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+
+    class Spy:
+        def __call__(self, x, weight, bias, attr, scalars, algorithm):
+            attributes.append((attr, algorithm))
+            return kernel(x, weight, bias, attr, scalars, algorithm)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Spy())
+    x, weight, bias = operands(rows=64)
+    with torch.inference_mode():
+        linear(x, weight, bias, nn.GELU())
+        linear(x, weight, bias, nn.GELU(approximate="tanh"))
+        linear(x, weight, bias, nn.ReLU())
+        linear(x, weight, bias, nn.SiLU())
+        linear(x, weight, bias)
+    assert attributes == [("gelu", "none"), ("gelu", "tanh"), ("relu", ""), ("none", ""), ("none", "")]

@@ -47,7 +47,7 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+        return self.lin2(self.lin1(x, activation=self.act))
 
 
 class MLP(nn.Module):
