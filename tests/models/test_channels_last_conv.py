@@ -53,6 +53,16 @@ def test_channels_last_products_equal_torch(fast, kind, spatial_dims, grid, kern
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=TOL[dtype] * expected.abs().max())
 
 
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.GELU(), nn.SiLU()], ids=["relu", "gelu", "silu"])
+def test_convolution_applies_an_activation_to_its_result(activation):
+    conv = randomised(nn.Conv2d(6, 5, 3, 2, 1), seed=3)
+    x = torch.randn(2, 6, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        out = channels_first(conv_channels_last(conv, channels_last(x), activation=activation))
+        expected = activation(conv.double()(x.double()))
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=TOL[torch.float32] * expected.abs().max().item())
+
+
 def test_gradients_match_torch_when_training():
     """With autograd on (training on the CPU) nothing is cached and every parameter gets torch's gradient."""
     down = randomised(nn.Conv2d(4, 3, 3, 2, 1), seed=5).double()
@@ -105,7 +115,8 @@ def test_refuses_output_padding():
 def test_adapter_fast_path_equals_upstreams_channels_first_computation(monkeypatch, dtype):
     calls = []
     monkeypatch.setattr(
-        "zoo.models.components.adapter.conv_channels_last", lambda *a: calls.append(1) or conv_channels_last(*a)
+        "zoo.models.components.adapter.conv_channels_last",
+        lambda *a, **k: calls.append(1) or conv_channels_last(*a, **k),
     )
     adapter = randomised(ChannelSpatialAdapter(32), seed=10).to(dtype).eval()
     x = torch.randn(2, 6, 4, 32, generator=torch.Generator().manual_seed(11), dtype=dtype)

@@ -45,4 +45,4 @@ class ChannelSpatialAdapter(nn.Module):
     def spatial_channels_last(self, x: Tensor) -> Tensor:
         """The spatial branch on ``B x H x W x C`` tokens as matrix products (``channels_last_conv``), same sums."""
         down, act1, up, act2 = self.spatial
-        return act2(conv_transpose_channels_last(up, act1(conv_channels_last(down, x))))
+        return act2(conv_transpose_channels_last(up, conv_channels_last(down, x, activation=act1)))

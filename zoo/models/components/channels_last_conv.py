@@ -38,8 +38,11 @@ def _check_plain(conv: nn.Module, kinds: tuple[type, ...]) -> None:
         raise ValueError(f"no channels-last form for {conv!r}: needs groups=1, dilation 1, integer zero padding")
 
 
-def conv_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
-    """``conv`` (a ``ConvNd``) on ``x`` ``B x *spatial x C_in``, returning ``B x *out_spatial x C_out``."""
+def conv_channels_last(conv: nn.Module, x: Tensor, activation: nn.Module | None = None) -> Tensor:
+    """``conv`` (a ``ConvNd``) on ``x`` ``B x *spatial x C_in``, returning ``B x *out_spatial x C_out``.
+
+    ``activation``, if given, is applied to the result (fused into the product where ``onednn_linear`` can).
+    """
     _check_plain(conv, _ConvNd)
     kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
     spatial = x.shape[1:-1]
@@ -52,29 +55,30 @@ def conv_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
         taps.append(padded[(slice(None), *index)])
     # Taps ordered (C_in, kernel offset), as the weight C_out x C_in x *kernel is stored: no weight copy.
     gathered = torch.stack(taps, dim=-1).flatten(-2)
-    return linear(gathered, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    return linear(gathered, conv.weight.reshape(conv.out_channels, -1), conv.bias, activation)
 
 
 def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv`` (a ``ConvTransposeNd``) on ``x`` ``B x *spatial x C_in``, returning ``B x *out_spatial x C_out``.
 
-    Each input position writes a kernel-sized block of the output, ``stride`` apart: one matrix product gives every
+    Each input position writes a kernel-sized block of the output, ``stride`` apart: one batched matrix product gives every
     block, and they are summed into place (the overlap-add), then ``padding`` is cropped off each side.
     """
     _check_plain(conv, _ConvTransposeNd)
     kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
     batch, *spatial, _ = x.shape
 
-    def weight() -> Tensor:  # C_in x C_out x *kernel -> (*kernel, C_out) x C_in
-        order = (*range(2, conv.weight.ndim), 1, 0)
-        return conv.weight.permute(order).reshape(math.prod(kernel) * conv.out_channels, conv.in_channels)
+    def weight() -> Tensor:  # C_in x C_out x *kernel -> prod(kernel) x C_in x C_out
+        return conv.weight.flatten(2).permute(2, 0, 1).contiguous()
 
-    blocks = linear(x, derived_from_parameters(conv, "conv_transpose_blocks", [conv.weight], weight))
-    blocks = blocks.view(batch, *spatial, math.prod(kernel), conv.out_channels)
+    # One product per kernel position, batched: on the SAM-Med2D adapter's shape (64 tokens, 768 -> 16 x 768)
+    # the batched product ran ~25% faster on 2 CPU threads than one 768 -> 12288 product (3.0 vs 3.9 ms).
+    tokens = x.reshape(1, -1, conv.in_channels).expand(math.prod(kernel), -1, -1)
+    blocks = torch.bmm(tokens, derived_from_parameters(conv, "conv_transpose_taps", [conv.weight], weight))
     full = [(n - 1) * s + k for n, s, k in zip(spatial, stride, kernel)]
     out = blocks.new_zeros(batch, *full, conv.out_channels)
     for position, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
         index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, stride, spatial))
-        out[(slice(None), *index)] += blocks[..., position, :]
+        out[(slice(None), *index)] += blocks[position].view(batch, *spatial, conv.out_channels)
     out = out[(slice(None), *(slice(p, f - p) for p, f in zip(padding, full)))]
     return out if conv.bias is None else out + conv.bias
