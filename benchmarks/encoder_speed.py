@@ -18,7 +18,8 @@ Per row:
   (embedding and low-res logits); bf16 rows report the share of voxels/pixels whose binary mask agrees with
   fp32 on the same path.
 
-It also measures the fp32 GEMM rate of the machine (2048 x 2048 matmul) before and after the rows. A row that runs
+It also measures the fp32 GEMM rate of the machine (2048 x 2048 matmul) before and after the rows, and the bf16
+rate once (bf16 rows are only faster where the CPU has native bf16 kernels, e.g. AMX). A row that runs
 longer than ``--row-timeout`` seconds is stopped and printed as unfinished. ``benchmarks/upstream_speed.py`` times the
 authors' own modules on the same machine for comparison.
 
@@ -52,7 +53,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from zoo.inference.runtime import ModelRuntime
+from zoo.inference.runtime import ModelRuntime, native_bf16
 from zoo.models.components.compute_path import reference_computation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -181,9 +182,9 @@ def executed_gflop(fn: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def gemm_rate(device: torch.device, size: int = 2048, runs: int = 5) -> float:
-    """fp32 GFLOP/s of a ``size`` x ``size`` matmul (median of ``runs`` after a warm-up)."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def gemm_rate(device: torch.device, size: int = 2048, runs: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a ``size`` x ``size`` matmul in ``dtype`` (median of ``runs`` after a warm-up)."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     times = timed_runs(lambda: a @ b, runs, warmup=2, device=device)
     return 2 * size**3 / statistics.median(times) / 1e9
 
@@ -362,8 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, {cpu}, device {device}, threads {args.threads}")
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} in the row processes")
+    if device.type == "cpu":
+        print(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16: {native_bf16(device)}")
     rate = gemm_rate(device)
     print(f"fp32 GEMM 2048x2048 on {device}: {rate:.1f} GFLOP/s; load average {_load()}")
+    print(f"bf16 GEMM 2048x2048 on {device}: {gemm_rate(device, dtype=torch.bfloat16):.1f} GFLOP/s")
 
     # Compiled rows are fp32 only: each dtype would be another multi-minute compilation.
     jobs = [
