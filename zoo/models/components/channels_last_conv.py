@@ -2,12 +2,12 @@
 
 SAM-Med2D's adapter convolves the ViT's channels-last tokens with a stride-2 3x3 convolution and a stride-2 4x4
 transposed convolution, 768 channels each, on a 16x16 grid. The CPU convolution kernels handle that shape poorly
-(the transposed one ran at ~29 GFLOP/s on 2 threads) and want a channels-first copy. Written as
-one matrix product over the gathered kernel taps (convolution), or one product followed by an overlap-add of the
-kernel-sized output blocks (transposed convolution), the same sums run at the machine's GEMM rate on the tokens as
-they are, through oneDNN where it applies (``onednn_linear``). The convolution's weight is used as it is stored;
-the transposed convolution's is rearranged once per parameter state and kept (``weight_cache``), one extra copy of
-it in memory.
+(the transposed one ran at ~29 GFLOP/s on 2 threads) and want a channels-first copy. Written as one matrix
+product over the gathered kernel taps (convolution), or one batched product per kernel position followed by an
+overlap-add of the kernel-sized output blocks (transposed convolution), the same sums run at the machine's GEMM
+rate on the tokens as they are (the convolution through oneDNN where it applies, ``onednn_linear``). The
+convolution's weight is used as it is stored; the transposed convolution's is rearranged once per parameter state
+and kept (``weight_cache``), one extra copy of it in memory.
 """
 
 import itertools
@@ -61,8 +61,8 @@ def conv_channels_last(conv: nn.Module, x: Tensor, activation: nn.Module | None 
 def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv`` (a ``ConvTransposeNd``) on ``x`` ``B x *spatial x C_in``, returning ``B x *out_spatial x C_out``.
 
-    Each input position writes a kernel-sized block of the output, ``stride`` apart: one batched matrix product gives every
-    block, and they are summed into place (the overlap-add), then ``padding`` is cropped off each side.
+    Each input position writes a kernel-sized block of the output, ``stride`` apart: one batched matrix product
+    gives every block, and they are summed into place (the overlap-add), then ``padding`` is cropped off each side.
     """
     _check_plain(conv, _ConvTransposeNd)
     kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding

@@ -4,8 +4,8 @@ On the CPUs measured here (2 threads) oneDNN ran the encoders' projections and M
 default path: 10-40% on an AVX2 machine, and SAM-Med2D's encoder 285 -> 260 ms on an AVX-512/AMX one, where the
 few-row, very wide products of its adapter convolutions written as linear maps gain most. On small products its
 per-call overhead loses: with it, the mask decoder's clicks were 3-10% slower (3.8 vs 3.4 ms per SAM-Med2D click on
-the AMX machine). So only products of at least :data:`MIN_MULTIPLY_ADDS` take it, which every encoder product
-above does and no decoder product does. Same function, same weights (nothing is copied or cached); only the
+the AMX machine). So only products of at least :data:`MIN_MULTIPLY_ADDS` take it: the encoders' qkv, MLP and
+adapter products do (SAM-Med2D's 256-token output projection does not), no decoder product does. Same function, same weights (nothing is copied or cached); only the
 summation order differs, as between any two GEMM kernels.
 
 An activation that follows the product (the ViT MLP's GELU, the adapter convolution's ReLU) runs as oneDNN's
