@@ -89,3 +89,16 @@ def test_bf16_encodings_are_handed_on_in_float32():
     encoding = runtime.encode_image(torch.randn(1, 2, 4, 4))
     assert isinstance(encoding, SamUNetImageEncoding)
     assert encoding.image_embeddings.dtype == encoding.multi_scale_feature.dtype == torch.float32
+
+
+def test_compiled_decoder_gives_the_eager_masks_for_any_point_count(tiny_2d_model):
+    image = (torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    eager, compiled = SamMed2DPredictor(tiny_2d_model), SamMed2DPredictor(tiny_2d_model, compile_decoder=True)
+    for predictor in (eager, compiled):
+        predictor.set_image(image)
+    prompts = (([[20, 10]], [1]), ([[20, 10], [30, 25]], [1, 0]), ([[5, 5], [20, 10], [30, 25]], [1, 1, 0]))
+    for coords, labels in prompts:
+        expected = eager.predict(point_coords=coords, point_labels=labels)
+        result = compiled.predict(point_coords=coords, point_labels=labels)
+        torch.testing.assert_close(result.low_res_logits, expected.low_res_logits, rtol=0, atol=1e-5)
+    assert len(compiled.runtime._compiled_decoders) == 1

@@ -47,7 +47,8 @@ class SamMed2DPredictor:
     are in original-image pixels ``(x, y)``. With ``multimask_output=True`` the decoder's three candidate
     masks are reduced to the one with the highest predicted IoU, as upstream.
 
-    ``precision`` and ``compile_encoder`` choose how the networks run (:class:`zoo.inference.runtime.ModelRuntime`).
+    ``precision``, ``compile_encoder`` and ``compile_decoder`` choose how the networks run
+    (:class:`zoo.inference.runtime.ModelRuntime`).
 
     Example::
 
@@ -60,9 +61,15 @@ class SamMed2DPredictor:
     #: Upstream's predictor decodes three candidates and keeps the best by predicted IoU.
     default_multimask_output = True
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", compile_encoder: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        precision: str = "fp32",
+        compile_encoder: bool = False,
+        compile_decoder: bool = False,
+    ) -> None:
         self.model = model.eval()
-        self.runtime = ModelRuntime(self.model, precision, compile_encoder)
+        self.runtime = ModelRuntime(self.model, precision, compile_encoder, compile_decoder)
         config = model.config
         self.image_size: int = config.image_size
         self.pixel_mean = tuple(config.pixel_mean)

@@ -47,7 +47,8 @@ class SamMed3DPredictor:
     Upstream inference feeds the previous click's ``low_res_logits`` back as ``mask_input`` and, on the first
     click, an all-zero mask (:meth:`empty_mask_input`).
 
-    ``precision`` and ``compile_encoder`` choose how the networks run (:class:`zoo.inference.runtime.ModelRuntime`).
+    ``precision``, ``compile_encoder`` and ``compile_decoder`` choose how the networks run
+    (:class:`zoo.inference.runtime.ModelRuntime`).
 
     Example::
 
@@ -57,9 +58,15 @@ class SamMed3DPredictor:
         second = predictor.predict([[64, 60, 70], [40, 60, 70]], [1, 0], mask_input=first.low_res_logits)
     """
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", compile_encoder: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        precision: str = "fp32",
+        compile_encoder: bool = False,
+        compile_decoder: bool = False,
+    ) -> None:
         self.model = model.eval()
-        self.runtime = ModelRuntime(self.model, precision, compile_encoder)
+        self.runtime = ModelRuntime(self.model, precision, compile_encoder, compile_decoder)
         self.image_size: int = model.config.image_size
         self.reset_image()
 

@@ -98,7 +98,9 @@ def channels_last_masks(
         chunks.append(y.flatten(1, -2) @ hyper_t)  # B x (n K1 K2) x M
     masks = torch.cat(chunks, dim=1)  # B x (grid, K1, K2) x M
     upscaled = [g * k1 * k2 for g, k1, k2 in zip(grid, first.kernel_size, second.kernel_size)]
-    order = _upscaled_order(batch, tuple(grid), first.kernel_size, second.kernel_size, num_masks, masks.device)
+    # Under torch.compile the indices are traced into the graph (dynamo would bypass the cache anyway).
+    build_order = _upscaled_order.__wrapped__ if torch.compiler.is_compiling() else _upscaled_order
+    order = build_order(batch, tuple(grid), first.kernel_size, second.kernel_size, num_masks, masks.device)
     return torch.take(masks, order).view(batch, num_masks, *upscaled)
 
 
