@@ -136,3 +136,18 @@ def test_small_products_keep_f_linear(monkeypatch):
         monkeypatch.setattr(onednn_linear, "MIN_MULTIPLY_ADDS", 2 * 7 * 48 * 80 + 1)
         assert not onednn_applies(x, weight, bias)
         torch.testing.assert_close(linear(x, weight, bias, nn.GELU()), F.gelu(F.linear(x, weight, bias)))
+
+
+def test_mlp_block_fuses_its_activation_and_still_runs_with_a_replaced_layer():
+    from zoo.models.components.layers import MLPBlock
+
+    torch.manual_seed(0)
+    block = MLPBlock(48, 96, nn.GELU)
+    x = torch.randn(2, 30, 48)
+    with torch.inference_mode():
+        expected = F.linear(F.gelu(F.linear(x, block.lin1.weight, block.lin1.bias)), block.lin2.weight, block.lin2.bias)
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-5)
+        plain = nn.Linear(48, 96)
+        plain.load_state_dict(block.lin1.state_dict())
+        block.lin1 = nn.Sequential(plain)  # a wrapper whose forward takes only x
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-5)

@@ -47,7 +47,9 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.lin2(self.lin1(x, activation=self.act))
+        if type(self.lin1) is OneDNNLinear:  # the activation fused into the product where oneDNN runs it
+            return self.lin2(self.lin1(x, activation=self.act))
+        return self.lin2(self.act(self.lin1(x)))  # lin1 replaced (e.g. wrapped for fine-tuning)
 
 
 class MLP(nn.Module):
