@@ -1,4 +1,5 @@
-"""Pieces shared by the 2D and 3D predictors: prompt validation and best-mask selection."""
+"""Pieces shared by the 2D and 3D predictors: the cached-embedding base class, prompt validation and best-mask
+selection."""
 
 from __future__ import annotations
 
@@ -7,7 +8,38 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from zoo.inference.runtime import ModelRuntime
+
+
+class InteractivePredictor:
+    """A model in eval mode, how it runs (:class:`~zoo.inference.runtime.ModelRuntime`: ``precision``,
+    ``compile_encoder``, ``compile_decoder``) and the image side cached by ``set_image`` for every later click."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        precision: str = "fp32",
+        compile_encoder: bool = False,
+        compile_decoder: bool = False,
+    ) -> None:
+        self.model = model.eval()
+        self.runtime = ModelRuntime(self.model, precision, compile_encoder, compile_decoder)
+        self.image_size: int = model.config.image_size
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def reset_image(self) -> None:
+        """Forget the current image and its cached embedding."""
+        self.features: Any = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self.features is not None
 
 
 def as_tensor(value: Any, dtype: torch.dtype | None = None) -> Tensor:

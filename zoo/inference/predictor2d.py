@@ -5,10 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from zoo.inference import sam_unet_processing as unet
-from zoo.inference.common import as_tensor, binarize, check_labels, check_points_inside, select_best_mask
+from zoo.inference.common import (
+    InteractivePredictor,
+    as_tensor,
+    binarize,
+    check_labels,
+    check_points_inside,
+    select_best_mask,
+)
 from zoo.inference.preprocess2d import (
     ArrayLike,
     postprocess_for_predictor,
@@ -16,7 +23,6 @@ from zoo.inference.preprocess2d import (
     scale_boxes,
     scale_coords,
 )
-from zoo.inference.runtime import ModelRuntime
 
 IMAGE_FORMATS = ("RGB", "BGR")
 
@@ -39,7 +45,7 @@ class Prediction2D:
     low_res_logits: Tensor
 
 
-class SamMed2DPredictor:
+class SamMed2DPredictor(InteractivePredictor):
     """SAM-Med2D's interactive workflow (upstream ``SammedPredictor``) around a :class:`zoo.models.SamMed2D`.
 
     ``set_image`` preprocesses the image (normalise at the original size, nearest stretch to ``S x S``) and
@@ -61,33 +67,18 @@ class SamMed2DPredictor:
     #: Upstream's predictor decodes three candidates and keeps the best by predicted IoU.
     default_multimask_output = True
 
-    def __init__(
-        self,
-        model: nn.Module,
-        precision: str = "fp32",
-        compile_encoder: bool = False,
-        compile_decoder: bool = False,
-    ) -> None:
-        self.model = model.eval()
-        self.runtime = ModelRuntime(self.model, precision, compile_encoder, compile_decoder)
-        config = model.config
-        self.image_size: int = config.image_size
-        self.pixel_mean = tuple(config.pixel_mean)
-        self.pixel_std = tuple(config.pixel_std)
-        self.reset_image()
+    @property
+    def pixel_mean(self) -> tuple[float, ...]:
+        return tuple(self.model.config.pixel_mean)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def pixel_std(self) -> tuple[float, ...]:
+        return tuple(self.model.config.pixel_std)
 
     def reset_image(self) -> None:
         """Forget the current image and its cached embedding."""
-        self.features: Tensor | None = None
+        super().reset_image()
         self.original_size: tuple[int, int] | None = None
-
-    @property
-    def is_image_set(self) -> bool:
-        return self.features is not None
 
     @torch.inference_mode()
     def set_image(self, image: ArrayLike, image_format: str = "RGB") -> None:

@@ -6,10 +6,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from zoo.inference.common import as_tensor, binarize, check_labels, check_points_inside, select_best_mask
-from zoo.inference.runtime import ModelRuntime
+from zoo.inference.common import (
+    InteractivePredictor,
+    as_tensor,
+    binarize,
+    check_labels,
+    check_points_inside,
+    select_best_mask,
+)
 
 
 def upsample_logits(low_res_logits: Tensor, size: tuple[int, int, int]) -> Tensor:
@@ -38,7 +44,7 @@ class Prediction3D:
     low_res_logits: Tensor
 
 
-class SamMed3DPredictor:
+class SamMed3DPredictor(InteractivePredictor):
     """SAM-Med3D's interactive workflow around a :class:`zoo.models.SamMed3D`.
 
     The volume given to ``set_image`` is the model-ready crop (``D x H x W`` of the model's ``image_size``,
@@ -58,33 +64,9 @@ class SamMed3DPredictor:
         second = predictor.predict([[64, 60, 70], [40, 60, 70]], [1, 0], mask_input=first.low_res_logits)
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        precision: str = "fp32",
-        compile_encoder: bool = False,
-        compile_decoder: bool = False,
-    ) -> None:
-        self.model = model.eval()
-        self.runtime = ModelRuntime(self.model, precision, compile_encoder, compile_decoder)
-        self.image_size: int = model.config.image_size
-        self.reset_image()
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     @property
     def crop_shape(self) -> tuple[int, int, int]:
         return (self.image_size,) * 3
-
-    def reset_image(self) -> None:
-        """Forget the current volume and its cached embedding."""
-        self.features: Tensor | None = None
-
-    @property
-    def is_image_set(self) -> bool:
-        return self.features is not None
 
     def empty_mask_input(self) -> Tensor:
         """The all-zero low-res mask prompt that upstream feeds on the first click."""
