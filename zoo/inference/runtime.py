@@ -1,4 +1,4 @@
-"""How a predictor runs its network: numeric precision and an optionally compiled image encoder.
+"""How a predictor runs its network: numeric precision, and optionally a compiled image encoder and prompt side.
 
 Precision ``"fp32"`` is exact; ``"bf16"`` runs the image encoder under ``torch.autocast`` (bfloat16 matrix
 products, float32 reductions) and hands on a float32 image encoding; ``"auto"`` picks bf16 only where the device
@@ -54,7 +54,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class ModelRuntime:
-    """Runs a promptable model's image side and prompt side at one precision, the image side maybe compiled."""
+    """Runs a promptable model's image side (at ``precision``) and prompt side (float32), either maybe compiled."""
 
     def __init__(
         self, model: nn.Module, precision: str = "fp32", compile_encoder: bool = False, compile_decoder: bool = False

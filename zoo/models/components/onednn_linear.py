@@ -2,11 +2,11 @@
 
 On the CPUs measured here (2 threads) oneDNN ran the encoders' projections and MLPs faster than ``F.linear``'s
 default path: 10-40% on an AVX2 machine, and SAM-Med2D's encoder 285 -> 260 ms on an AVX-512/AMX one, where the
-few-row, very wide products of its adapter convolutions written as linear maps gain most. On small products its
-per-call overhead loses: with it, the mask decoder's clicks were 3-10% slower (3.8 vs 3.4 ms per SAM-Med2D click on
-the AMX machine). So only products of at least :data:`MIN_MULTIPLY_ADDS` take it: the encoders' qkv, MLP and
-adapter products do (SAM-Med2D's 256-token output projection does not), no decoder product does. Same function, same weights (nothing is copied or cached); only the
-summation order differs, as between any two GEMM kernels.
+few-row, wide product of its adapter's down convolution written as a linear map gains most. On small products its
+per-call overhead loses: with it, the mask decoder's clicks were 3-10% slower (3.8 vs 3.4 ms per SAM-Med2D click
+on the AMX machine). So only products of at least :data:`MIN_MULTIPLY_ADDS` take it: the encoders' qkv, MLP and
+adapter products do (SAM-Med2D's 256-token output projection does not), no decoder product does. Same function,
+same weights (nothing is copied or cached); only the summation order differs, as between any two GEMM kernels.
 
 An activation that follows the product (the ViT MLP's GELU, the adapter convolution's ReLU) runs as oneDNN's
 post-op on the product's output while it is still in cache: no second pass over it and no second buffer, whose
