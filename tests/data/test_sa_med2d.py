@@ -103,10 +103,10 @@ def test_prompts_follow_the_image_onto_the_model_grid_and_back(mask_relative):
         torch.from_numpy(voxels).float()[None], torch.ones(1, len(voxels), dtype=torch.int64), original.shape
     )
     index_map = letterbox_index_map(letterbox(sample))
-    on_grid = index_map.points(points)
+    on_grid = points.mapped(index_map)
     prepared = sample["masks"][0, 0]
     assert prepared[tuple(on_grid.voxel_indices()[0].T)].all()
-    assert torch.allclose(index_map.inverse().points(on_grid).coords, points.coords, atol=1e-4)
+    assert torch.allclose(on_grid.mapped(index_map.inverse()).coords, points.coords, atol=1e-4)
 
 
 def test_an_evaluation_batch_feeds_box_prompts_to_a_sam_med2d_model():

@@ -72,7 +72,7 @@ def test_sliced_samples_batch_like_the_2d_datamodule():
 
 
 def test_label_names_file_errors_name_the_file(tmp_path):
-    from zoo.data.errors import DataError
+    from zoo.errors import DataError
     from zoo.data.sliced import _read_label_names
 
     missing = tmp_path / "names.json"

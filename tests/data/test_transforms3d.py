@@ -90,14 +90,14 @@ def test_points_follow_the_image_from_the_original_grid_into_the_crop(whole_volu
     labels = torch.ones(1, len(voxels), dtype=torch.int64)
     points = PointPrompts(torch.from_numpy(voxels).float()[None], labels, label.shape)
     to_crop = crop_to_original_map(out["label"].affine, label.affine, crop.shape, label.shape).inverse()
-    in_crop = to_crop.points(points)
+    in_crop = points.mapped(to_crop)
     index = in_crop.voxel_indices()[0]
     inside = ((index >= 0) & (index < torch.tensor(crop.shape))).all(dim=1)
     assert inside[:500].all() and inside.sum() > 900, "every labelled voxel and most others lie in the crop"
     crop_values = crop[tuple(index[inside].T)]
     original_values = torch.from_numpy(label.array[tuple(voxels[inside.numpy()].T)]).to(crop_values.dtype)
     assert torch.equal(crop_values, original_values)
-    back = crop_to_original_map(out["label"].affine, label.affine, crop.shape, label.shape).points(in_crop)
+    back = in_crop.mapped(crop_to_original_map(out["label"].affine, label.affine, crop.shape, label.shape))
     assert torch.allclose(back.coords, points.coords, atol=1e-4)
 
 

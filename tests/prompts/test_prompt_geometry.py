@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from zoo.inference.preprocess2d import nearest_source_indices
-from zoo.prompts import BoxPrompts, IndexMap, boxes_from_masks, first_click_random_foreground
+from zoo.geometry import IndexMap
+from zoo.prompts import BoxPrompts, boxes_from_masks, first_click_random_foreground
 
 
 def pixel_grid(height: int, width: int) -> torch.Tensor:
@@ -65,10 +66,10 @@ def test_align_corners_false_resize_matches_torch_nearest_exact(masks_2d):
 
 def test_boxes_follow_flips_and_resizes_through_their_edges(masks_2d):
     boxes = boxes_from_masks(masks_2d[:1])
-    flipped = IndexMap.flip((256, 256), axes=(1,)).boxes(boxes)
+    flipped = boxes.mapped(IndexMap.flip((256, 256), axes=(1,)))
     assert flipped.lo[0, 1] == 256 - boxes.hi[0, 1] and flipped.hi[0, 1] == 256 - boxes.lo[0, 1]
     assert flipped.lo[0, 0] == boxes.lo[0, 0] and flipped.hi[0, 0] == boxes.hi[0, 0]
-    doubled = IndexMap.resize((256, 256), (512, 512)).boxes(boxes)
+    doubled = boxes.mapped(IndexMap.resize((256, 256), (512, 512)))
     assert torch.equal(doubled.lo, 2 * boxes.lo) and torch.equal(doubled.hi, 2 * boxes.hi)
     flipped_mask = torch.flip(masks_2d[:1], dims=(2,))
     assert flipped.contains(flipped_mask).all()
@@ -76,7 +77,7 @@ def test_boxes_follow_flips_and_resizes_through_their_edges(masks_2d):
 
 def test_invalid_boxes_stay_invalid_when_moved():
     boxes = BoxPrompts(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([False]), (8, 8))
-    moved = IndexMap.crop_or_pad((8, 8), (-3, -3), (14, 14)).boxes(boxes)
+    moved = boxes.mapped(IndexMap.crop_or_pad((8, 8), (-3, -3), (14, 14)))
     assert not moved.valid.any() and (moved.lo == 0).all()
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 import zoo
 from zoo.cli.main import main as zoo_main
-from zoo.data.errors import DataError
+from zoo.errors import DataError
 from zoo.data.predict import PromptedImagesDataModule, collate_prompted
 from zoo.training.module import PromptableSegmentationModule
 from zoo.training.prediction import predict_batch, predict_masks

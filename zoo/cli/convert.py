@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from zoo.hub.convert import convert
-from zoo.hub.errors import CheckpointError
+from zoo.errors import CheckpointError
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:

@@ -2,10 +2,10 @@
 
 from zoo.data.datamodule3d import NiftiDataModule3D
 from zoo.data.dataset3d import Sample3D, TargetDataset
-from zoo.data.errors import DataError
+from zoo.errors import DataError
 from zoo.data.layout3d import CaseFiles, TargetRecord, find_cases, list_targets, read_dataset_json
-from zoo.data.nifti import Volume, check_same_grid, load_image, load_label, read_header
-from zoo.data.png import read_image, read_mask
+from zoo.io.nifti import Volume, check_same_grid, load_image, load_label, read_header
+from zoo.io.png import read_image, read_mask
 from zoo.data.predict import PromptedImagesDataModule
 from zoo.data.sa_med2d import ImageMasksDataset, MaskImageDataset, SAMed2DDataModule, collate_2d
 from zoo.data.sliced import SlicedVolumeDataModule

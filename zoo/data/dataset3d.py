@@ -31,9 +31,9 @@ from monai.transforms import Compose
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from zoo.data.errors import DataError
+from zoo.errors import DataError
 from zoo.data.layout3d import TargetRecord
-from zoo.data.nifti import check_same_grid, load_image, load_label
+from zoo.io.nifti import check_same_grid, load_image, load_label
 from zoo.data.sampling import SEED_BOUND, ItemKey
 from zoo.data.transforms3d import IMAGE_KEY, LABEL_KEY, PATH_KEY
 

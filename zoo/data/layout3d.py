@@ -19,8 +19,9 @@ from typing import Literal
 
 import numpy as np
 
-from zoo.data.errors import DataError, read_json
-from zoo.data.nifti import check_same_grid, load_label, read_header
+from zoo.errors import DataError
+from zoo.io.json_files import read_json
+from zoo.io.nifti import check_same_grid, load_label, read_header
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ Preprocessing
 bounding box of the object's points, through the same crop transform. 2D: SAM-Med2D's evaluation preprocessing
 (``preprocessing_2d="sam_med2d"``: centred padding or nearest stretch, :mod:`zoo.data.transforms2d`) or SAM-UNet's
 (``"sam_unet"``: longest side resized, bottom/right padding). Prompts move into model-input space through the same
-geometry (:class:`~zoo.prompts.geometry.IndexMap`); a prompt outside the image or the crop is an error naming the
+geometry (:class:`~zoo.geometry.index_map.IndexMap`); a prompt outside the image or the crop is an error naming the
 file and the point, never clipped.
 
 Batch format (:func:`collate_prompted`; ``B`` items; an item is one object (3D) or one image (2D))
@@ -85,9 +85,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.dataset3d import _data_error_in
-from zoo.data.errors import DataError, read_json
-from zoo.data.nifti import load_image, read_header
-from zoo.data.png import read_image
+from zoo.errors import DataError
+from zoo.io.json_files import read_json
+from zoo.io.nifti import load_image, read_header
+from zoo.io.png import read_image
 from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, letterbox_index_map, prepare_image_and_masks
 from zoo.data.transforms3d import (
     IMAGE_KEY,
@@ -100,7 +101,7 @@ from zoo.data.transforms3d import (
     crop_to_original_map,
 )
 from zoo.inference import sam_unet_processing
-from zoo.prompts.geometry import IndexMap
+from zoo.geometry.index_map import IndexMap
 from zoo.prompts.types import BACKGROUND_LABEL, FOREGROUND_LABEL, BoxPrompts, PointPrompts
 
 CoordinateSpace = Literal["voxel", "pixel", "world", "world_lps"]
@@ -573,10 +574,10 @@ class PromptedImagesDataset(Dataset[dict[str, Any]]):
                 original = PointPrompts(
                     torch.from_numpy(obj.points).to(torch.float32)[None], torch.from_numpy(obj.labels)[None], size
                 )
-                points = to_input.points(original).coords[0]
+                points = original.mapped(to_input).coords[0]
             if obj.box is not None:
                 lo, hi = torch.from_numpy(obj.box).to(torch.float32)
-                moved = to_input.boxes(BoxPrompts(lo[None], hi[None], torch.ones(1, dtype=torch.bool), size))
+                moved = BoxPrompts(lo[None], hi[None], torch.ones(1, dtype=torch.bool), size).mapped(to_input)
                 box = torch.stack([moved.lo[0], moved.hi[0]])
             entries.append(_entry(obj, points, box))
         return image, entries, geometry

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.errors import DataError, read_json
-from zoo.data.png import read_image, read_mask
+from zoo.errors import DataError
+from zoo.io.json_files import read_json
+from zoo.io.png import read_image, read_mask
 from zoo.data.sampling import SEED_BOUND, ItemKey, SeededSampler
 from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, prepare_image_and_masks
 from zoo.inference.preprocess2d import Letterbox

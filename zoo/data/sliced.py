@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from zoo.data.errors import read_json
+from zoo.io.json_files import read_json
 from zoo.data.sa_med2d import collate_2d
 from zoo.data.slicer import Plane, SlicedVolumeDataset
 

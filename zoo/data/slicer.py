@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo.data.errors import DataError
-from zoo.data.nifti import Volume, check_same_grid, load_image, load_label
+from zoo.errors import DataError
+from zoo.io.nifti import Volume, check_same_grid, load_image, load_label
 from zoo.data.sa_med2d import sample_dict_2d
 from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, prepare_image_and_masks
 

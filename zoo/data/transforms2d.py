@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from zoo.inference.preprocess2d import Letterbox, letterbox_for, preprocess_for_evaluation, resize_nearest
-from zoo.prompts.geometry import IndexMap
+from zoo.geometry.index_map import IndexMap
 
 # SAM's ImageNet statistics on the 0..255 scale (SAM-Med2D's pixel_mean / pixel_std).
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)

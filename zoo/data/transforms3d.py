@@ -31,8 +31,8 @@ from monai.transforms import (
 )
 from torch import Tensor
 
-from zoo.data.errors import DataError
-from zoo.prompts.geometry import IndexMap
+from zoo.errors import DataError
+from zoo.geometry.index_map import IndexMap
 
 IMAGE_KEY, LABEL_KEY, PATH_KEY = "image", "label", "image_path"
 RAS_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -193,7 +193,7 @@ def crop_to_original_map(
 ) -> IndexMap:
     """Index map from the crop grid to the original file grid (apply ``.inverse()`` for the other way).
 
-    Move prompts with it: ``crop_to_original_map(...).points(points_in_crop)``. Affines may be batched.
+    Move prompts with it: ``points_in_crop.mapped(crop_to_original_map(...))``. Affines may be batched.
     """
     return IndexMap.from_affines(
         torch.as_tensor(crop_affine), torch.as_tensor(original_affine), tuple(crop_shape), tuple(original_shape)

@@ -1,7 +1,7 @@
 """Weights in and out: safe reading of the authors' checkpoints, conversion to the Hub format, loading."""
 
 from zoo.hub.convert import Conversion, convert
-from zoo.hub.errors import CheckpointError
+from zoo.errors import CheckpointError
 from zoo.hub.fingerprint import CheckpointKind, detect_checkpoint
 from zoo.hub.loading import load_official_weights
 from zoo.hub.pretrained import from_pretrained

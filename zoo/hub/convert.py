@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from zoo.hub.errors import CheckpointError
+from zoo.errors import CheckpointError
 from zoo.hub.fingerprint import CheckpointKind, detect_checkpoint
 from zoo.hub.loading import load_official_state_dict, state_dict_mismatches
 from zoo.hub.registry_cards import weight_set

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from zoo.hub.errors import CheckpointError
+from zoo.errors import CheckpointError
 from zoo.hub.fingerprint import detect_checkpoint
 from zoo.hub.state_dict import CheckpointSource, StateDict, read_state_dict
 

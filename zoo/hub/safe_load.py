@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from zoo.hub.errors import CheckpointError
+from zoo.errors import CheckpointError
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_OPCODE = 0x80

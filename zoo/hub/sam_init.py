@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from zoo.hub.errors import CheckpointError
+from zoo.errors import CheckpointError
 from zoo.hub.fingerprint import detect_checkpoint
 from zoo.hub.loading import load_state_dict_strictly
 from zoo.hub.resize import resize_abs_pos_embed, resize_rel_pos

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from zoo.hub.errors import CheckpointError
+from zoo.errors import CheckpointError
 from zoo.hub.safe_load import read_checkpoint_file
 
 #: Where the authors put the weights: SAM-Med3D under ``model_state_dict``, SAM-Med2D and SAM-UNet under

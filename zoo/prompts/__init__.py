@@ -2,7 +2,6 @@
 
 from zoo.prompts.components import bounding_boxes, interior_distance, largest_component
 from zoo.prompts.convert import sam_med2d_prompts, sam_med3d_prompts
-from zoo.prompts.geometry import IndexMap
 from zoo.prompts.simulate import (
     boxes_from_masks,
     first_click_interior,
@@ -26,7 +25,6 @@ __all__ = [
     "FOREGROUND_LABEL",
     "PADDING_LABEL",
     "BoxPrompts",
-    "IndexMap",
     "MaskPrompts",
     "PointPrompts",
     "bounding_boxes",

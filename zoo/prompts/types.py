@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from zoo.geometry.index_map import IndexMap
 from zoo.prompts.components import bounding_boxes
 
 PADDING_LABEL = -1
@@ -136,6 +137,13 @@ class PointPrompts:
     def to(self, device: torch.device | str) -> PointPrompts:
         return PointPrompts(self.coords.to(device), self.labels.to(device), self.spatial_shape)
 
+    def mapped(self, index_map: IndexMap) -> PointPrompts:
+        """These points on ``index_map``'s destination grid; padding slots stay padding (at the origin)."""
+        index_map.check_source_grid(self.spatial_shape, "points")
+        moved = index_map.map_coords(self.coords).to(torch.float32)
+        moved = torch.where(self.is_padding[..., None], 0.0, moved)
+        return PointPrompts(moved, self.labels, index_map.dst_shape)
+
     def voxel_indices(self) -> Tensor:
         """``B x N x D`` int64: the element under each point (``round``), for looking values up in an image."""
         return torch.round(self.coords).to(torch.int64)
@@ -177,6 +185,15 @@ class BoxPrompts:
 
     def to(self, device: torch.device | str) -> BoxPrompts:
         return BoxPrompts(self.lo.to(device), self.hi.to(device), self.valid.to(device), self.spatial_shape)
+
+    def mapped(self, index_map: IndexMap) -> BoxPrompts:
+        """These boxes on ``index_map``'s destination grid: the tight box around the moved corners."""
+        index_map.check_source_grid(self.spatial_shape, "boxes")
+        lo, hi = index_map.map_box_edges(self.lo, self.hi)
+        valid = self.valid[:, None]
+        lo = torch.where(valid, lo.to(torch.float32), 0.0)
+        hi = torch.where(valid, hi.to(torch.float32), 0.0)
+        return BoxPrompts(lo, hi, self.valid, index_map.dst_shape)
 
     def contains(self, mask: Tensor) -> Tensor:
         """``B`` bool: does each valid box cover every True element of the matching ``B x *spatial`` mask?

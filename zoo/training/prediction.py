@@ -36,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor, nn
 
-from zoo.data.errors import DataError
+from zoo.errors import DataError
 from zoo.data.predict import PromptedImagesDataModule
 from zoo.data.transforms3d import restore_to_original
 from zoo.inference import common, sam_unet_processing

@@ -1,4 +1,4 @@
-"""Reading 2D PNG images and object masks, with bad files turned into :class:`~zoo.data.errors.DataError`."""
+"""Reading 2D PNG images and object masks, with bad files turned into :class:`~zoo.errors.DataError`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zoo.data.errors import DataError
+from zoo.errors import DataError
 
 # PIL modes holding 8-bit samples; they convert to 3-channel RGB as cv2.imread(..., IMREAD_COLOR) would.
 _EIGHT_BIT_IMAGE_MODES = {"L", "LA", "P", "RGB", "RGBA"}

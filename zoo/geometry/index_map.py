@@ -1,10 +1,11 @@
-"""Prompts that move with their images: affine maps between the index spaces of two grids.
+"""Affine maps between the index spaces of two grids.
 
-Every geometric step of the data pipelines (reorientation, resampling, crop/pad, flip, resize, letterbox
-padding) is an affine map of continuous index coordinates, ``c_dst = A @ c_src + t``, in the convention of
-:mod:`zoo.prompts.types` (integer = element centre). :class:`IndexMap` holds that map, composes and inverts it,
-and applies it to points and boxes. Boxes map through their edges (``lo - 0.5`` and ``hi - 0.5``), so a flip
-turns ``[lo, hi)`` into ``[n - hi, n - lo)`` and a resize scales the covered extent.
+Every geometric step of the pipelines (reorientation, resampling, crop/pad, flip, resize, letterbox padding) is an
+affine map of continuous index coordinates, ``c_dst = A @ c_src + t``, in tensor-index order with integers at
+element centres. :class:`IndexMap` holds that map, composes and inverts it, and applies it to coordinates and to
+boxes. Boxes map through their edges (``lo - 0.5`` and ``hi - 0.5``), so a flip turns ``[lo, hi)`` into
+``[n - hi, n - lo)`` and a resize scales the covered extent. The prompt containers move with
+``PointPrompts.mapped(index_map)`` / ``BoxPrompts.mapped(index_map)``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from zoo.prompts.types import BoxPrompts, PointPrompts
 
 
 def _as_matrix(matrix: Tensor | Sequence[Sequence[float]]) -> Tensor:
@@ -130,7 +130,7 @@ class IndexMap:
     # Application ----------------------------------------------------------------------------------------
 
     def map_coords(self, coords: Tensor) -> Tensor:
-        """Map raw ``B x N x D`` coordinates; returns float64 (use :meth:`points` for prompt containers)."""
+        """Map raw ``B x N x D`` coordinates; returns float64."""
         matrix = self.matrix.to(coords.device)
         if matrix.ndim == 2:
             matrix = matrix.expand(coords.shape[0], -1, -1)
@@ -139,26 +139,16 @@ class IndexMap:
         linear, shift = matrix[:, :-1, :-1], matrix[:, :-1, -1]
         return coords.to(torch.float64) @ linear.transpose(1, 2) + shift[:, None, :]
 
-    def points(self, points: PointPrompts) -> PointPrompts:
-        """Move points to the destination grid; padding slots stay padding (at the origin)."""
-        self._check_grid(points.spatial_shape, "points")
-        moved = self.map_coords(points.coords).to(torch.float32)
-        moved = torch.where(points.is_padding[..., None], 0.0, moved)
-        return PointPrompts(moved, points.labels, self.dst_shape)
-
-    def boxes(self, boxes: BoxPrompts) -> BoxPrompts:
-        """Move boxes to the destination grid: the tight box around the moved corners of their extent."""
-        self._check_grid(boxes.spatial_shape, "boxes")
-        edges = torch.stack([boxes.lo, boxes.hi], dim=1).to(torch.float64) - 0.5
+    def map_box_edges(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Move ``B x D`` boxes ``[lo, hi)``: the tight box around the moved corners of their extent (float64)."""
+        edges = torch.stack([lo, hi], dim=1).to(torch.float64) - 0.5
         axes = list(range(self.ndim))
         choices = itertools.product((0, 1), repeat=self.ndim)
         corners = torch.stack([edges[:, list(choice), axes] for choice in choices], dim=1)
         moved = self.map_coords(corners)
-        lo = (moved.amin(dim=1) + 0.5).to(torch.float32)
-        hi = (moved.amax(dim=1) + 0.5).to(torch.float32)
-        valid = boxes.valid[:, None]
-        return BoxPrompts(torch.where(valid, lo, 0.0), torch.where(valid, hi, 0.0), boxes.valid, self.dst_shape)
+        return moved.amin(dim=1) + 0.5, moved.amax(dim=1) + 0.5
 
-    def _check_grid(self, shape: tuple[int, ...], what: str) -> None:
+    def check_source_grid(self, shape: tuple[int, ...], what: str) -> None:
+        """Raise ``ValueError`` unless ``shape`` is this map's source grid (``what`` names the thing in the message)."""
         if shape != self.src_shape:
             raise ValueError(f"{what} live on grid {shape} but this index map starts from grid {self.src_shape}")

@@ -1,4 +1,4 @@
-"""Reading NIfTI volumes with checks that turn bad files into :class:`~zoo.data.errors.DataError`.
+"""Reading NIfTI volumes with checks that turn bad files into :class:`~zoo.errors.DataError`.
 
 Files are only ever read; nothing on disk is modified.
 """
@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import SpatialImage
 
-from zoo.data.errors import DataError
+from zoo.errors import DataError
 
 # Largest difference (in mm, element-wise on the 4x4 affine) still treated as "the same grid".
 DEFAULT_AFFINE_TOLERANCE = 1e-3
