@@ -88,7 +88,7 @@ def ct_crop_and_click(root: Path) -> tuple[Tensor, Tensor]:
     """The liver of the bundled CT, preprocessed as SAM-Med3D's inference does, and a click inside it."""
     from monai.data import MetaTensor
 
-    from zoo.data.nifti import load_image, load_label
+    from zoo.io.nifti import load_image, load_label
     from zoo.data.transforms3d import IMAGE_KEY, LABEL_KEY, build_transforms_3d
 
     image, label = load_image(root / CT_VOLUME), load_label(root / CT_LABELS)
@@ -105,7 +105,7 @@ def ct_crop_and_click(root: Path) -> tuple[Tensor, Tensor]:
 
 def slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor, Tensor]:
     """The bundled CT slice preprocessed as SAM-Med2D's predictor does, and an (x, y) click on its liver."""
-    from zoo.data.png import read_image, read_mask
+    from zoo.io.png import read_image, read_mask
     from zoo.inference.preprocess2d import preprocess_for_predictor, scale_coords
 
     image = read_image(root / SLICE_IMAGE)
@@ -116,7 +116,7 @@ def slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor, Ten
 
 def unet_slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor, Tensor]:
     """The bundled CT slice preprocessed as SAM-UNet does (resize longest side, normalise, pad) and a click."""
-    from zoo.data.png import read_image, read_mask
+    from zoo.io.png import read_image, read_mask
     from zoo.inference import sam_unet_processing as unet
 
     image = read_image(root / SLICE_IMAGE)

@@ -79,7 +79,7 @@ def test_vit_b_without_adapters_at_1024_is_meta_sam():
     kind = detect_checkpoint(
         shaped(image_encoder__patch_embed__proj__weight=(768, 3, 16, 16), image_encoder__pos_embed=(1, 64, 64, 768))
     )
-    assert (kind.family, kind.model_name) == ("sam_med2d", "sam_vit_b")
+    assert (kind.family, kind.model_name) == ("sam", "sam_vit_b")
 
 
 def test_vit_b_without_adapters_at_256_is_ambiguous():

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import zoo
 from zoo.hub.loading import load_official_weights
 from zoo.models.sam_unet import SamUNet, SamUNetConfig, sam_unet_r34, sam_unet_r50, upstream_to_zoo_keys
-from zoo.models.sam_unet_init import init_sam_unet
+from zoo.hub.sam_unet_init import init_sam_unet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(os.environ.get("ZOO_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity")) / "sam_unet"

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from zoo.errors import CheckpointError
-from zoo.hub.fingerprint import CheckpointKind, detect_checkpoint
+from zoo.hub.fingerprint import CheckpointKind, detect_checkpoint, is_plain_sam
 from zoo.hub.loading import load_official_state_dict, state_dict_mismatches
 from zoo.hub.registry_cards import weight_set
 from zoo.hub.sam_init import InitReport, init_from_sam_state_dict
@@ -71,7 +71,7 @@ def convert(
         network = create_model(name, **config_overrides)
 
     init_report = None
-    if _is_sam_initialisation(network, state_dict, kind):
+    if _is_sam_initialisation(network, state_dict):
         init_report = init_from_sam_state_dict(network, state_dict, source_name)
     else:
         load_official_state_dict(network, state_dict, source_name)
@@ -84,10 +84,9 @@ def convert(
     return Conversion(destination=dst, model_name=name, source_sha256=sha256, init_report=init_report)
 
 
-def _is_sam_initialisation(network: torch.nn.Module, state_dict: StateDict, kind: CheckpointKind | None) -> bool:
+def _is_sam_initialisation(network: torch.nn.Module, state_dict: StateDict) -> bool:
     """SAM weights (no adapters) that do not fit a SAM-Med2D-family model as they are: SAM-Med2D's initialisation."""
-    is_plain_sam = kind is not None and kind.family == "sam_med2d" and not any(".Adapter." in k for k in state_dict)
-    return is_plain_sam and getattr(network, "family", None) == "sam_med2d" and bool(
+    return is_plain_sam(state_dict) and getattr(network, "family", None) == "sam_med2d" and bool(
         state_dict_mismatches(network.state_dict(), state_dict)
     )
 

@@ -20,7 +20,7 @@ class CheckpointKind:
     """What a state dict looks like.
 
     Attributes:
-        family: the model family (``sam_med3d``, ``sam_med2d``, ``sam_unet``).
+        family: the model family (``sam_med3d``, ``sam_med2d``, ``sam``, ``sam_unet``, ...).
         model_name: the released variant whose full-size shapes it has, or ``None`` when none matches.
         evidence: a short human-readable reason, used in error messages.
     """
@@ -52,6 +52,13 @@ def _detect_sam_unet(state_dict: Mapping[str, torch.Tensor]) -> CheckpointKind:
     return CheckpointKind("sam_unet", variant, f"SAM ViT wrapped as 'sam_img_encoder' beside a {backbone} branch")
 
 
+def is_plain_sam(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """A 2D SAM ViT without SAM-Med2D's adapters (Meta's SAM, or SAM at another input size)."""
+    kind = detect_checkpoint(state_dict)
+    has_adapters = any(".Adapter." in key for key in state_dict)
+    return kind is not None and kind.family in ("sam", "sam_med2d") and not has_adapters
+
+
 def _detect_2d_sam(state_dict: Mapping[str, torch.Tensor], width: int) -> CheckpointKind:
     has_adapters = any(".Adapter." in key for key in state_dict)
     pos_embed = state_dict.get(_POS_EMBED)
@@ -65,6 +72,6 @@ def _detect_2d_sam(state_dict: Mapping[str, torch.Tensor], width: int) -> Checkp
         name = "sam_med2d_b" if input_size == 256 else None
         return CheckpointKind("sam_med2d", name, f"{shape_note}, with SAM-Med2D adapters")
     if input_size == 1024:
-        return CheckpointKind("sam_med2d", "sam_vit_b", f"{shape_note}, no adapters: Meta's SAM ViT-B")
+        return CheckpointKind("sam", "sam_vit_b", f"{shape_note}, no adapters: Meta's SAM ViT-B")
     other_size = "no adapters: a SAM ViT-B at another input size (e.g. SAM-Med2D without adapters)"
     return CheckpointKind("sam_med2d", None, f"{shape_note}, {other_size}")

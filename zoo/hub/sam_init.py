@@ -19,7 +19,7 @@ from torch import nn
 
 from zoo.errors import CheckpointError
 from zoo.hub.fingerprint import detect_checkpoint
-from zoo.hub.loading import load_state_dict_strictly
+from zoo.models.loading import load_state_dict_strictly
 from zoo.hub.resize import resize_abs_pos_embed, resize_rel_pos
 from zoo.hub.state_dict import CheckpointSource, StateDict, read_state_dict
 
@@ -94,7 +94,7 @@ def init_from_sam(model: nn.Module, source: CheckpointSource) -> InitReport:
 def init_from_sam_state_dict(model: nn.Module, sam_state: StateDict, source_name: str) -> InitReport:
     """:func:`init_from_sam` for an already extracted state dict; errors name ``source_name``."""
     kind = detect_checkpoint(sam_state)
-    if kind is not None and kind.family != "sam_med2d":
+    if kind is not None and kind.family not in ("sam", "sam_med2d"):
         raise CheckpointError(source_name, f"looks like a {kind.family} checkpoint ({kind.evidence}), not SAM")
     new_state, report = sam_state_dict_for(model.state_dict(), sam_state, source_name)
     if not report.copied:

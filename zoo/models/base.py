@@ -17,9 +17,13 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin, hf_h
 from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
 from torch import Tensor, nn
 
+from zoo.errors import CheckpointError
+from zoo.models.loading import load_state_dict_strictly
 from zoo.models.outputs import MaskPrediction
 
 LIBRARY_NAME = "promptable-medseg-zoo"
+#: The processor config file beside ``config.json`` and ``model.safetensors`` in a Hub folder.
+PROCESSOR_CONFIG_NAME = "processor_config.json"
 
 MODEL_CARD_TEMPLATE = """---
 {{ card_data }}
@@ -117,9 +121,42 @@ class PromptableSegmenter(
         self.config = config
 
     # ----------------------------------------------------------------------------------------------- forward
+    # Every family implements the same four calls, so no caller needs to know a family's parts:
+    # ``encode_image`` once per image, then per prompt set ``embed_prompts`` + ``decode_embeddings``
+    # (or ``decode``, which is both).
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for image models, 3 for volume models."""
+        return int(self.prompt_encoder.spatial_dims)
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        """The spatial size of the model input (``image_size`` along every axis)."""
+        return (int(self.config.image_size),) * self.spatial_dims
+
+    @property
+    def mask_input_size(self) -> tuple[int, ...]:
+        """The spatial size of mask prompts and of the decoder's low-res logits (4x the embedding grid)."""
+        return tuple(int(s) for s in self.prompt_encoder.mask_input_size)
 
     def encode_image(self, images: Tensor) -> Any:
         """The prompt-independent image side (compute once per image, decode many prompt sets)."""
+        raise NotImplementedError
+
+    def embed_prompts(
+        self,
+        points: tuple[Tensor, Tensor] | None = None,
+        boxes: Tensor | None = None,
+        masks: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Sparse and dense prompt embeddings (model-input coordinates)."""
+        return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+
+    def decode_embeddings(
+        self, encoding: Any, sparse: Tensor, dense: Tensor, multimask_output: bool = False
+    ) -> MaskPrediction:
+        """The mask decoder on an image encoding and prompt embeddings."""
         raise NotImplementedError
 
     def decode(
@@ -131,7 +168,8 @@ class PromptableSegmenter(
         multimask_output: bool = False,
     ) -> MaskPrediction:
         """Prompt encoder + mask decoder on what :meth:`encode_image` returned."""
-        raise NotImplementedError
+        sparse, dense = self.embed_prompts(points, boxes, masks)
+        return self.decode_embeddings(encoding, sparse, dense, multimask_output)
 
     def forward(
         self,
@@ -150,9 +188,19 @@ class PromptableSegmenter(
         """What ``config.json`` holds: the config's fields plus ``family``."""
         return {**dataclasses.asdict(self.config), "family": self.family}
 
+    #: The processor config (plain JSON data) that travels with the weights: set by ``zoo.create_model``,
+    #: ``zoo.from_pretrained`` and the converter, written as ``processor_config.json`` by :meth:`save_pretrained`.
+    #: ``zoo.processors.processor_for(model)`` builds the processor from it (or the family's default when None).
+    processor_config: dict[str, Any] | None = None
+
     def save_pretrained(self, save_directory: str | Path, *, config: Any = None, **kwargs: Any) -> str | None:
-        """Write ``config.json`` (with ``family``), ``model.safetensors`` and a ``README.md`` model card."""
-        return super().save_pretrained(save_directory, config=self.hub_config() if config is None else config, **kwargs)
+        """Write ``config.json`` (with ``family``), ``model.safetensors``, a ``README.md`` model card and, when the
+        model carries one, ``processor_config.json``."""
+        result = super().save_pretrained(save_directory, config=self.hub_config() if config is None else config, **kwargs)
+        if self.processor_config is not None:
+            text = json.dumps(self.processor_config, indent=2, sort_keys=True) + "\n"
+            (Path(save_directory) / PROCESSOR_CONFIG_NAME).write_text(text, encoding="utf-8")
+        return result
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The model card; ``kwargs`` (e.g. ``source_file``, ``source_sha256``, ``model_name``) fill the template."""
@@ -196,8 +244,6 @@ class PromptableSegmenter(
         """Build the model from its config and load ``model.safetensors`` (strictly unless ``strict=False``)."""
         from safetensors.torch import load_file
 
-        from zoo.hub.loading import load_state_dict_strictly
-
         model = cls(**model_kwargs)
         if os.path.isdir(model_id):
             weights_file = os.path.join(model_id, SAFETENSORS_SINGLE_FILE)
@@ -218,7 +264,49 @@ class PromptableSegmenter(
             load_state_dict_strictly(model, state_dict, weights_file)
         else:
             model.load_state_dict(state_dict, strict=False)
+        model.processor_config = _read_processor_config(
+            model_id, revision, cache_dir, force_download, token, local_files_only
+        )
         return model.to(map_location).eval()
+
+
+def _read_processor_config(
+    model_id: str,
+    revision: str | None,
+    cache_dir: str | Path | None,
+    force_download: bool,
+    token: str | bool | None,
+    local_files_only: bool,
+) -> dict[str, Any] | None:
+    """``processor_config.json`` of a Hub folder or repo as a dict, or None when the folder has none."""
+    if os.path.isdir(model_id):
+        path = Path(model_id) / PROCESSOR_CONFIG_NAME
+        if not path.is_file():
+            return None
+    else:
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        try:
+            path = Path(
+                hf_hub_download(
+                    repo_id=model_id,
+                    filename=PROCESSOR_CONFIG_NAME,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    token=token,
+                    local_files_only=local_files_only,
+                )
+            )
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(str(path), f"cannot parse {PROCESSOR_CONFIG_NAME} ({exc})") from exc
+    if not isinstance(content, dict):
+        raise CheckpointError(str(path), f"{PROCESSOR_CONFIG_NAME} must hold a JSON object")
+    return content
 
 
 def config_from_dict(config_class: type, values: dict[str, Any], family: str | None = None) -> Any:

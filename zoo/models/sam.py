@@ -1,4 +1,4 @@
-"""The SAM-style model shared by SAM-Med3D and SAM-Med2D: image encoder, prompt encoder, mask decoder."""
+"""The SAM-style model shared by SAM-Med3D, SAM-Med2D, SAM and LiteMedSAM: image encoder, prompt encoder, mask decoder."""
 
 from typing import Any
 
@@ -28,35 +28,14 @@ class SegmentAnythingModel(PromptableSegmenter):
         """Image embeddings ``B x C x *grid`` (the expensive part; cache it across clicks)."""
         return self.image_encoder(images)
 
-    def embed_prompts(
-        self,
-        points: tuple[Tensor, Tensor] | None = None,
-        boxes: Tensor | None = None,
-        masks: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Sparse and dense prompt embeddings."""
-        return self.prompt_encoder(points=points, boxes=boxes, masks=masks)
-
     def decode_embeddings(
-        self, image_embeddings: Tensor, sparse: Tensor, dense: Tensor, multimask_output: bool = False
+        self, encoding: Tensor, sparse: Tensor, dense: Tensor, multimask_output: bool = False
     ) -> MaskPrediction:
-        """The mask decoder on image and prompt embeddings."""
+        """The mask decoder on image embeddings and prompt embeddings."""
         return self.mask_decoder(
-            image_embeddings=image_embeddings,
+            image_embeddings=encoding,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
-
-    def decode(
-        self,
-        image_embeddings: Tensor,
-        points: tuple[Tensor, Tensor] | None = None,
-        boxes: Tensor | None = None,
-        masks: Tensor | None = None,
-        multimask_output: bool = False,
-    ) -> MaskPrediction:
-        """Prompt encoder + mask decoder on precomputed image embeddings."""
-        sparse, dense = self.embed_prompts(points, boxes, masks)
-        return self.decode_embeddings(image_embeddings, sparse, dense, multimask_output)

@@ -1,7 +1,7 @@
-"""SAM-Med2D (Cheng et al., 2023): SAM ViT-B at 256x256 with an adapter in every encoder block.
-
-The same class with ``adapter=False`` and ``image_size=1024`` is Meta's SAM ViT-B (``sam_vit_b``), the
-initialisation source for SAM-Med2D and SAM-UNet and a baseline for comparisons.
+"""SAM-Med2D (Cheng et al., 2023): SAM ViT-B at 256x256 with an adapter in every encoder block; and Meta's SAM ViT-B
+(family ``sam``, ``sam_vit_b``): the same parts without adapters at 1024x1024, the initialisation source for SAM-Med2D
+and SAM-UNet and the baseline of comparisons. Both are built by :func:`build_sam2d_parts`; they are two families
+because their weights need different processors (SAM-Med2D's stretch vs SAM's longest-side resize and padding).
 """
 
 from dataclasses import dataclass, replace
@@ -142,7 +142,37 @@ def sam_med2d_b(**overrides) -> SamMed2D:
     return SamMed2D(replace(SamMed2DConfig(), **overrides))
 
 
+@dataclass
+class SamConfig(SamMed2DConfig):
+    """Meta's SAM ViT-B hyper-parameters (sam_vit_b_01ec64.pth): SAM-Med2D's fields without adapters at 1024."""
+
+    family: str = "sam"
+    image_size: int = 1024
+    adapter: bool = False
+
+
+@register_family("sam")
+class Sam(
+    SegmentAnythingModel,
+    paper_url="https://arxiv.org/abs/2304.02643",
+    repo_url="https://github.com/facebookresearch/segment-anything",
+    license="apache-2.0",
+    tags=["2d", "segment-anything"],
+):
+    """Meta's Segment Anything (ViT-B): points, boxes and mask prompts on normalised ``1024 x 1024`` images.
+
+    Prompt conventions as :class:`SamMed2D`; SAM feeds the previous low-res logits (not probabilities) back as the
+    mask prompt.
+    """
+
+    family = "sam"
+
+    def __init__(self, config: SamConfig) -> None:
+        super().__init__(config)
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = build_sam2d_parts(config)
+
+
 @register_model("sam_vit_b")
-def sam_vit_b(**overrides) -> SamMed2D:
+def sam_vit_b(**overrides) -> Sam:
     """Meta's SAM ViT-B (sam_vit_b_01ec64.pth): no adapters, 1024x1024 input."""
-    return SamMed2D(replace(SamMed2DConfig(image_size=1024, adapter=False), **overrides))
+    return Sam(replace(SamConfig(), **overrides))

@@ -262,18 +262,12 @@ class SamUNet(
             multi_scale_feature = multi_scale_feature + feature
         return SamUNetImageEncoding(image_embeddings, multi_scale_feature)
 
-    def decode(
-        self,
-        encoding: SamUNetImageEncoding,
-        points: tuple[Tensor, Tensor] | None = None,
-        boxes: Tensor | None = None,
-        masks: Tensor | None = None,
-        multimask_output: bool = False,
+    def decode_embeddings(
+        self, encoding: SamUNetImageEncoding, sparse: Tensor, dense: Tensor, multimask_output: bool = False
     ) -> MaskPrediction:
-        """Prompt encoder + mask decoder on a precomputed :class:`SamUNetImageEncoding`."""
+        """The single-token mask decoder on a precomputed :class:`SamUNetImageEncoding` and prompt embeddings."""
         if multimask_output:
             raise ValueError("SAM-UNet predicts a single mask per prompt set; multimask_output=True is not supported")
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         return self.mask_decoder(
             image_embeddings=encoding.image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),

@@ -38,7 +38,7 @@ def build_model(
     if resnet_init is not None and (sam_init is None or getattr(model, "family", None) != "sam_unet"):
         raise ValueError("resnet_init is SAM-UNet's initialisation and goes together with sam_init")
     if sam_init is not None and resnet_init is not None:
-        from zoo.models.sam_unet_init import init_sam_unet
+        from zoo.hub.sam_unet_init import init_sam_unet
 
         init_sam_unet(model, sam_init, resnet_init)
     elif sam_init is not None:

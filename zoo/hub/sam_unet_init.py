@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from zoo.hub.loading import load_state_dict_strictly
+from zoo.models.loading import load_state_dict_strictly
 from zoo.hub.sam_init import InitReport, init_from_sam
 from zoo.hub.state_dict import CheckpointSource, read_state_dict
 from zoo.models.sam_unet import SamUNet
