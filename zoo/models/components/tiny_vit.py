@@ -1,0 +1,335 @@
+"""TinyViT image encoder in MobileSAM's variant, as LiteMedSAM uses it (full-resolution stem, last stage unmerged).
+
+Attribute names follow the authors' ``tiny_vit_sam.py`` so their state dict (BatchNorm statistics included)
+loads unchanged. Differences from the ImageNet TinyViT, all kept because the released weights depend on them:
+
+- the stem is two 1x1 ``Conv2d_BN`` layers without stride, so stage 0 (MBConv) runs at the input resolution;
+- each ``PatchMerging`` halves the resolution except the one into the last stage, which keeps it (the authors
+  decide this by the output width: 320, 448 or 576 channels; for the released widths that is the last merge);
+- attention windows are zero-padded *before* the attention's LayerNorm, so padded tokens enter as keys and values
+  with the LayerNorm bias as their content;
+- a neck (1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d) maps the last stage to the prompt width.
+
+BatchNorm layers compute with their running statistics in eval mode and update them in train mode, as upstream.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import DropPath
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from zoo.models.components.layers import LayerNormNd
+
+
+class Conv2dBN(nn.Sequential):
+    """Bias-free convolution ``c`` followed by BatchNorm ``bn`` (upstream ``Conv2d_BN``)."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False))
+        bn = nn.BatchNorm2d(out_chans)
+        nn.init.constant_(bn.weight, bn_weight_init)
+        nn.init.zeros_(bn.bias)
+        self.add_module("bn", bn)
+
+
+def _drop_path(rate: float) -> nn.Module:
+    return DropPath(rate) if rate > 0 else nn.Identity()
+
+
+class PatchEmbed(nn.Module):
+    """The stem: 1x1 ``Conv2d_BN`` to half the width, GELU, 1x1 ``Conv2d_BN`` to the width (no downsampling)."""
+
+    def __init__(self, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(
+            Conv2dBN(in_chans, embed_dim // 2), nn.GELU(), Conv2dBN(embed_dim // 2, embed_dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, residual, then GELU (channels-first)."""
+
+    def __init__(self, chans: int, expand_ratio: float, drop_path: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(chans * expand_ratio)
+        self.conv1 = Conv2dBN(chans, hidden)
+        self.act1 = nn.GELU()
+        self.conv2 = Conv2dBN(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.act2 = nn.GELU()
+        self.conv3 = Conv2dBN(hidden, chans, bn_weight_init=0.0)
+        self.act3 = nn.GELU()
+        self.drop_path = _drop_path(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.act3(x + self.drop_path(self.conv3(y)))
+
+
+class PatchMerging(nn.Module):
+    """1x1 conv to ``out_dim``, 3x3 depthwise conv with ``stride``, 1x1 conv; returns tokens ``B x L x out_dim``.
+
+    Takes a channels-first map or tokens of ``input_resolution``.
+    """
+
+    def __init__(self, input_resolution: tuple[int, int], dim: int, out_dim: int, stride: int) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.act = nn.GELU()
+        self.conv1 = Conv2dBN(dim, out_dim)
+        self.conv2 = Conv2dBN(out_dim, out_dim, kernel_size=3, stride=stride, padding=1, groups=out_dim)
+        self.conv3 = Conv2dBN(out_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 3:
+            x = x.transpose(1, 2).reshape(x.shape[0], -1, *self.input_resolution)
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.conv3(x).flatten(2).transpose(1, 2)
+
+
+def attention_bias_index(window_size: int) -> Tensor:
+    """``N x N`` index into the per-head bias table for ``N = window_size ** 2`` tokens of a square window.
+
+    Upstream numbers the offsets ``(|dy|, |dx|)`` in the order they are first met while pairing every token with
+    every other; the first token (0, 0) meets them all in row-major order, so offset ``(a, b)`` is ``a * w + b``.
+    """
+    rows, cols = torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    return (rows[:, None] - rows[None, :]).abs() * window_size + (cols[:, None] - cols[None, :]).abs()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention within one window: LayerNorm, qkv, attention with a learned bias per offset, proj.
+
+    The qkv projection's output is laid out per head as ``[q_h, k_h, v_h]``, as in the checkpoint.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.key_dim = dim // num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
+        self.register_buffer("attention_bias_idxs", attention_bias_index(window_size), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``windows x N x C`` tokens to ``windows x N x C``."""
+        windows, tokens, _ = x.shape
+        qkv = self.qkv(self.norm(x)).view(windows, tokens, self.num_heads, 3 * self.key_dim).transpose(1, 2)
+        q, k, v = qkv.split(self.key_dim, dim=-1)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # default scale key_dim ** -0.5, as upstream
+        return self.proj(out.transpose(1, 2).reshape(windows, tokens, -1))
+
+
+class Mlp(nn.Module):
+    """Pre-norm MLP: LayerNorm, fc1, GELU, dropout, fc2, dropout."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(self.norm(x))))))
+
+
+class TinyViTBlock(nn.Module):
+    """Windowed attention (zero-padded windows), a depthwise ``local_conv``, then the MLP; on ``B x L x C`` tokens."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        local_conv_size: int,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if window_size <= 0:
+            raise ValueError(f"window_size must be positive, got {window_size}")
+        self.input_resolution = input_resolution
+        self.window_size = window_size
+        self.attn = Attention(dim, num_heads, window_size)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.local_conv = Conv2dBN(dim, dim, local_conv_size, padding=local_conv_size // 2, groups=dim)
+        self.drop_path = _drop_path(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = self.input_resolution
+        batch, length, chans = x.shape
+        if length != height * width:
+            raise ValueError(f"expected {height}x{width} = {height * width} tokens, got {length}")
+        x = x + self.drop_path(self._windowed_attention(x.view(batch, height, width, chans)).reshape_as(x))
+        x = self.local_conv(x.transpose(1, 2).reshape(batch, chans, height, width))
+        x = x.flatten(2).transpose(1, 2)
+        return x + self.drop_path(self.mlp(x))
+
+    def _windowed_attention(self, x: Tensor) -> Tensor:
+        """Attention within ``window_size`` windows of a ``B x H x W x C`` map, zero-padded at the bottom/right."""
+        batch, height, width, chans = x.shape
+        w = self.window_size
+        if height == w and width == w:
+            return self.attn(x.reshape(batch, w * w, chans))
+        pad_b, pad_r = -height % w, -width % w
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        rows, cols = (height + pad_b) // w, (width + pad_r) // w
+        windows = x.view(batch, rows, w, cols, w, chans).transpose(2, 3).reshape(-1, w * w, chans)
+        out = self.attn(windows).view(batch, rows, cols, w, w, chans).transpose(2, 3)
+        return out.reshape(batch, rows * w, cols * w, chans)[:, :height, :width]
+
+
+class ConvLayer(nn.Module):
+    """Stage 0: MBConv blocks on a channels-first map, then the patch merging into stage 1."""
+
+    def __init__(
+        self, dim: int, depth: int, expand_ratio: float, drop_path: Sequence[float], downsample: nn.Module | None
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MBConv(dim, expand_ratio, drop_path[i]) for i in range(depth))
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class BasicLayer(nn.Module):
+    """Stages 1..: TinyViT blocks on tokens, then (except the last stage) the patch merging."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        local_conv_size: int,
+        drop: float,
+        drop_path: Sequence[float],
+        downsample: nn.Module | None,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TinyViTBlock(
+                dim, input_resolution, num_heads, window_size, mlp_ratio, local_conv_size, drop, drop_path[i]
+            )
+            for i in range(depth)
+        )
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+def stage_resolutions(img_size: int, num_stages: int) -> list[int]:
+    """Side length of each stage's map: halved by every merge except the last, which keeps the resolution."""
+    return [img_size // 2 ** min(i, num_stages - 2) for i in range(num_stages)]
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class TinyViT(nn.Module):
+    """The LiteMedSAM image encoder: ``B x in_chans x S x S`` images to ``B x out_chans x S/4 x S/4`` embeddings."""
+
+    def __init__(
+        self,
+        img_size: int,
+        in_chans: int,
+        embed_dims: Sequence[int],
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        window_sizes: Sequence[int],
+        mlp_ratio: float,
+        mbconv_expand_ratio: float,
+        local_conv_size: int,
+        out_chans: int,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        num_stages = len(depths)
+        if num_stages < 2 or not len(embed_dims) == len(num_heads) == len(window_sizes) == num_stages:
+            raise ValueError("embed_dims, depths, num_heads and window_sizes need one entry per stage (at least 2)")
+        sizes = stage_resolutions(img_size, num_stages)
+        if img_size % 2 ** (num_stages - 2):
+            raise ValueError(f"img_size {img_size} must be divisible by {2 ** (num_stages - 2)}")
+        self.img_size = img_size
+        self.grid_size = sizes[-1]
+        self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i in range(num_stages):
+            stage_rates = rates[sum(depths[:i]) : sum(depths[: i + 1])]
+            downsample = None
+            if i < num_stages - 1:
+                stride = 1 if i == num_stages - 2 else 2
+                downsample = PatchMerging((sizes[i], sizes[i]), embed_dims[i], embed_dims[i + 1], stride)
+            if i == 0:
+                layer = ConvLayer(embed_dims[0], depths[0], mbconv_expand_ratio, stage_rates, downsample)
+            else:
+                layer = BasicLayer(
+                    embed_dims[i],
+                    (sizes[i], sizes[i]),
+                    depths[i],
+                    num_heads[i],
+                    window_sizes[i],
+                    mlp_ratio,
+                    local_conv_size,
+                    drop_rate,
+                    stage_rates,
+                    downsample,
+                )
+            self.layers.append(layer)
+        self.apply(_init_linear_and_norm)  # before the neck, whose convolutions keep PyTorch's default (as upstream)
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
+            LayerNormNd(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNormNd(out_chans),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        batch, _, chans = x.shape
+        x = x.transpose(1, 2).reshape(batch, chans, self.grid_size, self.grid_size)
+        return self.neck(x)
