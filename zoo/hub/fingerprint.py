@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -13,6 +14,15 @@ _POS_EMBED = "image_encoder.pos_embed"
 _SAM_UNET_PREFIXES = ("image_encoder.sam_img_encoder.", "resnet.", "adapters_in.", "adapters_bridge.")
 _RESNET50_ONLY_KEYS = ("resnet.stage1.0.conv3.weight", "resnet.layer1.0.conv3.weight")  # bottlenecks: a third conv
 _VIT_B_WIDTH = 768
+# LiteMedSAM's TinyViT: a stem of two 1x1 Conv2d_BN layers; stage widths read from the first block of each stage
+# (MBConv input in stage 0, the MLP's norm after it).
+_TINY_VIT_STEM = "image_encoder.patch_embed.seq.2.c.weight"
+_TINY_VIT_BLOCK = re.compile(r"image_encoder\.layers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.")
+_TINY_VIT_STAGE_WIDTH = (
+    "image_encoder.layers.{}.blocks.0.conv1.c.weight",
+    "image_encoder.layers.{}.blocks.0.mlp.norm.weight",
+)
+_LITEMEDSAM_STAGES = ((64, 128, 160, 320), (2, 2, 6, 2))  # widths, depths of the released lite_medsam.pth
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,8 @@ def detect_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> CheckpointKind 
     """The family and released variant that ``state_dict`` (upstream key names) belongs to; ``None`` if unknown."""
     if any(key.startswith(_SAM_UNET_PREFIXES) for key in state_dict):
         return _detect_sam_unet(state_dict)
+    if _TINY_VIT_STEM in state_dict:
+        return _detect_litemedsam(state_dict)
     patch_embed = state_dict.get(_PATCH_EMBED)
     if patch_embed is None:
         return None
@@ -50,6 +62,23 @@ def _detect_sam_unet(state_dict: Mapping[str, torch.Tensor]) -> CheckpointKind:
     variant = "sam_unet_r50" if any(key in state_dict for key in _RESNET50_ONLY_KEYS) else "sam_unet_r34"
     backbone = "ResNet-50" if variant == "sam_unet_r50" else "ResNet-34"
     return CheckpointKind("sam_unet", variant, f"SAM ViT wrapped as 'sam_img_encoder' beside a {backbone} branch")
+
+
+def _detect_litemedsam(state_dict: Mapping[str, torch.Tensor]) -> CheckpointKind:
+    blocks: dict[int, set[int]] = {}
+    for key in state_dict:
+        found = _TINY_VIT_BLOCK.match(key)
+        if found:
+            blocks.setdefault(int(found["stage"]), set()).add(int(found["block"]))
+    depths = tuple(len(blocks[stage]) for stage in sorted(blocks))
+    widths = tuple(
+        int(weight.shape[1 if stage == 0 else 0])
+        for stage in sorted(blocks)
+        if (weight := state_dict.get(_TINY_VIT_STAGE_WIDTH[stage > 0].format(stage))) is not None
+    )
+    name = "litemedsam" if (widths, depths) == _LITEMEDSAM_STAGES else None
+    evidence = f"TinyViT image encoder with a 1x1 Conv2d_BN stem, stage widths {list(widths)}, depths {list(depths)}"
+    return CheckpointKind("litemedsam", name, evidence)
 
 
 def is_plain_sam(state_dict: Mapping[str, torch.Tensor]) -> bool:
