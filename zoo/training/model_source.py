@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 import zoo
@@ -28,7 +29,7 @@ def build_model(
     """
     if weights is not None and sam_init is not None:
         raise ValueError("give either weights (a trained model) or sam_init (an initialisation), not both")
-    if weights is not None and not _is_checkpoint_file(weights):
+    if weights is not None and not is_checkpoint_file(weights):
         if overrides:
             raise ValueError(f"model_overrides {sorted(overrides)} cannot change a pretrained Hub model ({weights})")
         return zoo.from_pretrained(weights)
@@ -46,5 +47,21 @@ def build_model(
     return model
 
 
-def _is_checkpoint_file(source: str) -> bool:
+def model_skeleton(name: str, overrides: dict[str, Any] | None = None, weights: str | None = None) -> nn.Module | None:
+    """The network :func:`build_model` would build, on the meta device (shapes only, no memory, nothing read).
+
+    ``None`` when the architecture is not known without reading files (``weights`` is a Hub folder or repo id, whose
+    config.json decides it) or the model cannot be built on the meta device; callers then check the real model.
+    """
+    if weights is not None and not is_checkpoint_file(weights):
+        return None
+    try:
+        with torch.device("meta"):
+            return zoo.create_model(name, **(overrides or {}))
+    except Exception:  # a bad name or config fails again, with its own message, when the real model is built
+        return None
+
+
+def is_checkpoint_file(source: str) -> bool:
+    """Whether ``source`` names a checkpoint file (by suffix) rather than a Hub folder or repo id."""
     return Path(source).suffix in CHECKPOINT_SUFFIXES and not Path(source).is_dir()
