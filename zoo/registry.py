@@ -58,7 +58,9 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
         from zoo.hub.pretrained import pretrained_model  # the hub layer, imported only when weights are asked for
 
         return pretrained_model(name, **overrides)
-    return _BUILDERS[name](**overrides)
+    from zoo.processors import attach_default_processor  # the processor layer sits above the models
+
+    return attach_default_processor(_BUILDERS[name](**overrides))
 
 
 def family_class(family: str) -> type[nn.Module]:

@@ -10,12 +10,9 @@ from zoo.data.predict import PromptedImagesDataModule
 from zoo.data.sa_med2d import ImageMasksDataset, MaskImageDataset, SAMed2DDataModule, collate_2d
 from zoo.data.sliced import SlicedVolumeDataModule
 from zoo.data.slicer import SlicedVolumeDataset, assemble_volume, slice_volume
-from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, letterbox_index_map, prepare_image_and_masks
 from zoo.data.transforms3d import build_transforms_3d, crop_to_original_map, restore_to_original
 
 __all__ = [
-    "SAM_PIXEL_MEAN",
-    "SAM_PIXEL_STD",
     "CaseFiles",
     "DataError",
     "ImageMasksDataset",
@@ -35,11 +32,9 @@ __all__ = [
     "collate_2d",
     "crop_to_original_map",
     "find_cases",
-    "letterbox_index_map",
     "list_targets",
     "load_image",
     "load_label",
-    "prepare_image_and_masks",
     "read_dataset_json",
     "read_header",
     "read_image",

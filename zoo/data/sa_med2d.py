@@ -13,7 +13,7 @@ Batch format (:func:`collate_2d`; ``B`` samples, ``N`` masks per sample, ``S`` =
 =====================  ===========================  =============================================================
 key                    type / shape                 meaning
 =====================  ===========================  =============================================================
-``image``              float32 ``B x 3 x S x S``    normalised (SAM mean/std) and padded/stretched model input
+``image``              float32 ``B x 3 x S x S``    the processor's model input (its training geometry)
 ``masks``              bool ``B x N x 1 x S x S``   object masks on the input grid (N = masks_per_image in
                                                     training, 1 per sample in evaluation)
 ``mask_paths``         list of ``N``-lists of str   source mask files
@@ -21,8 +21,7 @@ key                    type / shape                 meaning
                        list[str]                    evaluation: the class of the sample's mask
 ``image_path``         list[str]                    source image
 ``original_size``      int64 ``B x 2``              ``(H, W)`` of the original image
-``padded``             bool ``B``                   True: centred zero padding; False: nearest stretch
-``pad_offset``         int64 ``B x 2``              ``(top, left)`` of the image on the canvas when padded
+``frame``              list[ImageFrame]             what maps each input back to its original image
 ``original_masks``     list of bool ``N x H x W``   evaluation only: masks at the original size (for metrics)
 =====================  ===========================  =============================================================
 """
@@ -43,8 +42,7 @@ from zoo.errors import DataError
 from zoo.io.json_files import read_json
 from zoo.io.png import read_image, read_mask
 from zoo.data.sampling import SEED_BOUND, ItemKey, SeededSampler
-from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, prepare_image_and_masks
-from zoo.inference.preprocess2d import Letterbox
+from zoo.processors import ImageFrame, Processor, processor_from_spec
 
 
 def _resolve(json_path: Path, root: Path, relative: Any) -> Path:
@@ -117,39 +115,31 @@ def load_image_with_masks(image_path: Path, mask_paths: Sequence[Path]) -> tuple
 
 
 def make_sample_2d(
-    image_path: Path,
-    mask_paths: Sequence[Path],
-    image_size: int,
-    keep_original_masks: bool,
-    pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
-    pixel_std: Sequence[float] = SAM_PIXEL_STD,
+    image_path: Path, mask_paths: Sequence[Path], processor: Processor, keep_original_masks: bool
 ) -> dict[str, Any]:
-    """One sample in the documented format from files on disk."""
+    """One sample in the documented format from files on disk, prepared by ``processor``'s training geometry."""
     image, masks = load_image_with_masks(image_path, mask_paths)
-    model_input, prepared, letterbox = prepare_image_and_masks(image, masks, image_size, pixel_mean, pixel_std)
-    sample = sample_dict_2d(model_input, prepared, letterbox, str(image_path), [str(p) for p in mask_paths])
+    frame, prepared = processor.prepare_with_masks(image, masks, source=str(image_path))
+    sample = sample_dict_2d(frame, prepared, str(image_path), [str(p) for p in mask_paths])
     if keep_original_masks:
         sample["original_masks"] = torch.from_numpy(np.stack(masks))
     return sample
 
 
-def sample_dict_2d(
-    model_input: torch.Tensor, masks: torch.Tensor, letterbox: Letterbox, image_path: str, mask_paths: list[str]
-) -> dict[str, Any]:
-    """The documented sample dict from a prepared input, its masks and geometry."""
+def sample_dict_2d(frame: ImageFrame, masks: torch.Tensor, image_path: str, mask_paths: list[str]) -> dict[str, Any]:
+    """The documented sample dict from a prepared frame and its masks."""
     return {
-        "image": model_input,
+        "image": frame.model_input,
         "masks": masks,
         "mask_paths": mask_paths,
         "image_path": image_path,
-        "original_size": torch.tensor(letterbox.original_size, dtype=torch.int64),
-        "padded": letterbox.padded,
-        "pad_offset": torch.tensor((letterbox.top, letterbox.left), dtype=torch.int64),
+        "original_size": torch.tensor(frame.original_shape, dtype=torch.int64),
+        "frame": frame,
     }
 
 
 # Keys that stay lists even when their shapes happen to agree, so their type does not depend on the batch.
-RAGGED_KEYS = frozenset({"original_masks", "mask_paths"})
+RAGGED_KEYS = frozenset({"original_masks", "mask_paths", "frame"})
 
 
 def collate_2d(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,14 +171,14 @@ class ImageMasksDataset(Dataset[dict[str, Any]]):
     def __init__(
         self,
         json_path: str | Path,
+        processor: Processor,
         masks_per_image: int = 5,
-        image_size: int = 256,
         path_root: str | Path | None = None,
     ) -> None:
         if masks_per_image < 1:
             raise ValueError(f"masks_per_image must be >= 1, got {masks_per_image}")
         self.items = read_image2label(json_path, path_root)
-        self.masks_per_image, self.image_size = masks_per_image, image_size
+        self.masks_per_image, self.processor = masks_per_image, processor
 
     def __len__(self) -> int:
         return len(self.items)
@@ -204,7 +194,7 @@ class ImageMasksDataset(Dataset[dict[str, Any]]):
         generator = torch.Generator().manual_seed(seed)
         draws = torch.randint(0, len(mask_paths), (self.masks_per_image,), generator=generator)
         chosen = [mask_paths[i] for i in draws]
-        sample = make_sample_2d(image_path, chosen, self.image_size, keep_original_masks=False)
+        sample = make_sample_2d(image_path, chosen, self.processor, keep_original_masks=False)
         sample["class_name"] = [class_name_of(image_path, mask) for mask in chosen]
         return sample
 
@@ -212,9 +202,9 @@ class ImageMasksDataset(Dataset[dict[str, Any]]):
 class MaskImageDataset(Dataset[dict[str, Any]]):
     """SAM-Med2D evaluation samples: one per mask of a ``label2image`` JSON, with the original-size mask."""
 
-    def __init__(self, json_path: str | Path, image_size: int = 256, path_root: str | Path | None = None) -> None:
+    def __init__(self, json_path: str | Path, processor: Processor, path_root: str | Path | None = None) -> None:
         self.items = read_label2image(json_path, path_root)
-        self.image_size = image_size
+        self.processor = processor
 
     def __len__(self) -> int:
         return len(self.items)
@@ -227,7 +217,7 @@ class MaskImageDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, key: int | ItemKey) -> dict[str, Any]:
         index, _ = _key_parts(key)
         image_path, mask_path = self.items[index]
-        sample = make_sample_2d(image_path, [mask_path], self.image_size, keep_original_masks=True)
+        sample = make_sample_2d(image_path, [mask_path], self.processor, keep_original_masks=True)
         sample["class_name"] = class_name_of(image_path, mask_path)
         return sample
 
@@ -244,7 +234,9 @@ class SAMed2DDataModule(pl.LightningDataModule):
         train_json / eval_json: file names inside ``root`` (the evaluation file serves validation and test).
         path_root: folder the JSON paths are relative to (default ``root``).
         masks_per_image: masks drawn per training image (upstream ``mask_num=5``).
-        image_size: model input size (256).
+        image_size: model input size; None keeps the processor's (256 for the released models).
+        processor: the model's processor (type name, config dict or processor; ``zoo fit`` links it to the model),
+            whose training geometry prepares images and masks.
         seed: seed of the training order and of the masks drawn per image.
     """
 
@@ -255,7 +247,8 @@ class SAMed2DDataModule(pl.LightningDataModule):
         eval_json: str = "label2image_test.json",
         path_root: str | Path | None = None,
         masks_per_image: int = 5,
-        image_size: int = 256,
+        image_size: int | None = None,
+        processor: Processor | dict[str, Any] | str = "sam_med2d",
         batch_size: int = 2,
         eval_batch_size: int = 1,
         num_workers: int = 0,
@@ -265,6 +258,7 @@ class SAMed2DDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.train_json, self.eval_json, self.path_root = train_json, eval_json, path_root
         self.masks_per_image, self.image_size = masks_per_image, image_size
+        self.processor = processor_from_spec(processor, **({} if image_size is None else {"image_size": image_size}))
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.seed = seed
         self._class_names: list[str] | None = None
@@ -286,11 +280,11 @@ class SAMed2DDataModule(pl.LightningDataModule):
         root = self.path_root if self.path_root is not None else self.root
         train_file = self.root / self.train_json
         train_set = (
-            ImageMasksDataset(train_file, self.masks_per_image, self.image_size, root) if train_file.exists() else None
+            ImageMasksDataset(train_file, self.processor, self.masks_per_image, root) if train_file.exists() else None
         )
         if stage in (None, "fit"):
             self.train_set = train_set
-        self.eval_set = MaskImageDataset(self.root / self.eval_json, self.image_size, root)
+        self.eval_set = MaskImageDataset(self.root / self.eval_json, self.processor, root)
         train_names = train_set.class_names if train_set is not None else []
         self._class_names = sorted({*self.eval_set.class_names, *train_names})
 

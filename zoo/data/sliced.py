@@ -8,6 +8,7 @@ format of :mod:`zoo.data.sa_med2d` (one mask per item) plus ``class_name``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from zoo.io.json_files import read_json
 from zoo.data.sa_med2d import collate_2d
 from zoo.data.slicer import Plane, SlicedVolumeDataset
+from zoo.processors import Processor, processor_from_spec
 
 
 class SlicedVolumeDataModule(pl.LightningDataModule):
@@ -30,7 +32,9 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
         val_every / val_offset: slices with ``index % val_every == val_offset`` are validation and test slices.
         min_pixels: skip slices where the target has fewer pixels.
         window: intensity window (e.g. CT HU) mapped to 8 bits before the 2D preprocessing.
-        image_size: model input size.
+        image_size: model input size; None keeps the processor's.
+        processor: the model's 2D processor (type name, config dict or processor; ``zoo fit`` links it to the
+            model), whose training geometry prepares each slice and its mask.
     """
 
     def __init__(
@@ -45,7 +49,8 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
         val_offset: int = 2,
         min_pixels: int = 20,
         window: tuple[float, float] | None = (-200.0, 300.0),
-        image_size: int = 256,
+        image_size: int | None = None,
+        processor: Processor | dict[str, Any] | str = "sam_med2d",
         batch_size: int = 8,
         eval_batch_size: int = 8,
         seed: int = 0,
@@ -61,7 +66,8 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
             raise ValueError(f"classes {unknown} are not among the label names of {label}")
         self.classes = sorted(classes) if classes else sorted(set(self.label_names.values()))
         self.val_every, self.val_offset, self.min_pixels, self.window = val_every, val_offset, min_pixels, window
-        self.image_size, self.batch_size, self.eval_batch_size = image_size, batch_size, eval_batch_size
+        self.processor = processor_from_spec(processor, **({} if image_size is None else {"image_size": image_size}))
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.num_workers = seed, num_workers
         self.train_set: Subset | None = None
         self.val_set: Subset | None = None
@@ -72,7 +78,7 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         dataset = SlicedVolumeDataset(
-            self.image, self.label, self.label_names, self.plane, self.min_pixels, self.window, self.image_size
+            self.image, self.label, self.label_names, self.plane, self.min_pixels, self.window, self.processor
         )
         wanted = set(self.classes)
         train, val = [], []

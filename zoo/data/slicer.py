@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from zoo.errors import DataError
 from zoo.io.nifti import Volume, check_same_grid, load_image, load_label
 from zoo.data.sa_med2d import sample_dict_2d
-from zoo.data.transforms2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, prepare_image_and_masks
+from zoo.processors import Processor
 
 Plane = Literal["axial", "coronal", "sagittal"]
 # plane -> (sliced RAS axis, RAS axis along image rows, RAS axis along image columns); both in-plane axes are
@@ -151,24 +151,22 @@ class SlicedVolumeDataset(Dataset[dict[str, Any]]):
         plane: Plane = "axial",
         min_pixels: int = 1,
         window: tuple[float, float] | None = None,
-        image_size: int = 256,
-        pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
-        pixel_std: Sequence[float] = SAM_PIXEL_STD,
+        processor: Processor | None = None,
     ) -> None:
+        if processor is None:
+            raise ValueError("SlicedVolumeDataset needs the model's 2D processor (processor=...)")
         self.image_path, self.label_path = str(image_path), str(label_path)
         image, label = load_image(image_path), load_label(label_path)
         self.slices = slice_volume(image, label, class_names, plane, min_pixels, window)
-        self.image_size, self.pixel_mean, self.pixel_std = image_size, pixel_mean, pixel_std
+        self.processor = processor
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.slices[index]
-        model_input, masks, letterbox = prepare_image_and_masks(
-            item.image, [item.mask], self.image_size, self.pixel_mean, self.pixel_std
-        )
-        sample = sample_dict_2d(model_input, masks, letterbox, self.image_path, [self.label_path])
+        frame, masks = self.processor.prepare_with_masks(item.image, [item.mask], source=self.image_path)
+        sample = sample_dict_2d(frame, masks, self.image_path, [self.label_path])
         sample["original_masks"] = torch.from_numpy(item.mask[None].copy())
         sample.update(
             class_id=item.class_id, class_name=item.class_name, plane=item.plane, slice_index=item.slice_index

@@ -32,7 +32,10 @@ def from_pretrained(path_or_repo_id: str | Path, revision: str | None = None, **
     family = config.get("family")
     if not family:
         raise ValueError(f"{path_or_repo_id}: {CONFIG_NAME} has no 'family' field; it was not written by zoo")
-    return family_class(family).from_pretrained(path_or_repo_id, revision=revision, **kwargs)
+    from zoo.processors import attach_default_processor
+
+    model = family_class(family).from_pretrained(path_or_repo_id, revision=revision, **kwargs)
+    return attach_default_processor(model)  # a folder without processor_config.json gets its family's default
 
 
 def read_hub_config(path_or_repo_id: str | Path, revision: str | None = None, **download_options: Any) -> dict:

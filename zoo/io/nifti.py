@@ -95,6 +95,43 @@ def load_image(path: str | Path) -> Volume:
     return Volume(data, affine, file)
 
 
+@dataclass(frozen=True)
+class StoredVolume:
+    """A 3D volume in the voxel type SimpleITK/torchio read it as (what SAM-Med3D's authors resample): integers
+    stay integers (uint16 widened to int32), scaled integers (``scl_slope``/``scl_inter``) become float32."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+
+def load_stored(path: str | Path) -> StoredVolume:
+    """A volume as :class:`StoredVolume`; NaN or infinite intensities are an error."""
+    from zoo.geometry.grid3d import torchio_dtype
+
+    file = Path(path)
+    image = _open(file)
+    affine = _checked_affine(image, file)
+    proxy = image.dataobj
+    slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+    dtype = torchio_dtype(image.get_data_dtype(), float(slope), float(inter))
+    try:
+        data = np.asanyarray(proxy).astype(dtype, copy=False)
+    except Exception as exc:  # truncated gzip streams raise EOFError, zlib.error, OSError, ValueError...
+        problem = f"cannot read voxel data; the file is truncated or corrupt ({type(exc).__name__}: {exc})"
+        raise DataError(file, problem) from exc
+    data = data.reshape(_spatial_shape(tuple(data.shape), file))
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise DataError(file, f"{bad} voxels are NaN or infinite")
+    return StoredVolume(np.ascontiguousarray(data), affine, file)
+
+
 def load_label(path: str | Path) -> Volume:
     """An integer label volume (stored integers kept as they are; integral floats converted to int32)."""
     file = Path(path)

@@ -45,7 +45,7 @@ class SamMed2DConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
-    # ImageNet RGB statistics x255, applied by the preprocessing (zoo.inference), not inside the network.
+    # ImageNet RGB statistics x255, applied by the processor (zoo.processors), not inside the network.
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 

@@ -16,7 +16,7 @@ automatic mask generator, best-of-three selection) has nothing to rank with; sco
 the mean sigmoid probability inside the mask) if you need one.
 
 Preprocessing (normalise, pad bottom/right to ``image_size``) and postprocessing (back to the original size)
-live in ``zoo.inference.sam_unet_processing``; the network takes ready ``B x 3 x S x S`` inputs.
+live in its processor (``zoo.processors.SamUNetProcessor``); the network takes ready ``B x 3 x S x S`` inputs.
 """
 
 import re
@@ -75,7 +75,7 @@ class SamUNetConfig:
     decoder_num_heads: int = 8
     decoder_mlp_dim: int = 2048
     attention_downsample_rate: int = 2
-    # ImageNet RGB statistics x255, applied by zoo.inference.sam_unet_processing, not inside the network.
+    # ImageNet RGB statistics x255, applied by the processor (zoo.processors), not inside the network.
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 

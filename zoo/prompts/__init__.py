@@ -1,7 +1,6 @@
 """Prompts shared by every model: typed containers, geometry, simulators and per-model conversion."""
 
 from zoo.prompts.components import bounding_boxes, interior_distance, largest_component
-from zoo.prompts.convert import sam_med2d_prompts, sam_med3d_prompts
 from zoo.prompts.simulate import (
     boxes_from_masks,
     first_click_interior,
@@ -18,6 +17,7 @@ from zoo.prompts.types import (
     BoxPrompts,
     MaskPrompts,
     PointPrompts,
+    Prompts,
 )
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "BoxPrompts",
     "MaskPrompts",
     "PointPrompts",
+    "Prompts",
     "bounding_boxes",
     "boxes_from_masks",
     "first_click_interior",
@@ -37,6 +38,4 @@ __all__ = [
     "next_click_random_error",
     "next_click_ritm",
     "sam_med2d_points",
-    "sam_med2d_prompts",
-    "sam_med3d_prompts",
 ]

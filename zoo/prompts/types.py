@@ -6,13 +6,15 @@ Coordinate convention (the same rule for 2D and 3D, so one convention per dimens
   ``B x C x H x W`` image, ``(d0, d1, d2)`` for a ``B x C x D0 x D1 x D2`` volume. Units are pixels/voxels and an
   integer coordinate is the *centre* of that element, so ``image[..., round(p0), round(p1)]`` is the pixel under
   the point. ``spatial_shape`` records the grid the coordinates refer to.
-* **Boxes** use the same axes: ``lo`` is the first index covered and ``hi`` is one past the last (exclusive),
-  exactly what ``skimage.regionprops`` and SAM-Med2D's ``get_boxes_from_mask`` produce.
+* **Boxes** use the same axes: ``lo`` and ``hi`` are the corner coordinates a model's authors pass (SAM's
+  ``(x0, y0, x1, y1)`` in index order). Boxes made from masks by :func:`zoo.prompts.boxes_from_masks` have ``hi``
+  one past the last covered index, exactly what ``skimage.regionprops`` and SAM-Med2D's ``get_boxes_from_mask``
+  produce; a family whose authors use the last index instead (LiteMedSAM) converts in its processor.
 * **Labels**: 1 foreground, 0 background, -1 padding ("not a point"). Padding slots make ragged batches
   rectangular; :attr:`PointPrompts.counts` gives the number of real points per sample.
 
-What a model takes is produced explicitly by :mod:`zoo.prompts.convert` (SAM-Med2D wants ``(x, y)``, SAM-Med3D
-takes this index order unchanged).
+What a model takes is produced by the family's processor (:mod:`zoo.processors`): SAM-style 2D models want
+``(x, y)``, SAM-Med3D takes this index order unchanged. :mod:`zoo.prompts.validate` checks prompts against an image.
 """
 
 from __future__ import annotations
@@ -237,3 +239,59 @@ class MaskPrompts:
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.logits.shape[2:])
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts of one or more prompt sets on one grid: any of points, boxes and a low-res mask prompt.
+
+    ``points`` and ``boxes`` share ``spatial_shape`` and batch size; ``masks`` are low-res logits on the model's
+    mask-prompt grid (they come from a previous prediction, so they are always in model space).
+    """
+
+    points: PointPrompts | None = None
+    boxes: BoxPrompts | None = None
+    masks: MaskPrompts | None = None
+
+    def __post_init__(self) -> None:
+        if self.points is not None and self.boxes is not None:
+            if self.points.spatial_shape != self.boxes.spatial_shape:
+                raise ValueError(
+                    f"points live on grid {self.points.spatial_shape} but boxes on {self.boxes.spatial_shape}"
+                )
+            if self.points.batch_size != self.boxes.batch_size:
+                raise ValueError(f"{self.points.batch_size} point sets but {self.boxes.batch_size} boxes")
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """Which of ``"points"``, ``"boxes"``, ``"masks"`` are given."""
+        given = {"points": self.points, "boxes": self.boxes, "masks": self.masks}
+        return frozenset(name for name, value in given.items() if value is not None)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...] | None:
+        """The grid of the points and boxes (None when there are only mask prompts)."""
+        located = self.points if self.points is not None else self.boxes
+        return None if located is None else located.spatial_shape
+
+    @property
+    def batch_size(self) -> int:
+        for part in (self.points, self.boxes, self.masks):
+            if part is not None:
+                return part.batch_size
+        return 0
+
+    def mapped(self, index_map: IndexMap) -> Prompts:
+        """Points and boxes on ``index_map``'s destination grid (mask prompts unchanged)."""
+        return Prompts(
+            None if self.points is None else self.points.mapped(index_map),
+            None if self.boxes is None else self.boxes.mapped(index_map),
+            self.masks,
+        )
+
+    def to(self, device: torch.device | str) -> Prompts:
+        return Prompts(
+            None if self.points is None else self.points.to(device),
+            None if self.boxes is None else self.boxes.to(device),
+            None if self.masks is None else MaskPrompts(self.masks.logits.to(device)),
+        )

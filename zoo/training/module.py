@@ -9,12 +9,10 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from zoo.inference.common import select_best_mask
-from zoo.prompts.convert import sam_med2d_prompts, sam_med3d_prompts
+from zoo.processors import ClickState, Processor, attach_default_processor, processor_for, select_best_mask
 from zoo.prompts.simulate import boxes_from_masks, first_click_random_foreground, next_click_random_error
-from zoo.prompts.types import MaskPrompts, PointPrompts
+from zoo.prompts.types import BoxPrompts, MaskPrompts, PointPrompts, Prompts
 from zoo.training.losses import SegmentationLoss
 from zoo.training.metrics import PerClassMean, dice_per_sample, surface_dice_per_sample
 from zoo.training.model_source import build_model
@@ -55,7 +53,7 @@ class PromptableSegmentationModule(L.LightningModule):
         self.save_hyperparameters(
             ignore=["loss", "train_prompts", "eval_prompts", "lr_groups", "optimizer", "lr_scheduler"]
         )
-        self.net = build_model(model, model_overrides, weights, sam_init, resnet_init)
+        self.net = attach_default_processor(build_model(model, model_overrides, weights, sam_init, resnet_init))
         set_trainable(self.net, freeze or [], unfreeze or [])
         self.loss = loss if loss is not None else SegmentationLoss(dice=1.0)
         self.train_prompts = train_prompts or TrainingPromptSchedule()
@@ -116,29 +114,30 @@ class PromptableSegmentationModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- prompts
     @property
-    def spatial_dims(self) -> int:
-        return self.net.prompt_encoder.spatial_dims
+    def processor(self) -> Processor:
+        """The network's processor (what its weights were trained with): prompt conversion, decode policy, clicks."""
+        if getattr(self, "_processor", None) is None:
+            self._processor = processor_for(self.net)
+        return self._processor
 
-    def _model_prompts(
-        self, points: PointPrompts | None, boxes, low_res: Tensor | None, mask_prompt: str
+    @property
+    def spatial_dims(self) -> int:
+        return self.net.spatial_dims
+
+    def _model_kwargs(
+        self, points: PointPrompts | None, boxes: BoxPrompts | None, low_res: Tensor | None, mask_prompt: str
     ) -> dict[str, Any]:
-        masks = MaskPrompts(low_res) if low_res is not None and mask_prompt != "none" else None
-        size = self.net.config.image_size
-        if self.spatial_dims == 3:
-            return sam_med3d_prompts(points=points, masks=masks, image_size=(size,) * 3)
-        return sam_med2d_prompts(
-            points=points, boxes=boxes, masks=masks, image_size=size, mask_as_probabilities=mask_prompt == "sigmoid"
-        )
+        """The training schedule's prompts as the network's keyword arguments (mask prompt as the schedule says)."""
+        masks = None
+        if low_res is not None and mask_prompt != "none":
+            masks = MaskPrompts(torch.sigmoid(low_res) if mask_prompt == "sigmoid" else low_res)
+        return self.processor.model_kwargs(Prompts(points, boxes, masks))
 
     def _generator(self, stage: str, batch_idx: int) -> torch.Generator:
         """A generator seeded by (seed, stage, step, rank): clicks replay exactly after a resume."""
         step = self.global_step if stage == "train" else batch_idx
         key = f"{self.seed}/{stage}/{step}/{self.global_rank}".encode()
         return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-
-    def _upsample(self, low_res: Tensor, size: tuple[int, ...]) -> Tensor:
-        mode = "trilinear" if len(size) == 3 else "bilinear"
-        return F.interpolate(low_res, size=size, mode=mode, align_corners=False)
 
     @staticmethod
     def _best_mask(low_res: Tensor, iou: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -164,7 +163,7 @@ class PromptableSegmentationModule(L.LightningModule):
         features = self._per_target(self.net.encode_image(images), image_index)
         low_res = None
         if schedule.zero_mask_first:
-            low_res = torch.zeros(target.shape[0], 1, *self.net.prompt_encoder.mask_input_size, device=self.device)
+            low_res = torch.zeros(target.shape[0], 1, *self.net.mask_input_size, device=self.device)
         points = boxes = None
         prediction = torch.zeros_like(target_mask)
         total = images.new_zeros(())
@@ -178,7 +177,7 @@ class PromptableSegmentationModule(L.LightningModule):
                 points = points.cat(clicks) if schedule.accumulate_clicks and points is not None else clicks
                 boxes = None
             fed_points, fed_boxes = (None, None) if it in mask_only else (points, boxes)
-            prompts = self._model_prompts(fed_points, fed_boxes, low_res, schedule.mask_prompt)
+            prompts = self._model_kwargs(fed_points, fed_boxes, low_res, schedule.mask_prompt)
             if it > 0 and schedule.decoder_only_after_first:
                 with torch.no_grad():
                     sparse, dense = self.net.embed_prompts(**prompts)
@@ -187,7 +186,7 @@ class PromptableSegmentationModule(L.LightningModule):
             else:
                 out = self.net.decode(features, **prompts, multimask_output=schedule.multimask_output)
             step_low_res, iou = self._best_mask(out.low_res_logits, out.iou_predictions)
-            logits = self._upsample(step_low_res, spatial)
+            logits = self.processor.upsample(step_low_res)
             total = total + self.loss(logits, target.to(logits.dtype), iou)
             low_res = step_low_res.detach()
             prediction = (logits.detach() > schedule.click_threshold)[:, 0]
@@ -235,7 +234,7 @@ class PromptableSegmentationModule(L.LightningModule):
         spatial = tuple(target.shape[2:])
 
         def record(name: str, logits: Tensor) -> None:
-            pred = logits > 0
+            pred = self.processor.binarize(logits)
             self.metrics[f"{stage}__dice__{name}"].update(dice_per_sample(pred, target), class_index)
             if protocol.nsd_tolerance_mm is not None:
                 if spacing is None:
@@ -243,26 +242,25 @@ class PromptableSegmentationModule(L.LightningModule):
                 nsd = surface_dice_per_sample(pred, target, protocol.nsd_tolerance_mm, list(spacing))
                 self.metrics[f"{stage}__nsd__{name}"].update(nsd, class_index)
 
+        processor = self.processor
+        if protocol.multimask_output is not None and protocol.multimask_output != processor.policy.multimask_output:
+            processor = type(processor)(replace(processor.config, decode=replace(processor.policy, multimask_output=protocol.multimask_output)))
         if protocol.clicks:
-            low_res = None
-            if protocol.zero_mask_first:
-                low_res = torch.zeros(target.shape[0], 1, *self.net.prompt_encoder.mask_input_size, device=self.device)
+            state = ClickState()
             points = first_click_random_foreground(target_mask, generator)
             for n in range(1, protocol.clicks[-1] + 1):
                 if n > 1:
-                    prediction = (logits > 0)[:, 0]
-                    points = points.cat(next_click_random_error(prediction, target_mask, 1, generator))
-                prompts = self._model_prompts(points, None, low_res, protocol.mask_prompt)
-                out = self.net.decode(features, **prompts, multimask_output=protocol.multimask_output)
-                low_res, _ = self._best_mask(out.low_res_logits, out.iou_predictions)
-                logits = self._upsample(low_res, spatial)
+                    points = next_click_random_error(processor.binarize(logits)[:, 0], target_mask, 1, generator)
+                state, decoded = processor.click(
+                    self.net, features, state, points, use_mask_feedback=protocol.mask_feedback
+                )
+                logits = processor.upsample(decoded.low_res_logits)
                 if n in protocol.clicks:
                     record(f"{n}pt", logits)
         if protocol.box:
             boxes = boxes_from_masks(target_mask, jitter="none")
-            prompts = self._model_prompts(None, boxes, None, "none")
-            out = self.net.decode(features, **prompts, multimask_output=protocol.multimask_output)
-            record("box", self._upsample(self._best_mask(out.low_res_logits, out.iou_predictions)[0], spatial))
+            decoded = processor.decode(self.net, features, Prompts(boxes=processor.boxes_from_mask_boxes(boxes)))
+            record("box", processor.upsample(decoded.low_res_logits))
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -294,4 +292,4 @@ class PromptableSegmentationModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
         from zoo.training.prediction import predict_batch
 
-        return predict_batch(self.net, batch)
+        return predict_batch(self.net, self.processor, batch)

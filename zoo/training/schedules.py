@@ -59,15 +59,16 @@ class EvaluationProtocol:
     """How validation and test prompt the model; Dice (and NSD in 3D) is reported after each listed count.
 
     Points follow the iterative protocol both papers evaluate with: a random foreground first click, then one
-    random error-region click per round, all clicks accumulated, the previous low-res logits fed back as mask
-    prompt (zeros first when ``zero_mask_first``; as sigmoid probabilities when ``mask_prompt='sigmoid'``).
+    random error-region click per round, all clicks accumulated. Everything else is the model's processor: the
+    previous mask fed back as its authors feed it (logits or probabilities; SAM-Med3D's all-zero first mask), its
+    decode policy (best of three masks or the single mask) and its threshold. ``mask_feedback=False`` decodes every
+    click without a mask prompt; ``multimask_output`` overrides the processor's choice (None keeps it).
     """
 
     clicks: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
     box: bool = False
-    mask_prompt: Literal["none", "logits", "sigmoid"] = "logits"
-    zero_mask_first: bool = False
-    multimask_output: bool = False
+    mask_feedback: bool = True
+    multimask_output: bool | None = None
     nsd_tolerance_mm: float | None = None
     seed: int = 233
 

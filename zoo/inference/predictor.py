@@ -1,0 +1,194 @@
+"""The interactive predictor for every family: embed an image once, then answer each prompt set with the light prompt
+encoder + mask decoder path. Everything family-specific (preprocessing, prompt mapping, decode policy, the way back
+to the original grid) is the model's processor (:func:`zoo.processors.processor_for`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from zoo.errors import PromptError
+from zoo.inference.runtime import ModelRuntime
+from zoo.io.nifti import StoredVolume, Volume, load_stored
+from zoo.processors import ImageFrame, Processor, processor_for
+from zoo.prompts.types import MaskPrompts, PointPrompts, Prompts
+from zoo.prompts.validate import boxes_from_user, points_from_user
+
+
+@dataclass
+class Prediction:
+    """One mask per prompt set (per box when several boxes are given), on the original image grid.
+
+    Attributes:
+        masks: ``K x *original`` bool masks (2D ``H x W``; 3D the file's voxel order).
+        logits: ``K x H x W`` logits at the original size for the 2D families (which resize logits); ``None`` for
+            SAM-Med3D, which pastes a binary crop mask back.
+        iou_predictions: ``K`` predicted IoU of each mask (``None`` for models without an IoU head).
+        low_res_logits: ``K x *low_res`` decoder logits; pass ``low_res_logits[i:i+1]`` back as ``mask_input`` on
+            the next call (the processor feeds it as the family's authors do: probabilities for SAM-Med2D).
+    """
+
+    masks: Tensor
+    logits: Tensor | None
+    iou_predictions: Tensor | None
+    low_res_logits: Tensor
+
+
+class Predictor:
+    """Interactive segmentation with any zoo model.
+
+    2D models: ``set_image`` takes an ``H x W x 3`` uint8 RGB image (or ``H x W`` grey); points are ``(x, y)``
+    pixels and boxes ``(x0, y0, x1, y1)``. 3D models: ``set_image`` takes a NIfTI path (read as the authors read
+    it, :func:`zoo.io.nifti.load_stored`) or a volume object; points are voxel indices ``(i, j, k)`` of the file. SAM-Med3D crops around its
+    points, so its image embedding is computed on the first ``predict`` and reused while later points stay in the
+    crop (and for several points replays them as clicks, as its authors' inference does).
+
+    ``precision``, ``compile_encoder`` and ``compile_decoder`` choose how the networks run
+    (:class:`zoo.inference.runtime.ModelRuntime`).
+
+    Example::
+
+        predictor = Predictor(zoo.from_pretrained("litemedsam"))
+        predictor.set_image(rgb_uint8_hwc)
+        result = predictor.predict(box=[40, 30, 120, 90])
+        refined = predictor.predict(box=[40, 30, 120, 90], point_coords=[[70, 60]], point_labels=[0],
+                                    mask_input=result.low_res_logits)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Processor | None = None,
+        precision: str = "fp32",
+        compile_encoder: bool = False,
+        compile_decoder: bool = False,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor if processor is not None else processor_for(model)
+        self.processor.check_model(self.model)
+        self.runtime = ModelRuntime(self.model, precision, compile_encoder, compile_decoder)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def reset_image(self) -> None:
+        """Forget the current image and its cached embedding."""
+        self.image: Any = None
+        self.source = "image"
+        self.frame: ImageFrame | None = None
+        self.features: Any = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self.image is not None
+
+    @property
+    def original_shape(self) -> tuple[int, ...]:
+        if self.image is None:
+            raise RuntimeError("call set_image(...) first")
+        return tuple(self.image.shape[:2]) if self.processor.spatial_dims == 2 else tuple(self.image.shape)
+
+    @torch.inference_mode()
+    def set_image(self, image: Any, source: str | None = None) -> None:
+        """Take an image (2D array) or a volume (NIfTI path or ``Volume``) and, for 2D models, embed it now."""
+        self.reset_image()  # a failure below leaves no image set, never the previous image's embedding
+        if self.processor.spatial_dims == 3:
+            volume = image if isinstance(image, (StoredVolume, Volume)) else load_stored(Path(image))
+            self.image, self.source = volume, source or str(volume.path)
+            return
+        frame = self.processor.prepare(image, source=source or "image")
+        self.features = self._encode(frame)
+        self.image = np.asarray(image) if not isinstance(image, Tensor) else image
+        self.frame, self.source = frame, source or "image"
+
+    def _encode(self, frame: ImageFrame) -> Any:
+        return self.runtime.encode_image(frame.model_input[None].to(self.device))
+
+    def prompts(
+        self, point_coords: Any = None, point_labels: Any = None, box: Any = None, mask_input: Any = None
+    ) -> Prompts:
+        """User prompts (original coordinates) as the shared containers; shapes checked, bounds checked later."""
+        if point_coords is None and box is None and mask_input is None:
+            raise PromptError("give at least one prompt: point_coords with point_labels, box, or mask_input")
+        if point_coords is None and point_labels is not None:
+            raise PromptError("point_labels given without point_coords")
+        shape = self.original_shape
+        order = "xy" if self.processor.spatial_dims == 2 else "index"
+        points = None if point_coords is None else points_from_user(point_coords, point_labels, shape, order)
+        boxes = None if box is None else boxes_from_user(box, shape)
+        masks = None
+        if mask_input is not None:
+            logits = torch.as_tensor(np.asarray(mask_input) if not isinstance(mask_input, Tensor) else mask_input)
+            logits = logits.to(torch.float32)
+            while logits.ndim < 2 + self.processor.spatial_dims:
+                logits = logits[None]
+            masks = self.processor.feedback(logits)  # fed as the family's authors feed a previous mask
+        return Prompts(points, boxes, masks)
+
+    @torch.inference_mode()
+    def predict(
+        self, point_coords: Any = None, point_labels: Any = None, box: Any = None, mask_input: Any = None
+    ) -> Prediction:
+        """Segment the current image from prompts in original coordinates.
+
+        Args:
+            point_coords: ``N x 2`` clicks ``(x, y)`` (2D) or ``N x 3`` voxel indices ``(i, j, k)`` (3D).
+            point_labels: ``N`` labels: 1 foreground, 0 background (default: all foreground).
+            box: ``(x0, y0, x1, y1)`` or ``K x 4``; several boxes give several masks (points and mask are shared).
+            mask_input: a previous prediction's ``low_res_logits`` (``1 x *low_res``).
+        """
+        if not self.is_image_set:
+            raise RuntimeError("call set_image(...) before predict(...)")
+        prompts = self.prompts(point_coords, point_labels, box, mask_input)
+        processor = self.processor
+        if processor.spatial_dims == 3:
+            self._ensure_crop(prompts)
+        assert self.frame is not None
+        on_model = processor.to_model_space(prompts, self.frame, self.source)
+        sets = on_model.batch_size
+        if sets > 1:  # several boxes: the points and mask prompt are shared by every box
+            on_model = _broadcast(on_model, sets)
+        decoded = processor.segment(self.model, self.features, on_model.to(self.device), self._decoder)
+        results = [processor.to_original(decoded.low_res_logits[i : i + 1], self.frame) for i in range(sets)]
+        logits = None if results[0].logits is None else torch.cat([r.logits[:, 0] for r in results])
+        masks = torch.cat([r.mask.reshape(1, *r.mask.shape[-processor.spatial_dims :]) for r in results])
+        iou = None if decoded.iou_predictions is None else decoded.iou_predictions[:, 0]
+        return Prediction(masks, logits, iou, decoded.low_res_logits[:, 0])
+
+    def _decoder(self, *args: Any, **kwargs: Any) -> Any:
+        return self.runtime.decode(self.model.decode, *args, **kwargs)
+
+    def _ensure_crop(self, prompts: Prompts) -> None:
+        """3D: crop around these points unless the current crop already holds them all."""
+        if prompts.points is None:
+            if self.frame is None:
+                raise PromptError(f"{self.processor.model_name} needs a point for its first prediction", self.source)
+            return
+        if self.frame is not None and _inside(prompts.points, self.frame):
+            return
+        frame = self.processor.prepare(self.image, prompts, self.source)
+        self.features = self._encode(frame)
+        self.frame = frame
+
+
+def _inside(points: PointPrompts, frame: ImageFrame) -> bool:
+    coords = points.mapped(frame.to_model).coords[~points.is_padding]
+    limits = torch.tensor(frame.model_input.shape[1:], dtype=coords.dtype) - 0.5
+    return bool(((coords >= -0.5) & (coords <= limits)).all())
+
+
+def _broadcast(prompts: Prompts, sets: int) -> Prompts:
+    points, masks = prompts.points, prompts.masks
+    if points is not None and points.batch_size == 1:
+        points = PointPrompts(points.coords.expand(sets, -1, -1), points.labels.expand(sets, -1), points.spatial_shape)
+    if masks is not None and masks.batch_size == 1:
+        masks = MaskPrompts(masks.logits.expand(sets, *masks.logits.shape[1:]))
+    return Prompts(points, prompts.boxes, masks)

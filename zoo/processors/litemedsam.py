@@ -1,0 +1,101 @@
+"""LiteMedSAM's processor: the authors' ``CVPR24_LiteMedSAM_infer.py`` procedure.
+
+Forward: resize the longest side to 256 with OpenCV's ``INTER_AREA`` (new size ``int(x * 256 / max(H, W) + 0.5)``),
+min-max normalise the resized image to [0, 1] (denominator clipped at 1e-8), zero-pad bottom/right to 256 x 256.
+Boxes ``(x_min, y_min, x_max, y_max)`` with the LAST covered index as max (the authors take ``np.max`` of a mask's
+coordinates) are scaled by ``int(c * 256 / max(H, W))`` (truncation); points like SAM's ``apply_coords``.
+Back: the 256 x 256 low-res logits are cropped to the resized image and resized bilinearly to ``H x W``;
+``sigmoid > 0.5``. Single-mask output; the previous low-res logits are fed back as they are.
+
+Boxes derived from masks: the authors' boxes are tight (first and last index); the zoo's
+:func:`zoo.prompts.boxes_from_masks` gives ``hi`` one past the last index, so :meth:`boxes_from_mask_boxes` subtracts 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zoo.geometry.area_resize import resize_area
+from zoo.geometry.image2d import longest_side_shape, pad_bottom_right
+from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig
+from zoo.processors.images import rgb_uint8
+from zoo.processors.longest_side import crop_and_resize_logits, longest_side_frame_map
+from zoo.processors.sam_style_2d import SamStyle2DProcessor
+from zoo.prompts.types import BoxPrompts, Prompts
+
+MINMAX_EPSILON = 1e-8
+
+
+@dataclass
+class LiteMedSAMProcessorConfig(ProcessorConfig):
+    """LiteMedSAM's preprocessing and decode policy (the released model's defaults)."""
+
+    processor_type = "litemedsam"
+    image_size: int = 256
+    decode: DecodePolicy = field(
+        default_factory=lambda: DecodePolicy(multimask_output=False, binarize="sigmoid", mask_feedback="logits")
+    )
+
+
+class LiteMedSAMProcessor(SamStyle2DProcessor):
+    """Image, prompts and masks of LiteMedSAM (see the module docstring)."""
+
+    processor_type = "litemedsam"
+    config_class = LiteMedSAMProcessorConfig
+    family = "litemedsam"
+    model_name = "LiteMedSAM"
+    prompt_kinds = frozenset({"points", "boxes", "masks"})
+    config: LiteMedSAMProcessorConfig
+
+    def default_mask_prompt_shape(self) -> tuple[int, ...]:
+        # The TinyViT embedding is image_size / 4, and the decoder upscales it 4x: low-res = input size.
+        return self.input_shape
+
+    def prepare(self, image: Any, prompts: Prompts | None = None, source: str = "image") -> ImageFrame:
+        pixels = rgb_uint8(image, source)
+        size = self.config.image_size
+        original = (int(pixels.shape[0]), int(pixels.shape[1]))
+        input_size = longest_side_shape(*original, size)
+        # Min-max in float64 as the authors' numpy code, then float32 as their torch.tensor(...).float().
+        resized = torch.from_numpy(resize_area(pixels, *input_size)).to(torch.float64)
+        low, high = resized.min(), resized.max()
+        scaled = ((resized - low) / torch.clamp(high - low, min=MINMAX_EPSILON)).to(torch.float32)
+        model_input = pad_bottom_right(scaled.permute(2, 0, 1).contiguous(), size)
+        return ImageFrame(model_input, original, longest_side_frame_map(original, input_size, size), {"input_size": input_size})
+
+    def _map_prompts(self, prompts: Prompts, frame: ImageFrame) -> Prompts:
+        points = None if prompts.points is None else prompts.points.mapped(frame.to_model)
+        boxes = None if prompts.boxes is None else self.scale_box(prompts.boxes, frame.original_shape)
+        return Prompts(points, boxes, prompts.masks)
+
+    def scale_box(self, boxes: BoxPrompts, original_shape: tuple[int, ...]) -> BoxPrompts:
+        """The authors' ``resize_box_to_256``: every corner ``int(c * 256 / max(H, W))`` (truncated, in float64)."""
+        factor = self.config.image_size / max(int(s) for s in original_shape)
+        lo = boxes.lo.to(torch.float64) * factor
+        hi = boxes.hi.to(torch.float64) * factor
+        lo, hi = torch.trunc(lo).to(torch.float32), torch.trunc(hi).to(torch.float32)
+        return BoxPrompts(lo, hi, boxes.valid, self.input_shape)
+
+    def boxes_from_mask_boxes(self, boxes: BoxPrompts) -> BoxPrompts:
+        """A :func:`~zoo.prompts.boxes_from_masks` box (``hi`` exclusive) as the authors' tight box (``hi`` = last)."""
+        hi = torch.where(boxes.valid[:, None], boxes.hi - 1, boxes.hi)
+        return BoxPrompts(boxes.lo, hi, boxes.valid, boxes.spatial_shape)
+
+    def to_original(self, low_res_logits: Tensor, frame: ImageFrame) -> OriginalGridResult:
+        logits = crop_and_resize_logits(low_res_logits.float(), frame.meta["input_size"], frame.original_shape)
+        return OriginalGridResult(logits, self.binarize(logits))
+
+    def prepare_with_masks(self, image: Any, masks: list[np.ndarray] | Tensor, source: str = "image"):
+        """The image and its ``N`` masks (nearest resize, bottom/right padding) on the ``S x S`` grid."""
+        from zoo.processors.longest_side import _masks_longest_side
+
+        frame = self.prepare(image, source=source)
+        return frame, _masks_longest_side(masks, frame, self.config.image_size)
+
+
+__all__ = ["LiteMedSAMProcessor", "LiteMedSAMProcessorConfig"]

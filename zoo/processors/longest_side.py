@@ -1,0 +1,148 @@
+"""SAM's image geometry, shared by SAM and SAM-UNet: ``ResizeLongestSide`` (PIL bilinear on the uint8 image), then
+``(x - mean) / std`` in float32 and zero padding at the bottom and right to ``S x S``.
+
+Prompts are scaled by the resize factors of each axis (``apply_coords``: ``x * w' / W``, ``y * h' / H``); logits go
+back by a bilinear resize to ``S x S``, a crop of the padding to ``h' x w'`` and a bilinear resize to the original
+size (SAM's ``postprocess_masks``); masks are ``logits > 0``.
+
+* SAM (``sam_vit_b``, 1024): three candidate masks, the best by predicted IoU kept; the previous low-res logits
+  fed back as they are.
+* SAM-UNet (``sam_unet_r34``/``r50``, 256; upstream ``SAM_UNET.infer`` and its datasets): one mask per prompt
+  set, no IoU head; it was trained with boxes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.geometry.image2d import longest_side_shape, pad_bottom_right, resize_longest_side_bilinear, stretch_map
+from zoo.geometry.index_map import IndexMap
+from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig
+from zoo.processors.images import rgb_uint8
+from zoo.processors.sam_med2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, place_masks
+from zoo.processors.sam_style_2d import SamStyle2DProcessor
+from zoo.prompts.types import Prompts
+
+
+def longest_side_frame_map(original: tuple[int, int], resized: tuple[int, int], size: int) -> IndexMap:
+    """Original -> model input: scale each axis by ``resized / original``, then pad bottom/right to ``size``."""
+    return stretch_map(original, resized).then(IndexMap.crop_or_pad(resized, (0, 0), (size, size)))
+
+
+def normalise_and_pad(resized: np.ndarray, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """``(x - mean) / std`` of a resized ``h x w x 3`` uint8 image in float32, zero-padded bottom/right: ``3 x S x S``."""
+    channels_first = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).to(torch.float32)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return pad_bottom_right((channels_first - mean_t) / std_t, size)
+
+
+def crop_and_resize_logits(full: Tensor, input_size: tuple[int, int], original: tuple[int, ...]) -> Tensor:
+    """``B x M x S x S`` logits: crop the bottom/right padding to ``input_size``, bilinear to ``original``."""
+    height, width = input_size
+    cropped = full[..., :height, :width]
+    return F.interpolate(cropped, tuple(int(s) for s in original), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class LongestSideProcessorConfig(ProcessorConfig):
+    """Longest-side resize to ``image_size``, ImageNet normalisation on 0..255, bottom/right zero padding."""
+
+    processor_type = "longest_side"
+    image_size: int = 1024
+    decode: DecodePolicy = field(default_factory=DecodePolicy)
+    pixel_mean: tuple[float, float, float] = SAM_PIXEL_MEAN
+    pixel_std: tuple[float, float, float] = SAM_PIXEL_STD
+
+    def __post_init__(self) -> None:
+        self.pixel_mean, self.pixel_std = tuple(self.pixel_mean), tuple(self.pixel_std)
+
+
+class LongestSideProcessor(SamStyle2DProcessor):
+    """The shared geometry; :class:`SamProcessor` and :class:`SamUNetProcessor` fix the family and defaults."""
+
+    config: LongestSideProcessorConfig
+
+    def prepare(self, image: Any, prompts: Prompts | None = None, source: str = "image") -> ImageFrame:
+        pixels = rgb_uint8(image, source)
+        size = self.config.image_size
+        original = (int(pixels.shape[0]), int(pixels.shape[1]))
+        resized = resize_longest_side_bilinear(pixels, size)
+        input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        model_input = normalise_and_pad(resized, size, self.config.pixel_mean, self.config.pixel_std)
+        to_model = longest_side_frame_map(original, input_size, size)
+        return ImageFrame(model_input, original, to_model, {"input_size": input_size})
+
+    def prepare_with_masks(self, image: Any, masks: list[np.ndarray] | Tensor, source: str = "image"):
+        """The image and its ``N`` masks (nearest, as upstream's datasets resize labels) on the padded grid."""
+        frame = self.prepare(image, source=source)
+        return frame, _masks_longest_side(masks, frame, self.config.image_size)
+
+    def to_original(self, low_res_logits: Tensor, frame: ImageFrame) -> OriginalGridResult:
+        full = self.upsample(low_res_logits.float())
+        logits = crop_and_resize_logits(full, frame.meta["input_size"], frame.original_shape)
+        return OriginalGridResult(logits, self.binarize(logits))
+
+
+def _masks_longest_side(masks: list[np.ndarray] | Tensor, frame: ImageFrame, size: int) -> Tensor:
+    """Masks resized like the image's longest side (nearest) and padded bottom/right: ``N x 1 x S x S`` bool."""
+    stacked = masks.bool() if isinstance(masks, Tensor) else torch.from_numpy(
+        np.stack([np.asarray(m, dtype=bool) for m in masks]) if len(masks) else np.zeros((0, *frame.original_shape), bool)
+    )
+    height, width = frame.meta["input_size"]
+    resized = F.interpolate(stacked[:, None].float(), size=(height, width), mode="nearest-exact")
+    return F.pad(resized, (0, size - width, 0, size - height)).bool()
+
+
+@dataclass
+class SamProcessorConfig(LongestSideProcessorConfig):
+    """Meta's SAM (ViT-B, 1024): best of three masks by predicted IoU, ``logits > 0``, logits fed back."""
+
+    processor_type = "sam"
+    image_size: int = 1024
+    decode: DecodePolicy = field(
+        default_factory=lambda: DecodePolicy(multimask_output=True, binarize="logits", mask_feedback="logits")
+    )
+
+
+class SamProcessor(LongestSideProcessor):
+    processor_type = "sam"
+    config_class = SamProcessorConfig
+    family = "sam"
+    model_name = "SAM"
+    prompt_kinds = frozenset({"points", "boxes", "masks"})
+
+
+@dataclass
+class SamUNetProcessorConfig(LongestSideProcessorConfig):
+    """SAM-UNet (256): one mask per prompt set, ``logits > 0``."""
+
+    processor_type = "sam_unet"
+    image_size: int = 256
+    decode: DecodePolicy = field(
+        default_factory=lambda: DecodePolicy(multimask_output=False, binarize="logits", mask_feedback="logits")
+    )
+
+
+class SamUNetProcessor(LongestSideProcessor):
+    processor_type = "sam_unet"
+    config_class = SamUNetProcessorConfig
+    family = "sam_unet"
+    model_name = "SAM-UNet"
+    prompt_kinds = frozenset({"points", "boxes", "masks"})
+
+
+__all__ = [
+    "LongestSideProcessor",
+    "SamProcessor",
+    "SamProcessorConfig",
+    "SamUNetProcessor",
+    "SamUNetProcessorConfig",
+    "longest_side_shape",
+]

@@ -1,0 +1,176 @@
+"""SAM-Med3D's processor: the authors' inference pipeline (``utils/infer_utils.py``) from a NIfTI volume to the
+mask on its own grid.
+
+Forward: resample to ``target_spacing_mm`` (1.5 mm) on the grid the authors' torchio ``Resample`` builds, reorient
+to RAS, crop/pad ``S^3`` (128^3) around the object's prompts (padding with raw intensity 0), z-normalise the crop
+with the mean and std of its voxels > 0. Points move with the same index map. Back: the low-res logits are
+upsampled trilinearly to the crop, thresholded (``sigmoid > 0.5``) and the crop mask is resampled (nearest) onto
+the original grid, as the authors' ``data_postprocess``.
+
+Interaction: points are replayed as clicks in the order given; each click decodes all clicks so far with the
+previous low-res logits as mask prompt (all-zero logits on the first click), single-mask output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.errors import DataError, PromptError
+from zoo.geometry.index_map import IndexMap
+from zoo.io.nifti import StoredVolume, Volume, load_stored
+from zoo.processors.base import (
+    ClickState,
+    Decoded,
+    Decoder,
+    DecodePolicy,
+    ImageFrame,
+    OriginalGridResult,
+    Processor,
+    ProcessorConfig,
+)
+from zoo.processors.volume3d import crop_around_points, paste_back_nearest, plan_for
+from zoo.prompts.types import PointPrompts, Prompts
+
+Normalization = Literal["zscore_positive", "ct_window", "none"]
+
+
+@dataclass
+class SamMed3DProcessorConfig(ProcessorConfig):
+    """SAM-Med3D's preprocessing and decode policy; the defaults are the released sam_med3d(_turbo)'s."""
+
+    processor_type = "sam_med3d"
+    image_size: int = 128
+    decode: DecodePolicy = field(
+        default_factory=lambda: DecodePolicy(
+            multimask_output=False, binarize="sigmoid", mask_feedback="logits", first_mask="zeros"
+        )
+    )
+    target_spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    normalization: Normalization = "zscore_positive"
+    #: Largest resampled volume (bytes) a file may need before it is refused, checked before allocating.
+    max_resampled_bytes: int = 2 << 30
+
+    def __post_init__(self) -> None:
+        spacing = self.target_spacing_mm
+        spacing = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"target_spacing_mm must be three positive numbers, got {self.target_spacing_mm!r}")
+        self.target_spacing_mm = spacing  # type: ignore[assignment]
+        if self.normalization not in ("zscore_positive", "ct_window", "none"):
+            raise ValueError(f"unknown normalization {self.normalization!r}")
+
+
+class SamMed3DProcessor(Processor):
+    """NIfTI volume in, mask on the same grid out (see the module docstring)."""
+
+    processor_type = "sam_med3d"
+    config_class = SamMed3DProcessorConfig
+    family = "sam_med3d"
+    model_name = "SAM-Med3D"
+    spatial_dims = 3
+    prompt_kinds = frozenset({"points", "masks"})
+    config: SamMed3DProcessorConfig
+
+    def prepare(self, image: Any, prompts: Prompts | None = None, source: str = "image") -> ImageFrame:
+        """The ``1 x S^3`` crop around ``prompts``' points (voxel indices of the file, tensor-index order).
+
+        ``image`` is a NIfTI path, a :class:`zoo.io.nifti.StoredVolume` (voxels as stored, what the authors
+        resample) or a :class:`zoo.io.nifti.Volume` (float intensities). The points are checked against the
+        volume first (the one validator).
+        """
+        volume = _stored(image)
+        source = str(volume.path) if volume.path is not None else source
+        if prompts is None or prompts.points is None:
+            raise PromptError(f"{self.model_name} crops around its point prompts: give at least one point", source)
+        self.validate(prompts, volume.shape, source)
+        plan = plan_for(volume, self.config.target_spacing_mm, self.config.max_resampled_bytes)
+        crop = crop_around_points(volume, plan, prompts.points, self.input_shape, source)
+        model_input = normalise_crop(torch.from_numpy(crop.array), self.config.normalization, source)
+        to_model = IndexMap.from_affines(volume.affine, crop.affine, volume.shape, self.input_shape)
+        meta = {
+            "crop_affine": torch.as_tensor(crop.affine, dtype=torch.float64),
+            "original_affine": torch.as_tensor(volume.affine, dtype=torch.float64),
+        }
+        return ImageFrame(model_input[None], volume.shape, to_model, meta)
+
+    def _map_prompts(self, prompts: Prompts, frame: ImageFrame) -> Prompts:
+        mapped = super()._map_prompts(prompts, frame)
+        if mapped.points is not None:
+            coords = mapped.points.coords[~mapped.points.is_padding]
+            outside = (coords < -0.5) | (coords > torch.tensor(self.input_shape) - 0.5)
+            if outside.any():
+                row = int(torch.nonzero(outside.any(dim=-1))[0])
+                raise PromptError(
+                    f"point {row} falls outside the {self.input_shape} crop centred on the object's points; "
+                    "split the points into objects that each fit one crop"
+                )
+        return mapped
+
+    def model_kwargs(self, prompts: Prompts) -> dict[str, Any]:
+        """Points in tensor-index order of the crop, unchanged; mask prompts as logits. No boxes."""
+        if prompts.boxes is not None:
+            raise PromptError("SAM-Med3D has no box prompt (upstream's box embedding is broken); use points")
+        out: dict[str, Any] = {"points": None, "boxes": None, "masks": None}
+        if prompts.points is not None:
+            out["points"] = (prompts.points.coords, prompts.points.labels)
+        if prompts.masks is not None:
+            out["masks"] = prompts.masks.logits
+        return out
+
+    def segment(self, model: nn.Module, encoding: Any, prompts: Prompts, decoder: Decoder | None = None) -> Decoded:
+        """Replay the points as clicks in order, as the authors' inference does (one click per point)."""
+        if prompts.points is None:
+            return self.decode(model, encoding, prompts, decoder)
+        state = ClickState(next_mask=prompts.masks)
+        decoded = None
+        points = prompts.points
+        for index in range(points.coords.shape[1]):
+            click = PointPrompts(points.coords[:, index : index + 1], points.labels[:, index : index + 1], points.spatial_shape)
+            state, decoded = self.click(model, encoding, state, click, decoder=decoder)
+        assert decoded is not None
+        return decoded
+
+    def upsample(self, low_res_logits: Tensor) -> Tensor:
+        """Trilinear (``align_corners=False``) to the crop, as the authors' inference (``Sam3D.postprocess_masks``,
+        bilinear on a 5-D tensor, raises upstream and is not reproduced)."""
+        return F.interpolate(low_res_logits, size=self.input_shape, mode="trilinear", align_corners=False)
+
+    def to_original(self, low_res_logits: Tensor, frame: ImageFrame) -> OriginalGridResult:
+        crop_mask = self.binarize(self.upsample(low_res_logits.float()))[0, 0]
+        mask = paste_back_nearest(
+            crop_mask, frame.meta["crop_affine"], frame.meta["original_affine"], frame.original_shape
+        )
+        return OriginalGridResult(None, mask)
+
+
+def _stored(image: Any) -> StoredVolume:
+    if isinstance(image, StoredVolume):
+        return image
+    if isinstance(image, Volume):
+        return StoredVolume(image.array, image.affine, image.path)
+    return load_stored(Path(image))
+
+
+def normalise_crop(crop: Tensor, mode: Normalization, source: str) -> Tensor:
+    """SAM-Med3D's ``ZNormalization(masking_method=x > 0)``: mean and unbiased std over the crop's voxels > 0
+    (in float32, as torchio)."""
+    crop = crop.to(torch.float32)
+    if mode == "none":
+        return crop.to(torch.float32)
+    if mode == "ct_window":
+        return ((crop.clamp(-1000.0, 1000.0) + 1000.0) / 2000.0).to(torch.float32)
+    values = crop[crop > 0]
+    if values.numel() < 2:
+        raise DataError(source, f"cannot z-normalise the crop: only {values.numel()} voxels are > 0")
+    mean, std = values.mean(), values.std()
+    if not bool(std > 0):
+        raise DataError(source, "cannot z-normalise the crop: the voxels > 0 all have the same intensity")
+    return ((crop - mean) / std).to(torch.float32)
