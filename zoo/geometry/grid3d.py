@@ -22,8 +22,8 @@ Arrays are in file (nibabel / torchio) index order ``i, j, k``; affines are 4x4 
 
 Typical use by a processor::
 
-    plan = plan_resample(volume.shape, volume.affine, 1.5, path=volume.path)
-    voxels = volume.array.astype(torchio_dtype(stored_dtype, slope, intercept))
+    plan = plan_resample(image.shape, image.affine, 1.5, path=path)        # image = nibabel.load(path)
+    voxels = torchio_voxels(image.dataobj.get_unscaled(), image.dataobj.slope, image.dataobj.inter)
     window = crop_window(plan.canonical.shape, 128, resampled_bbox(label, plan))
     roi = resample(voxels, plan, "linear", window)          # 128^3, zero padding outside the volume
     roi_affine = window.affine(plan.canonical.affine)
@@ -287,6 +287,16 @@ def plan_resample(
 
 
 # --------------------------------------------------------------------------------------------- voxel types
+def _itk_scaling(scl_slope: float | None, scl_inter: float | None) -> tuple[float, float, bool]:
+    """ITK's NIfTI reader: non-finite header values read as 0, a zero slope as 1; rescale unless ``1 x + 0``."""
+    slope = 0.0 if scl_slope is None or not math.isfinite(scl_slope) else float(scl_slope)
+    inter = 0.0 if scl_inter is None or not math.isfinite(scl_inter) else float(scl_inter)
+    eps = float(np.finfo(np.float64).eps)
+    if abs(slope) < eps:
+        slope = 1.0
+    return slope, inter, abs(slope) > eps and (abs(slope - 1.0) > eps or abs(inter) > eps)
+
+
 def torchio_dtype(stored: np.dtype | type, scl_slope: float | None = None, scl_inter: float | None = None) -> np.dtype:
     """The dtype torchio holds (and resamples in) for NIfTI voxels stored as ``stored`` with this scaling.
 
@@ -294,15 +304,25 @@ def torchio_dtype(stored: np.dtype | type, scl_slope: float | None = None, scl_i
     float32, other voxels as stored; torchio then widens uint16 to int32 and uint32 to int64 (and bool to uint8).
     """
     dtype = np.dtype(stored)
-    slope = 0.0 if scl_slope is None or not math.isfinite(scl_slope) else float(scl_slope)
-    inter = 0.0 if scl_inter is None or not math.isfinite(scl_inter) else float(scl_inter)
-    eps = float(np.finfo(np.float64).eps)
-    if abs(slope) < eps:
-        slope = 1.0
-    rescaled = abs(slope) > eps and (abs(slope - 1.0) > eps or abs(inter) > eps)
-    if rescaled and dtype.kind in "iu":
+    if _itk_scaling(scl_slope, scl_inter)[2] and dtype.kind in "iu":
         return np.dtype(np.float32)
     return _torch_compatible(dtype)
+
+
+def torchio_voxels(stored: np.ndarray, scl_slope: float | None = None, scl_inter: float | None = None) -> np.ndarray:
+    """The voxels torchio resamples, from a nibabel image's ``dataobj.get_unscaled()``, ``dataobj.slope``, ``.inter``.
+
+    When the header scales, ITK computes ``value * slope + intercept`` in double and stores it as float32 for
+    integer files (as the stored float type otherwise); see :func:`torchio_dtype` for the resulting dtype.
+    nibabel's ``dataobj.slope``/``.inter`` give the same result except for a header with slope 0 and a non-zero
+    intercept (ITK applies the intercept, nibabel drops it): pass the raw header fields to match that too.
+    """
+    values = np.asarray(stored)
+    slope, inter, rescaled = _itk_scaling(scl_slope, scl_inter)
+    if not rescaled:
+        return values.astype(_torch_compatible(values.dtype), copy=False)
+    dtype = torchio_dtype(values.dtype, scl_slope, scl_inter)
+    return (values.astype(dtype).astype(np.float64) * slope + inter).astype(dtype)
 
 
 def _torch_compatible(dtype: np.dtype) -> np.dtype:
