@@ -144,7 +144,8 @@ def _convert_atomically(source: Path, destination: Path, record: PackagedWeights
     try:
         conversion = convert(source, staging, model=record.model, overwrite=True)
         if conversion.source_sha256 != record.sha256:  # the file changed between the check and the conversion
-            raise CheckpointError(str(source), f"changed while it was converted (sha256 now {conversion.source_sha256})")
+            changed = f"changed while it was converted (sha256 now {conversion.source_sha256})"
+            raise CheckpointError(str(source), changed)
         if destination.exists():
             shutil.rmtree(destination)  # an incomplete folder (a file of it deleted by hand): replaced
         try:
