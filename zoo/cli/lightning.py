@@ -13,6 +13,9 @@
   first mismatching weights.
 
 ``zoo predict`` has no logger and saves no ``config.yaml``: it writes the masks and nothing else.
+
+The DataModule's ``processor`` is linked to the model (``model.model``, ``model.model_overrides``, ``model.weights``):
+the weights choose how images and prompts are prepared, and no data flag has to agree with them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from zoo.errors import CheckpointError
 from zoo.training.checkpoint_io import check_checkpoint_fits, download_checkpoint, is_url, read_lightning_checkpoint
-from zoo.training.model_source import model_skeleton
+from zoo.training.model_source import model_processor_source, model_skeleton
 from zoo.training.module import PromptableSegmentationModule
 
 RUNS_DIR = "runs"
@@ -70,6 +73,11 @@ class ZooCLI(LightningCLI):
                 },
                 "trainer.plugins": [{"class_path": "zoo.training.checkpoint_io.AtomicCheckpointIO"}],
             }
+        )
+        parser.link_arguments(
+            ("model.model", "model.model_overrides", "model.weights"),
+            "data.init_args.processor",
+            compute_fn=linked_processor,
         )
 
     # ------------------------------------------------------------------------------------------ checkpoints
@@ -131,6 +139,13 @@ class ZooCLI(LightningCLI):
 
         if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(MaskWriter(Path(self.trainer.default_root_dir) / "predictions"))
+
+
+def linked_processor(name: str, overrides: dict[str, Any] | None, weights: str | None) -> dict[str, Any]:
+    """The processor config of the model a run will build (what ``data.processor`` is linked to)."""
+    from zoo.processors import processor_for
+
+    return processor_for(model_processor_source(name, overrides, weights)).to_dict()
 
 
 def _plain(value: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from monai.transforms import Compose
@@ -14,6 +15,7 @@ from zoo.data.dataset3d import TargetDataset
 from zoo.data.layout3d import CaseFiles, Layout, TargetRecord, find_cases, list_targets
 from zoo.data.sampling import SeededSampler
 from zoo.data.transforms3d import CropCenter, Normalization, as_triple, build_transforms_3d
+from zoo.processors import Processor, processor_from_spec
 
 # SAM-Med3D's train.py: Dataset_Union_ALL(..., threshold=1000) drops targets with <= 1000 voxels at 1.5 mm.
 UPSTREAM_MIN_TARGET_VOXELS = 1000
@@ -29,9 +31,11 @@ class NiftiDataModule3D(pl.LightningDataModule):
     Args:
         root: dataset folder (``dataset.json`` + ``imagesTr``/``labelsTr``, or the per-target tree).
         layout: ``auto`` (nnU-Net if ``dataset.json`` exists), ``nnunet`` or ``per_target``.
-        spacing: target spacing in mm (1.5 as upstream).
-        crop_size: crop edge in voxels (128 for the released model).
-        normalization: ``zscore_positive`` (upstream), ``ct_window`` or ``none``.
+        processor: the model's SAM-Med3D processor (type name, config dict or processor; ``zoo fit`` links it to
+            the model), which gives the defaults of ``spacing``, ``crop_size`` and ``normalization``.
+        spacing: target spacing in mm; None: the processor's (1.5 as upstream).
+        crop_size: crop edge in voxels; None: the processor's (128 for the released model).
+        normalization: ``zscore_positive`` (upstream), ``ct_window`` or ``none``; None: the processor's.
         ct_window: HU range mapped to [0, 1] by ``ct_window``.
         clip_range: optional clamp before normalisation (upstream clamps files named ``ct_*`` to (-1000, 1000)).
         train_crop: crop centre for training: ``random_foreground`` (a random target voxel, the paper's crop
@@ -52,9 +56,10 @@ class NiftiDataModule3D(pl.LightningDataModule):
         self,
         root: str | Path,
         layout: Layout = "auto",
-        spacing: float | Sequence[float] = 1.5,
-        crop_size: int = 128,
-        normalization: Normalization = "zscore_positive",
+        processor: Processor | dict[str, Any] | str = "sam_med3d",
+        spacing: float | Sequence[float] | None = None,
+        crop_size: int | None = None,
+        normalization: Normalization | None = None,
         ct_window: tuple[float, float] = (-1000.0, 1000.0),
         clip_range: tuple[float, float] | None = None,
         train_crop: CropCenter = "random_foreground",
@@ -78,8 +83,19 @@ class NiftiDataModule3D(pl.LightningDataModule):
             raise ValueError(f"val_classes {sorted(set(val_classes) & set(classes))} are also training classes")
         self.val_classes = list(val_classes) if val_classes else None
         self.root, self.layout = Path(root), layout
-        self.spacing = as_triple(spacing, "spacing")
-        self.crop_size, self.normalization = crop_size, normalization
+        overrides: dict[str, Any] = {}
+        if spacing is not None:
+            overrides["target_spacing_mm"] = as_triple(spacing, "spacing")
+        if crop_size is not None:
+            overrides["image_size"] = int(crop_size)
+        if normalization is not None:
+            overrides["normalization"] = normalization
+        self.processor = processor_from_spec(processor, **overrides)
+        if self.processor.spatial_dims != 3:
+            raise ValueError(f"NiftiDataModule3D needs a 3D processor, got {type(self.processor).__name__}")
+        config = self.processor.config
+        self.spacing = tuple(config.target_spacing_mm)
+        self.crop_size, self.normalization = int(config.image_size), config.normalization
         self.ct_window, self.clip_range = ct_window, clip_range
         self.train_crop, self.flips = train_crop, flips
         self.min_target_voxels, self.classes = min_target_voxels, classes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,28 @@ def from_pretrained(path_or_repo_id: str | Path, revision: str | None = None, **
 
     model = family_class(family).from_pretrained(path_or_repo_id, revision=revision, **kwargs)
     return attach_default_processor(model)  # a folder without processor_config.json gets its family's default
+
+
+def hub_model_skeleton(path_or_repo_id: str | Path, revision: str | None = None) -> nn.Module:
+    """The model a Hub folder or repo holds, on the meta device (no weights read), with its processor config."""
+    import torch
+
+    from zoo.models.base import config_from_dict, read_processor_config
+    from zoo.processors import attach_default_processor
+    from zoo.registry import family_class, list_models
+
+    if not os.path.isdir(path_or_repo_id) and str(path_or_repo_id) in list_models():
+        path_or_repo_id = released_weights_folder(str(path_or_repo_id))
+    config = read_hub_config(path_or_repo_id, revision)
+    family = config.get("family")
+    if not family:
+        raise ValueError(f"{path_or_repo_id}: {CONFIG_NAME} has no 'family' field; it was not written by zoo")
+    cls = family_class(family)
+    config_class = typing.get_type_hints(cls.__init__)["config"]
+    with torch.device("meta"):
+        model = cls(config_from_dict(config_class, config, family=family))
+    model.processor_config = read_processor_config(str(path_or_repo_id), revision, None, False, None, False)
+    return attach_default_processor(model)
 
 
 def read_hub_config(path_or_repo_id: str | Path, revision: str | None = None, **download_options: Any) -> dict:

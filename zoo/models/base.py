@@ -264,13 +264,13 @@ class PromptableSegmenter(
             load_state_dict_strictly(model, state_dict, weights_file)
         else:
             model.load_state_dict(state_dict, strict=False)
-        model.processor_config = _read_processor_config(
+        model.processor_config = read_processor_config(
             model_id, revision, cache_dir, force_download, token, local_files_only
         )
         return model.to(map_location).eval()
 
 
-def _read_processor_config(
+def read_processor_config(
     model_id: str,
     revision: str | None,
     cache_dir: str | Path | None,

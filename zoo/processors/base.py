@@ -80,11 +80,10 @@ class ProcessorConfig:
     decode: DecodePolicy = field(default_factory=DecodePolicy)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready content of ``processor_config.json``."""
-        return {"processor_type": self.processor_type, **dataclasses.asdict(self)}
+        """JSON-ready content of ``processor_config.json`` (tuples as lists)."""
+        return json.loads(json.dumps({"processor_type": self.processor_type, **dataclasses.asdict(self)}))
 
 
-@dataclass
 class ImageFrame:
     """A preprocessed image and what maps results back to the user's grid.
 
@@ -93,12 +92,28 @@ class ImageFrame:
         original_shape: the spatial shape of the user's image (2D ``H, W``; 3D the file's voxel order).
         to_model: continuous index map from the original grid to the model-input grid (prompts move with it).
         meta: what the processor's inverse needs beyond ``to_model`` (plain values and tensors).
+
+    A plain class on purpose (not a dataclass): Lightning moves batches to the device by rebuilding collections and
+    dataclasses, and a frame stays whole on the CPU, where the inverse maps are computed.
     """
 
-    model_input: Tensor
-    original_shape: tuple[int, ...]
-    to_model: IndexMap
-    meta: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self,
+        model_input: Tensor,
+        original_shape: Sequence[int],
+        to_model: IndexMap,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_input = model_input
+        self.original_shape = tuple(int(s) for s in original_shape)
+        self.to_model = to_model
+        self.meta = dict(meta or {})
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageFrame(model_input={tuple(self.model_input.shape)}, original_shape={self.original_shape}, "
+            f"meta keys={sorted(self.meta)})"
+        )
 
 
 @dataclass

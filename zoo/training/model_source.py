@@ -62,6 +62,20 @@ def model_skeleton(name: str, overrides: dict[str, Any] | None = None, weights: 
         return None
 
 
+def model_processor_source(name: str, overrides: dict[str, Any] | None = None, weights: str | None = None) -> nn.Module:
+    """A model that carries the processor config a run's network will have, built without reading weights:
+    a Hub folder or repo's own model (its config and ``processor_config.json``), otherwise the meta-device skeleton."""
+    if weights is not None and not is_checkpoint_file(weights):
+        from zoo.hub.pretrained import hub_model_skeleton
+
+        return hub_model_skeleton(weights)
+    skeleton = model_skeleton(name, overrides, weights)
+    if skeleton is None:
+        with torch.device("meta"):
+            skeleton = zoo.create_model(name, **(overrides or {}))
+    return skeleton
+
+
 def is_checkpoint_file(source: str) -> bool:
     """Whether ``source`` names a checkpoint file (by suffix) rather than a Hub folder or repo id."""
     return Path(source).suffix in CHECKPOINT_SUFFIXES and not Path(source).is_dir()
