@@ -53,9 +53,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        self.seq = nn.Sequential(
-            Conv2dBN(in_chans, embed_dim // 2), nn.GELU(), Conv2dBN(embed_dim // 2, embed_dim)
-        )
+        self.seq = nn.Sequential(Conv2dBN(in_chans, embed_dim // 2), nn.GELU(), Conv2dBN(embed_dim // 2, embed_dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.seq(x)
@@ -267,7 +265,10 @@ def _init_linear_and_norm(module: nn.Module) -> None:
 
 
 class TinyViT(nn.Module):
-    """The LiteMedSAM image encoder: ``B x in_chans x S x S`` images to ``B x out_chans x S/4 x S/4`` embeddings."""
+    """The LiteMedSAM image encoder: ``B x in_chans x S x S`` images to ``B x out_chans x G x G`` embeddings.
+
+    ``G = S / 2 ** (stages - 2)``: 64 for the released 256 input and four stages.
+    """
 
     def __init__(
         self,
