@@ -66,7 +66,8 @@ def _assert_values_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} vs {want.dtype}"
     error = np.abs(got.astype(np.float64) - want.astype(np.float64))
     scale = np.maximum(np.abs(want.astype(np.float64)), 1.0)
-    assert (error <= VALUE_RTOL * scale).all(), f"{what}: max error {error.max():.3g} at {np.unravel_index(error.argmax(), error.shape)}"
+    worst = np.unravel_index(error.argmax(), error.shape)
+    assert (error <= VALUE_RTOL * scale).all(), f"{what}: max error {error.max():.3g} at {worst}"
 
 
 # ------------------------------------------------------------------------------------------ against torchio

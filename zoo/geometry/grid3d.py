@@ -85,7 +85,7 @@ class Grid3D:
 
 
 def _target_spacing(target: float | Sequence[float]) -> tuple[float, float, float]:
-    values = (float(target),) * 3 if isinstance(target, (int, float)) else tuple(float(v) for v in target)
+    values = (float(target),) * 3 if np.ndim(target) == 0 else tuple(float(v) for v in np.ravel(target))
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"target spacing must be one or three positive numbers, got {target!r}")
     return values  # type: ignore[return-value]
@@ -365,7 +365,9 @@ def resample(
     if window is None:
         return _resample_canonical_box(values, plan, (0, 0, 0), plan.canonical.shape, interpolation)
     if window.source_shape != plan.canonical.shape:
-        raise ValueError(f"window is for a {window.source_shape} grid, the plan's canonical grid is {plan.canonical.shape}")
+        raise ValueError(
+            f"window is for a {window.source_shape} grid, the plan's canonical grid is {plan.canonical.shape}"
+        )
     lo, hi = _clip_box(window.start, window.stop, plan.canonical.shape)
     out = np.zeros(window.size, dtype=values.dtype)
     if all(b > a for a, b in zip(lo, hi)):
@@ -436,11 +438,13 @@ class CropWindow:
 
     @property
     def padding(self) -> tuple[int, ...]:
-        return tuple(v for s, e, n in zip(self.start, self.stop, self.source_shape) for v in (max(0, -s), max(0, e - n)))
+        bounds = zip(self.start, self.stop, self.source_shape)
+        return tuple(v for s, e, n in bounds for v in (max(0, -s), max(0, e - n)))
 
     @property
     def cropping(self) -> tuple[int, ...]:
-        return tuple(v for s, e, n in zip(self.start, self.stop, self.source_shape) for v in (max(0, s), max(0, n - e)))
+        bounds = zip(self.start, self.stop, self.source_shape)
+        return tuple(v for s, e, n in bounds for v in (max(0, s), max(0, n - e)))
 
     def affine(self, source_affine: np.ndarray) -> np.ndarray:
         """The window's affine, with torchio's arithmetic (``Pad`` moves the origin first, then ``Crop``)."""
@@ -470,7 +474,7 @@ class CropWindow:
 
 
 def _as_size(size: int | Sequence[int]) -> Triple:
-    values = (int(size),) * 3 if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    values = (int(size),) * 3 if np.ndim(size) == 0 else tuple(int(s) for s in np.ravel(size))
     if len(values) != 3 or any(s < 1 for s in values):
         raise ValueError(f"crop size must be one or three positive integers, got {size!r}")
     return values  # type: ignore[return-value]
