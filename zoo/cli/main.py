@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_parser(subcommands)
     demo.add_parser(subcommands)
     for name in LIGHTNING_SUBCOMMANDS:
-        lightning = subcommands.add_parser(name, help=f"{name} with a YAML recipe (LightningCLI)", add_help=False)
+        summary = f"{name} with a YAML recipe (LightningCLI)"
+        if name == "predict":
+            summary = "segment images: zoo predict IMAGE --model NAME_OR_PATH --points/--box/--prompts --output-dir DIR"
+        lightning = subcommands.add_parser(name, help=summary, add_help=False)
         lightning.set_defaults(run=run_lightning)
     return parser
 
@@ -78,6 +81,11 @@ def describe(err: BaseException) -> str:
 
 
 def run_lightning(args: argparse.Namespace) -> int:
+    if args.command == "predict":
+        from zoo.cli import predict
+
+        if not predict.is_lightning_form(args.lightning_args):
+            return predict.run(args.lightning_args)
     from zoo.cli.lightning import cli_main
 
     cli_main([args.command, *args.lightning_args])

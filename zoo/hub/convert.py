@@ -84,6 +84,20 @@ def convert(
     return Conversion(destination=dst, model_name=name, source_sha256=sha256, init_report=init_report)
 
 
+def load_converted(src: str | Path, model: str | None = None, **config_overrides: Any) -> torch.nn.Module:
+    """The authors' checkpoint ``src`` loaded strictly into the zoo model it is for (inferred from its keys unless
+    ``model`` names it), in eval mode, without writing anything. Plain SAM weights are refused here (they are an
+    initialisation, not a trained model: use :func:`convert` with ``model``)."""
+    state_dict, source_name = read_state_dict(Path(src))
+    kind = detect_checkpoint(state_dict)
+    name = model or _infer_model_name(kind, source_name)
+    if name not in list_models():
+        raise CheckpointError(source_name, f"model {name!r} is not available; known models: {', '.join(list_models())}")
+    network = create_model(name, **config_overrides)
+    load_official_state_dict(network, state_dict, source_name)
+    return network.eval()
+
+
 def _is_sam_initialisation(network: torch.nn.Module, state_dict: StateDict) -> bool:
     """SAM weights (no adapters) that do not fit a SAM-Med2D-family model as they are: SAM-Med2D's initialisation."""
     return is_plain_sam(state_dict) and getattr(network, "family", None) == "sam_med2d" and bool(

@@ -110,17 +110,20 @@ class StoredVolume:
 
 
 def load_stored(path: str | Path) -> StoredVolume:
-    """A volume as :class:`StoredVolume`; NaN or infinite intensities are an error."""
-    from zoo.geometry.grid3d import torchio_dtype
+    """A volume as :class:`StoredVolume` (the raw header scaling applied as ITK applies it); NaN or infinite
+    intensities are an error."""
+    from zoo.geometry.grid3d import torchio_voxels
 
     file = Path(path)
     image = _open(file)
     affine = _checked_affine(image, file)
-    proxy = image.dataobj
-    slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
-    dtype = torchio_dtype(image.get_data_dtype(), float(slope), float(inter))
+    header = image.header
+    try:  # the raw NIfTI fields: ITK applies an intercept even with slope 0, nibabel's proxy drops it
+        slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    except (KeyError, ValueError, TypeError):
+        slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
     try:
-        data = np.asanyarray(proxy).astype(dtype, copy=False)
+        data = torchio_voxels(np.asanyarray(image.dataobj.get_unscaled()), slope, inter)
     except Exception as exc:  # truncated gzip streams raise EOFError, zlib.error, OSError, ValueError...
         problem = f"cannot read voxel data; the file is truncated or corrupt ({type(exc).__name__}: {exc})"
         raise DataError(file, problem) from exc
