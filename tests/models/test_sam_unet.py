@@ -165,7 +165,7 @@ def test_conv_stages_enter_the_blocks_the_config_names():
         (dict(conv_injection_blocks=(2, 5, 5, 11)), "strictly increasing"),
         (dict(conv_injection_blocks=(11, 8, 5, 2)), "strictly increasing"),
         (dict(conv_injection_blocks=(2, 5, 8, 12)), r"0\.\.11"),
-        (dict(depth=10, global_attn_indexes=(2, 5, 8)), r"0\.\.9"),
+        (dict(depth=10, conv_injection_blocks=(2, 5, 8, 11)), r"0\.\.9"),
         (dict(image_size=80), "multiple of 32"),
         (dict(image_size=96, patch_size=12), "power of two"),
         (dict(resnet="resnet18"), "resnet34, resnet50"),

@@ -4,12 +4,12 @@ and SAM-UNet and the baseline of comparisons. Both are built by :func:`build_sam
 because their weights need different processors (SAM-Med2D's stretch vs SAM's longest-side resize and padding).
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.transformer import TwoWayTransformer
-from zoo.models.components.vit_encoder import ImageEncoderViT
+from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for
 from zoo.models.sam import SegmentAnythingModel
 from zoo.registry import register_family, register_model
 
@@ -18,7 +18,13 @@ SPATIAL_DIMS = 2
 
 @dataclass
 class SamMed2DConfig:
-    """SAM-Med2D hyper-parameters; the defaults are the released sam-med2d_b model."""
+    """SAM-Med2D hyper-parameters; the defaults are the released sam-med2d_b model.
+
+    ``global_attn_indexes`` left unset (``None``) follows ``depth``: the last block of each quarter, as in the
+    released models (2, 5, 8, 11 of 12; see :func:`~zoo.models.components.vit_encoder.released_global_attn_indexes`),
+    so ``create_model("sam_med2d_b", depth=4)`` gets (0, 1, 2, 3). Given explicitly, every index must lie in
+    ``0..depth-1``.
+    """
 
     family: str = "sam_med2d"
     image_size: int = 256
@@ -30,7 +36,7 @@ class SamMed2DConfig:
     mlp_ratio: float = 4.0
     # Window 14 on a 16x16 grid: windowed blocks pad the grid to 28x28 (4 windows), as upstream.
     window_size: int = 14
-    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    global_attn_indexes: tuple[int, ...] | None = None  # None: by depth (class docstring)
     qkv_bias: bool = True
     use_abs_pos: bool = True
     use_rel_pos: bool = True
@@ -50,16 +56,13 @@ class SamMed2DConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
     def __post_init__(self) -> None:
-        self.global_attn_indexes = tuple(self.global_attn_indexes)
+        self.global_attn_indexes = global_blocks_for(self.depth, self.global_attn_indexes)
         self.pixel_mean = tuple(self.pixel_mean)
         self.pixel_std = tuple(self.pixel_std)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.adapter and self.grid_size % 2:
             raise ValueError(f"the adapter needs an even token grid; image_size/patch_size = {self.grid_size}")
-        bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
-        if bad:
-            raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1}")
 
     @property
     def grid_size(self) -> int:
@@ -139,7 +142,7 @@ class SamMed2D(
 @register_model("sam_med2d_b")
 def sam_med2d_b(**overrides) -> SamMed2D:
     """The released sam-med2d_b: ViT-B with adapters at 256x256."""
-    return SamMed2D(replace(SamMed2DConfig(), **overrides))
+    return SamMed2D(SamMed2DConfig(**overrides))
 
 
 @dataclass
@@ -175,4 +178,4 @@ class Sam(
 @register_model("sam_vit_b")
 def sam_vit_b(**overrides) -> Sam:
     """Meta's SAM ViT-B (sam_vit_b_01ec64.pth): no adapters, 1024x1024 input."""
-    return Sam(replace(SamConfig(), **overrides))
+    return Sam(SamConfig(**overrides))

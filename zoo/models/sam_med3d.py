@@ -1,11 +1,11 @@
 """SAM-Med3D (Wang et al., 2023): SAM ported to 3D volumes, the ``vit_b_ori`` architecture of sam_med3d_turbo."""
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.transformer import TwoWayTransformer
-from zoo.models.components.vit_encoder import ImageEncoderViT
+from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for
 from zoo.models.sam import SegmentAnythingModel
 from zoo.registry import register_family, register_model
 
@@ -14,7 +14,13 @@ SPATIAL_DIMS = 3
 
 @dataclass
 class SamMed3DConfig:
-    """SAM-Med3D hyper-parameters; the defaults are the released sam_med3d / sam_med3d_turbo model."""
+    """SAM-Med3D hyper-parameters; the defaults are the released sam_med3d / sam_med3d_turbo model.
+
+    ``global_attn_indexes`` left unset (``None``) follows ``depth``: the last block of each quarter, as in the
+    released model (2, 5, 8, 11 of 12; see :func:`~zoo.models.components.vit_encoder.released_global_attn_indexes`),
+    so ``create_model("sam_med3d_turbo", depth=4)`` gets (0, 1, 2, 3). Given explicitly, every index must lie in
+    ``0..depth-1``.
+    """
 
     family: str = "sam_med3d"
     image_size: int = 128
@@ -26,7 +32,7 @@ class SamMed3DConfig:
     mlp_ratio: float = 4.0
     # Window 14 on the 8^3 token grid: each "windowed" block attends over one zero-padded 14^3 window.
     window_size: int = 14
-    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    global_attn_indexes: tuple[int, ...] | None = None  # None: by depth (class docstring)
     qkv_bias: bool = True
     use_abs_pos: bool = True
     use_rel_pos: bool = True
@@ -45,15 +51,12 @@ class SamMed3DConfig:
     target_spacing_mm: tuple[float, ...] = field(default=(1.5, 1.5, 1.5))
 
     def __post_init__(self) -> None:
-        self.global_attn_indexes = tuple(self.global_attn_indexes)
+        self.global_attn_indexes = global_blocks_for(self.depth, self.global_attn_indexes)
         self.target_spacing_mm = tuple(self.target_spacing_mm)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.prompt_embed_dim % 3:
             raise ValueError("SAM-Med3D's [sin, cos, sin] encoding needs prompt_embed_dim divisible by 3")
-        bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
-        if bad:
-            raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1}")
 
     @property
     def grid_size(self) -> int:
@@ -128,10 +131,10 @@ class SamMed3D(
 @register_model("sam_med3d_turbo")
 def sam_med3d_turbo(**overrides) -> SamMed3D:
     """The released SAM-Med3D-turbo architecture (``vit_b_ori``); ``overrides`` replace config fields."""
-    return SamMed3D(replace(SamMed3DConfig(), **overrides))
+    return SamMed3D(SamMed3DConfig(**overrides))
 
 
 @register_model("sam_med3d")
 def sam_med3d(**overrides) -> SamMed3D:
     """The original SAM-Med3D release (sam_med3d.pth): same architecture as turbo, earlier weights."""
-    return SamMed3D(replace(SamMed3DConfig(), **overrides))
+    return SamMed3D(SamMed3DConfig(**overrides))

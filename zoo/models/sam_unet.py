@@ -21,7 +21,7 @@ live in its processor (``zoo.processors.SamUNetProcessor``); the network takes r
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -36,7 +36,7 @@ from zoo.models.components.conv_branch import (
 from zoo.models.components.fusion_decoder import SingleTokenMaskDecoder, upscale_x4
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.transformer import TwoWayTransformer
-from zoo.models.components.vit_encoder import ImageEncoderViT
+from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for, released_global_attn_indexes
 from zoo.models.outputs import MaskPrediction
 from zoo.registry import register_family, register_model
 
@@ -46,7 +46,15 @@ NUM_CONV_STAGES = len(STAGE_STRIDES)
 
 @dataclass
 class SamUNetConfig:
-    """SAM-UNet hyper-parameters; the defaults are upstream's ``res34_sam_unet``."""
+    """SAM-UNet hyper-parameters; the defaults are upstream's ``res34_sam_unet``.
+
+    ``global_attn_indexes`` and ``conv_injection_blocks`` left unset (``None``) follow ``depth``: the last block of
+    each quarter, as upstream's 12 blocks have them (2, 5, 8, 11; see
+    :func:`~zoo.models.components.vit_encoder.released_global_attn_indexes`), so ``create_model("sam_unet_r34",
+    depth=4)`` gets (0, 1, 2, 3) for both. The four ResNet stages need four different blocks, so ``depth`` must be at
+    least 4. Given explicitly, the global blocks must lie in ``0..depth-1`` and the injection blocks must be four
+    strictly increasing blocks in that range.
+    """
 
     family: str = "sam_unet"
     image_size: int = 256
@@ -58,7 +66,7 @@ class SamUNetConfig:
     mlp_ratio: float = 4.0
     # Window 14 on the 16x16 grid: windowed blocks pad to 28x28 (4 windows), as upstream.
     window_size: int = 14
-    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    global_attn_indexes: tuple[int, ...] | None = None  # None: by depth (class docstring)
     qkv_bias: bool = True
     use_abs_pos: bool = True
     use_rel_pos: bool = True
@@ -66,8 +74,8 @@ class SamUNetConfig:
     resnet: str = "resnet34"
     resnet_layers: tuple[int, ...] | None = None
     # conv_injection_blocks[i]: the ViT block whose INPUT receives ResNet stage i+1 (stride 4 * 2**i). Bridges
-    # tap the outputs of the first three of these blocks. Upstream hard-codes (2, 5, 8, 11).
-    conv_injection_blocks: tuple[int, ...] = (2, 5, 8, 11)
+    # tap the outputs of the first three of these blocks. Upstream hard-codes (2, 5, 8, 11); None: by depth.
+    conv_injection_blocks: tuple[int, ...] | None = None
     # Width of the neck output, prompt embeddings and decoder (upstream hard-codes 256).
     prompt_embed_dim: int = 256
     mask_in_chans: int = 16
@@ -80,7 +88,14 @@ class SamUNetConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
     def __post_init__(self) -> None:
-        self.global_attn_indexes = tuple(self.global_attn_indexes)
+        self.global_attn_indexes = global_blocks_for(self.depth, self.global_attn_indexes)
+        if self.conv_injection_blocks is None:
+            if self.depth < NUM_CONV_STAGES:
+                raise ValueError(
+                    f"SAM-UNet needs depth >= {NUM_CONV_STAGES}: each of its {NUM_CONV_STAGES} ResNet stages enters "
+                    f"its own ViT block (conv_injection_blocks), got depth {self.depth}"
+                )
+            self.conv_injection_blocks = released_global_attn_indexes(self.depth)
         self.conv_injection_blocks = tuple(self.conv_injection_blocks)
         self.resnet_layers = None if self.resnet_layers is None else tuple(self.resnet_layers)
         self.pixel_mean = tuple(self.pixel_mean)
@@ -99,9 +114,6 @@ class SamUNetConfig:
             raise ValueError(f"image_size {self.image_size} must be a multiple of 32 (the ResNet's last stride)")
         for stride in STAGE_STRIDES:
             resampling_steps(self.image_size // stride, self.grid_size)
-        bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
-        if bad:
-            raise ValueError(f"global_attn_indexes {bad} are outside 0..{self.depth - 1}")
         self._check_injection_blocks()
         if self.prompt_embed_dim % 8:
             raise ValueError(f"prompt_embed_dim {self.prompt_embed_dim} must be divisible by 8")
@@ -113,7 +125,10 @@ class SamUNetConfig:
                 f"conv_injection_blocks must name one ViT block per ResNet stage ({NUM_CONV_STAGES}), got {blocks}"
             )
         if any(b < 0 or b >= self.depth for b in blocks):
-            raise ValueError(f"conv_injection_blocks {blocks} must lie in 0..{self.depth - 1} (depth {self.depth})")
+            raise ValueError(
+                f"conv_injection_blocks {blocks} must lie in 0..{self.depth - 1} (depth {self.depth}); leave "
+                "conv_injection_blocks unset to place them by depth"
+            )
         if any(later <= earlier for earlier, later in zip(blocks, blocks[1:])):
             raise ValueError(
                 f"conv_injection_blocks {blocks} must be strictly increasing: ResNet stages enter the ViT in order"
@@ -300,10 +315,10 @@ class SamUNet(
 @register_model("sam_unet_r34")
 def sam_unet_r34(**overrides) -> SamUNet:
     """SAM-UNet with a ResNet-34 branch (upstream ``res34_sam_unet``, the variant its training script trains)."""
-    return SamUNet(replace(SamUNetConfig(), **overrides))
+    return SamUNet(SamUNetConfig(**overrides))
 
 
 @register_model("sam_unet_r50")
 def sam_unet_r50(**overrides) -> SamUNet:
     """SAM-UNet with a ResNet-50 branch (upstream ``res50_sam_unet``)."""
-    return SamUNet(replace(SamUNetConfig(resnet="resnet50"), **overrides))
+    return SamUNet(SamUNetConfig(**{"resnet": "resnet50", **overrides}))

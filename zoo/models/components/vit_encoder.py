@@ -82,6 +82,31 @@ class ViTBlock(nn.Module):
         return window_unpartition(self.attn(windows), self.window_size, padded, grid)
 
 
+def released_global_attn_indexes(depth: int) -> tuple[int, ...]:
+    """The global-attention blocks of SAM's released ViTs, placed for ``depth``: the last block of each quarter.
+
+    ``ceil(k * depth / 4) - 1`` for k = 1..4 gives blocks 2, 5, 8, 11 of 12 (ViT-B, as SAM-Med2D, SAM-Med3D and
+    SAM-UNet ship), 5, 11, 17, 23 of 24 (ViT-L) and 7, 15, 23, 31 of 32 (ViT-H). Below 4 blocks some quarters are
+    empty and their ends coincide: depth 1 -> (0,), 2 -> (0, 1), 3 -> (0, 1, 2).
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    return tuple(sorted({(k * depth + 3) // 4 - 1 for k in range(1, 5)}))
+
+
+def global_blocks_for(depth: int, given: Sequence[int] | None, name: str = "global_attn_indexes") -> tuple[int, ...]:
+    """``given`` as a tuple, checked against ``depth``; ``None`` gives :func:`released_global_attn_indexes`."""
+    if given is None:
+        return released_global_attn_indexes(depth)
+    blocks = tuple(given)
+    bad = [i for i in blocks if not 0 <= i < depth]
+    if bad:
+        raise ValueError(
+            f"{name} {bad} are outside 0..{depth - 1} (depth {depth}); leave {name} unset to place the blocks by depth"
+        )
+    return blocks
+
+
 class ImageEncoderViT(nn.Module):
     """ViT image encoder with absolute and decomposed relative positions and a two-conv neck.
 
