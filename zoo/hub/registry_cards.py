@@ -1,4 +1,5 @@
-"""Read the registry of published weights (``checkpoints/<model>.yaml``): one record per weight set."""
+"""Read the registry of published weights (``zoo/resources/weights/<model>.yaml``, linked as ``checkpoints/`` in a
+clone): one record per weight set."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import yaml
 
-#: Override the registry folder (e.g. for an installed package); default ``checkpoints/`` at the repo root.
+#: Override the registry folder; default: the cards shipped in the package (``zoo/resources/weights``).
 REGISTRY_DIR_ENV = "ZOO_CHECKPOINTS_DIR"
 _REQUIRED = ("model", "family", "title", "license", "paper", "code", "input", "prompt_types")
 
@@ -52,7 +53,11 @@ class WeightSet:
 
 def registry_dir() -> Path:
     configured = os.environ.get(REGISTRY_DIR_ENV)
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "checkpoints"
+    if configured:
+        return Path(configured)
+    from zoo.resources import resource_path
+
+    return resource_path("weights")
 
 
 def list_weight_sets() -> list[str]:
