@@ -1,8 +1,11 @@
 """Family-independent core of the parity harness.
 
 A *case* is a folder holding ``case.json``, ``io.safetensors`` and ``weights.safetensors``, found anywhere under
-the fixture root (``$ZOO_PARITY_DIR``, default ``../shared/parity`` from the repo root); the first path component
-below the root names the model family. A family's runner (``runners/<family>.py``) turns a case into a *plan*:
+a fixture root; the first path component below the root names the model family (or pipeline). Two roots are read:
+``$ZOO_PARITY_DIR`` (default ``../shared/parity`` from the repo root) and ``$ZOO_PARITY_PENDING_DIR`` (default
+``../shared/parity-pending``: cases waiting for their implementation; a pending case whose runner exists runs and
+fails like any other, one without a runner is reported as such). Under ``CI=true`` a missing root is a failure,
+elsewhere a skip with the reason. A family's runner (``runners/<family>.py``) turns a case into a *plan*:
 a list of :class:`Step` s, each a call group that reads named fixture tensors and produces named tensors to
 compare. This module loads cases, checks that the plan accounts for every stored tensor (the coverage ledger),
 executes steps, and compares results under the case's own tolerance.
@@ -33,17 +36,64 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 PARITY_DIR_ENV = "ZOO_PARITY_DIR"
+PENDING_DIR_ENV = "ZOO_PARITY_PENDING_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PARITY_DIR = REPO_ROOT.parent / "shared" / "parity"
+DEFAULT_PENDING_DIR = REPO_ROOT.parent / "shared" / "parity-pending"
 CASE_FILE = "case.json"
 IO_FILE = "io.safetensors"
 WEIGHTS_FILE = "weights.safetensors"
+#: Inputs that case.json names by path (images, volumes) live in ``<root>/../data``.
+DATA_DIR_NAME = "data"
+
+
+def in_ci() -> bool:
+    """True under continuous integration (``CI=true``, ``1`` or ``yes``): missing fixtures fail instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _root_from_env(env: str, default: Path) -> Path:
+    configured = os.environ.get(env)
+    return Path(configured).expanduser().resolve() if configured else default
 
 
 def parity_root() -> Path:
     """The fixture root: ``$ZOO_PARITY_DIR`` or ``../shared/parity`` relative to the repo root."""
-    configured = os.environ.get(PARITY_DIR_ENV)
-    return Path(configured).expanduser().resolve() if configured else DEFAULT_PARITY_DIR
+    return _root_from_env(PARITY_DIR_ENV, DEFAULT_PARITY_DIR)
+
+
+def pending_root() -> Path:
+    """The root of cases waiting for their code: ``$ZOO_PARITY_PENDING_DIR`` or ``../shared/parity-pending``."""
+    return _root_from_env(PENDING_DIR_ENV, DEFAULT_PENDING_DIR)
+
+
+@dataclass(frozen=True)
+class FixtureRoot:
+    """One folder of cases and the environment variable that moves it."""
+
+    path: Path
+    env: str
+    pending: bool
+
+    def missing_reason(self) -> str | None:
+        """Why this root gives no cases (None when it exists)."""
+        if self.path.is_dir():
+            return None
+        return f"no parity fixtures at {self.path} (set {self.env} to the fixture folder)"
+
+
+def fixture_roots() -> list[FixtureRoot]:
+    """The parity root and the pending root, in that order."""
+    return [FixtureRoot(parity_root(), PARITY_DIR_ENV, False), FixtureRoot(pending_root(), PENDING_DIR_ENV, True)]
+
+
+def all_cases(roots: list[FixtureRoot] | None = None) -> list[Case]:
+    """Every case under the roots that exist (pending cases marked ``pending``)."""
+    found: list[Case] = []
+    for root in fixture_roots() if roots is None else roots:
+        if root.path.is_dir():
+            found += discover_cases(root.path, pending=root.pending)
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------------- cases
@@ -51,10 +101,11 @@ def parity_root() -> Path:
 
 @dataclass(frozen=True)
 class Case:
-    """One fixture folder."""
+    """One fixture folder (``pending``: found under the pending root)."""
 
     root: Path
     path: Path
+    pending: bool = False
 
     @property
     def family(self) -> str:
@@ -62,7 +113,20 @@ class Case:
 
     @property
     def case_id(self) -> str:
-        return self.path.relative_to(self.root).as_posix()
+        relative = self.path.relative_to(self.root).as_posix()
+        return f"pending/{relative}" if self.pending else relative
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the input files case.json names live: ``<root>/../data``."""
+        return self.root.parent / DATA_DIR_NAME
+
+    def data_file(self, relative: str) -> Path:
+        """An input file named in case.json; FileNotFoundError (a failure, never a skip) when it is absent."""
+        path = self.data_dir / relative
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.case_id}: input {relative!r} not found at {path}")
+        return path
 
     @cached_property
     def spec(self) -> dict[str, Any]:
@@ -110,68 +174,132 @@ class Case:
         return name in self.tensor_names or name in self.empty_tensor_shapes()
 
 
-def discover_cases(root: Path) -> list[Case]:
+def discover_cases(root: Path, pending: bool = False) -> list[Case]:
     """Every folder under ``root`` (the family folders themselves included) that holds a case.json."""
-    return [Case(root, case_file.parent) for case_file in sorted(root.glob(f"*/**/{CASE_FILE}"))]
+    return [Case(root, case_file.parent, pending) for case_file in sorted(root.glob(f"*/**/{CASE_FILE}"))]
 
 
 # ------------------------------------------------------------------------------------------------------ tolerance
 
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)"
+_PERCENT = re.compile(rf"<=\s*{_NUMBER}\s*%\s*(?P<foreground>(?:of\s+)?(?:its\s+|the\s+)?foreground)?")
+_DICE = re.compile(rf"\bDice\s*>=\s*{_NUMBER}", re.IGNORECASE)
+_MARGIN = re.compile(rf"\|[^|]+\|\s*<\s*{_NUMBER}")
+
 
 @dataclass(frozen=True)
 class BinaryMaskRule:
-    """How many pixels of a thresholded mask may differ from upstream's.
+    """How far a thresholded mask may be from upstream's; every criterion given must hold.
 
-    Either a fraction of all pixels (``max_fraction``) or only pixels whose upstream logit lies within
-    ``logit_margin`` of the threshold.
+    * ``max_fraction``: at most this fraction of ALL pixels/voxels differ (``<= 0.1% pixels may differ``);
+    * ``max_foreground_fraction``: at most this fraction of UPSTREAM's foreground count differ
+      (``<= 0.5% of foreground voxels may differ``; an empty upstream mask then allows no difference);
+    * ``min_dice``: Dice of ours against upstream's at least this (``Dice >= 0.999``; two empty masks have Dice 1);
+    * ``logit_margin``: mismatches only where upstream's logit lies within this margin of the threshold.
     """
 
     text: str
     max_fraction: float | None = None
     logit_margin: float | None = None
+    max_foreground_fraction: float | None = None
+    min_dice: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> BinaryMaskRule:
-        fraction = re.search(r"<=\s*([0-9.]+(?:e-?\d+)?)\s*%", text)
-        if fraction:
-            return cls(text, max_fraction=float(fraction.group(1)) / 100.0)
-        margin = re.search(r"\|[^|]+\|\s*<\s*([0-9.]+(?:e-?\d+)?)", text)
-        if margin:
-            return cls(text, logit_margin=float(margin.group(1)))
-        raise ValueError(f"cannot interpret the binary-mask tolerance {text!r}")
+        rule = cls.try_parse(text)
+        if rule is None:
+            raise ValueError(f"cannot interpret the binary-mask tolerance {text!r}")
+        return rule
+
+    @classmethod
+    def try_parse(cls, text: str) -> BinaryMaskRule | None:
+        """The rule a sentence states, or None when it states none (e.g. a float tolerance)."""
+        fields: dict[str, float] = {}
+        for match in _PERCENT.finditer(text):
+            key = "max_foreground_fraction" if match["foreground"] else "max_fraction"
+            _set_criterion(fields, key, float(match.group(1)) / 100.0, text)
+        for match in _DICE.finditer(text):
+            _set_criterion(fields, "min_dice", float(match.group(1)), text)
+        for match in _MARGIN.finditer(text):
+            _set_criterion(fields, "logit_margin", float(match.group(1)), text)
+        return cls(text, **fields) if fields else None
+
+    def criteria(self) -> dict[str, float]:
+        """The criteria this rule sets (name -> value)."""
+        names = ("max_fraction", "logit_margin", "max_foreground_fraction", "min_dice")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def describe(self) -> str:
+        parts = []
         if self.max_fraction is not None:
-            return f"<= {self.max_fraction:.4%} pixels may differ"
-        return f"mismatches only where |logit| < {self.logit_margin:g}"
+            parts.append(f"<= {self.max_fraction:.4%} pixels may differ")
+        if self.max_foreground_fraction is not None:
+            parts.append(f"<= {self.max_foreground_fraction:.4%} of upstream's foreground may differ")
+        if self.min_dice is not None:
+            parts.append(f"Dice >= {self.min_dice:g}")
+        if self.logit_margin is not None:
+            parts.append(f"mismatches only where |logit| < {self.logit_margin:g}")
+        return " and ".join(parts)
+
+
+def _set_criterion(fields: dict[str, float], key: str, value: float, text: str) -> None:
+    if key in fields and fields[key] != value:
+        raise ValueError(f"the mask rule {text!r} gives two values for {key}: {fields[key]} and {value}")
+    fields[key] = value
+
+
+#: Numeric keys of a tolerance block that state one criterion of a named tensor's mask rule.
+_NUMERIC_CRITERIA = {
+    "_min_dice": "min_dice",
+    "_max_differing_fraction_of_foreground": "max_foreground_fraction",
+    "_max_differing_fraction": "max_fraction",
+}
+_CLAUSE = re.compile(r"^\s*(?P<name>[A-Za-z_][\w.]*)\s*:\s*(?P<rule>.+?)\s*$", re.DOTALL)
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Per-case tolerance: ``|ours - upstream| <= atol + rtol * |upstream|`` and an optional mask rule."""
+    """Per-case tolerance: ``|ours - upstream| <= atol + rtol * |upstream|``, a case-wide mask rule (``binary``) and
+    mask rules the case states for named tensors or roles (``rules``, e.g. ``final_mask``, ``infer3d_segs``)."""
 
     atol: float
     rtol: float
     binary: BinaryMaskRule | None = None
+    rules: Mapping[str, BinaryMaskRule] = field(default_factory=dict)
+
+    def rule(self, name: str) -> BinaryMaskRule | None:
+        """The mask rule stated for ``name``, else the case-wide one."""
+        return self.rules.get(name, self.binary)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Tolerance:
-        """Read the *recommended* tolerance wherever the case.json keeps it.
+        """Read the tolerance wherever the case.json keeps it.
 
-        Fixture generators spell it differently (``atol`` / ``float_atol`` / ``float_tensors.atol``); every
-        ``*atol`` and ``*rtol`` number under a ``recommended`` entry of a ``*tolerance*`` block is collected and
-        they must agree. A string under a key mentioning ``binary`` is the binary-mask rule.
+        Float tolerance: every ``*atol`` and ``*rtol`` number under a ``recommended`` entry of a ``*tolerance*``
+        block (fixture generators spell it ``atol`` / ``float_atol`` / ``float_tensors.atol``); a block without a
+        ``recommended`` entry gives them as its own direct keys (``tolerance.float_atol``). Each must be stated
+        exactly once (several equal statements are fine).
+
+        Mask rules: a string under a key mentioning ``binary`` is the case-wide rule. Outside ``recommended`` /
+        ``measured`` entries, a string under any other key that states a rule (``"final_mask": "Dice >= 0.999 and
+        <= 0.1% of foreground voxels differ"``) is the rule of that name; a sentence of ``;``-separated
+        ``name: rule`` clauses gives one rule per name; numbers under ``<name>_min_dice`` /
+        ``<name>_max_differing_fraction_of_foreground`` / ``<name>_max_differing_fraction`` are criteria of
+        ``name``'s rule and must agree with what its sentence says.
         """
         found: dict[str, set[float]] = {"atol": set(), "rtol": set()}
         binary: list[str] = []
+        texts: dict[str, BinaryMaskRule] = {}
+        numbers: dict[str, dict[str, float]] = {}
+        blocks = {key: block for key, block in spec.items() if "tolerance" in key and isinstance(block, Mapping)}
+        has_recommended = any("recommended" in key or _mentions(block, "recommended") for key, block in blocks.items())
 
-        def walk(node: Any, path: tuple[str, ...]) -> None:
+        def walk_recommended(node: Any, path: tuple[str, ...]) -> None:
             if isinstance(node, Mapping):
                 for key, value in node.items():
-                    walk(value, (*path, str(key)))
+                    walk_recommended(value, (*path, str(key)))
                 return
-            in_recommended = any("recommended" in part for part in path)
-            if not in_recommended:
+            if not any("recommended" in part for part in path):
                 return
             key = path[-1]
             if isinstance(node, (int, float)) and not isinstance(node, bool):
@@ -181,16 +309,68 @@ class Tolerance:
             elif isinstance(node, str) and "binary" in key:
                 binary.append(node)
 
-        for key, block in spec.items():
-            if "tolerance" in key:
-                walk(block, (key,))
+        for key, block in blocks.items():
+            if has_recommended:
+                walk_recommended(block, (key,))
+            for name, value in block.items():
+                if isinstance(value, Mapping):
+                    continue  # recommended / measured / per-tensor measurements
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if not has_recommended:
+                        for kind in found:
+                            if name.endswith(kind):
+                                found[kind].add(float(value))
+                    for suffix, criterion in _NUMERIC_CRITERIA.items():
+                        if name.endswith(suffix):
+                            numbers.setdefault(name[: -len(suffix)], {})[criterion] = float(value)
+                            break
+                elif isinstance(value, str):
+                    if "binary" in name:
+                        if not has_recommended:
+                            binary.append(value)
+                        continue
+                    for rule_name, rule in _stated_rules(name, value):
+                        if rule_name in texts and texts[rule_name] != rule:
+                            raise ValueError(f"case.json gives two mask rules for {rule_name!r}")
+                        texts[rule_name] = rule
         for kind, values in found.items():
             if len(values) != 1:
                 raise ValueError(f"case.json must recommend exactly one {kind}; found {sorted(values) or 'none'}")
-        if len(binary) > 1:
+        if len(set(binary)) > 1:
             raise ValueError(f"case.json gives several binary-mask rules: {binary}")
+        rules = dict(texts)
+        for name, criteria in numbers.items():
+            stated = texts.get(name)
+            if stated is not None:
+                disagree = {k: v for k, v in criteria.items() if stated.criteria().get(k) != v}
+                if disagree:
+                    raise ValueError(f"case.json: {name}'s numbers {disagree} disagree with its rule {stated.text!r}")
+                continue
+            rules[name] = BinaryMaskRule(f"{name}: {criteria}", **criteria)
         rule = BinaryMaskRule.parse(binary[0]) if binary else None
-        return cls(found["atol"].pop(), found["rtol"].pop(), rule)
+        return cls(found["atol"].pop(), found["rtol"].pop(), rule, rules)
+
+
+def _mentions(node: Any, word: str) -> bool:
+    if isinstance(node, Mapping):
+        return any(word in str(key) or _mentions(value, word) for key, value in node.items())
+    return False
+
+
+def _stated_rules(key: str, text: str) -> list[tuple[str, BinaryMaskRule]]:
+    """``(name, rule)`` stated by the sentence under ``key``: ``name: rule`` clauses, else the whole sentence."""
+    clauses = [_CLAUSE.match(part) for part in text.split(";")]
+    if len(clauses) > 1 or (clauses and clauses[0] is not None and ":" in text):
+        found = []
+        for clause in clauses:
+            if clause is None:
+                continue
+            rule = BinaryMaskRule.try_parse(clause["rule"])
+            if rule is not None:
+                found.append((clause["name"], rule))
+        return found
+    rule = BinaryMaskRule.try_parse(text)
+    return [(key, rule)] if rule is not None else []
 
 
 # ----------------------------------------------------------------------------------------------------- comparison
@@ -201,12 +381,14 @@ class Expect:
     """How a step output is compared: ``float`` (atol/rtol), ``binary`` (mask rule) or ``exact``.
 
     For ``binary`` with a logit-margin rule, ``logits`` names the fixture tensor whose values decide which
-    mismatches are allowed; ``rule`` replaces the case-wide mask rule where a case.json states it elsewhere.
+    mismatches are allowed; ``rule`` replaces the case-wide mask rule where a case.json states one for this tensor.
+    ``tolerance`` replaces the case-wide float tolerance where case.json states a stricter one for this tensor.
     """
 
     kind: str = "float"
     logits: str | None = None
     rule: BinaryMaskRule | None = None
+    tolerance: Tolerance | None = None
 
 
 @dataclass
@@ -273,21 +455,37 @@ def compare_binary(
     ours = actual.detach().cpu()
     if ours.dtype != torch.bool and not torch.isin(ours, torch.tensor([0, 1], dtype=ours.dtype)).all():
         return Comparison(name, False, math.inf, "values other than 0 and 1")
-    differ = ours.to(torch.uint8) != expected.to(torch.uint8)
+    mine, theirs = ours.to(torch.bool), expected.to(torch.bool)
+    differ = mine != theirs
     count = int(differ.sum())
     if rule is None:
         detail = f"no mask rule in case.json, so exact: {count} differ"
         return Comparison(name, count == 0, float(count > 0), detail, count)
+    passed, notes = True, [f"{count}/{differ.numel()} pixels differ"]
     if rule.max_fraction is not None:
-        passed = count <= rule.max_fraction * differ.numel()
-        detail = f"{count}/{differ.numel()} pixels differ ({rule.describe()})"
-    else:
+        passed &= count <= rule.max_fraction * differ.numel()
+    if rule.max_foreground_fraction is not None:
+        foreground = int(theirs.sum())
+        passed &= count <= rule.max_foreground_fraction * foreground
+        share = f"{count / foreground:.4%}" if foreground else ("none" if count == 0 else "all")
+        notes.append(f"{share} of upstream's {foreground} foreground pixels")
+    if rule.min_dice is not None:
+        score = dice(mine, theirs)
+        passed &= score >= rule.min_dice
+        notes.append(f"Dice {score:.6f}")
+    if rule.logit_margin is not None:
         if logits is None:
             raise ValueError(f"{name}: the rule {rule.text!r} needs upstream logits but none were named")
         outside = differ & (logits.abs() >= rule.logit_margin)
-        passed = not bool(outside.any())
-        detail = f"{count} pixels differ, {int(outside.sum())} of them where |logit| >= {rule.logit_margin:g}"
-    return Comparison(name, passed, float(count > 0), detail, count)
+        passed &= not bool(outside.any())
+        notes.append(f"{int(outside.sum())} of them where |logit| >= {rule.logit_margin:g}")
+    return Comparison(name, bool(passed), float(count > 0), "; ".join(notes) + f" ({rule.describe()})", count)
+
+
+def dice(a: Tensor, b: Tensor) -> float:
+    """Dice of two bool masks (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 # ------------------------------------------------------------------------------------------------------------ plans
@@ -440,12 +638,12 @@ class CaseRun:
         for name, expect in step.outputs.items():
             expected = self.case.expected(name)
             if expect.kind == "float":
-                results.append(compare_float(name, outputs[name], expected, tol))
+                results.append(compare_float(name, outputs[name], expected, expect.tolerance or tol))
             elif expect.kind == "exact":
                 results.append(compare_exact(name, outputs[name], expected))
             elif expect.kind == "binary":
                 logits = self.case.expected(expect.logits) if expect.logits else None
-                results.append(compare_binary(name, outputs[name], expected, expect.rule or tol.binary, logits))
+                results.append(compare_binary(name, outputs[name], expected, expect.rule or tol.rule(name), logits))
             else:
                 raise ValueError(f"unknown comparison kind {expect.kind!r} for {name}")
         return results
@@ -475,6 +673,15 @@ class Arg:
 
 
 ConstructorSpec = Mapping[str, "Arg | ConstructorSpec"]
+
+
+def window_padded_tokens(grid: int, window: int, dims: int) -> int:
+    """Tokens of the whole padded grid of a windowed-attention block: the ``grid`` (per axis) rounded up to a
+    multiple of ``window``, to the power ``dims`` (what SAM-style ``window_partition`` attends over in all windows
+    together). Not the tokens of one window (``window ** dims``): the two agree only when ``grid <= window``."""
+    if grid < 1 or window < 1:
+        raise ValueError(f"grid and window must be positive, got {grid} and {window}")
+    return (-(-grid // window) * window) ** dims
 
 
 def map_constructor(

@@ -8,14 +8,19 @@ and that renaming prompt cases needs no code change.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from .harness import (
+    REPO_ROOT,
     Arg,
     BinaryMaskRule,
     Case,
@@ -31,6 +36,7 @@ from .harness import (
     discover_cases,
     map_constructor,
     parity_root,
+    window_padded_tokens,
 )
 from .report import ParityReport
 from .runners import load_runner
@@ -305,3 +311,175 @@ def test_summary_lists_every_tensor_and_the_largest_error_per_case(tmp_path):
     assert report.table()[-1] == (
         "fam/big: 2 tensors, 0 failing; largest abs error 2.000e-06 (a); mask pixels differing: 3 over 1 masks"
     )
+
+
+# ------------------------------------------------------------------------------------ tolerance blocks of the cases
+
+LITEMEDSAM_TOLERANCE = {
+    "tolerance": {
+        "float_atol": 0.0001,
+        "float_rtol": 0.0001,
+        "binary_masks": "<=0.1% pixels may differ",
+        "infer3d_segs": "<=0.5% of foreground voxels may differ (box propagation can amplify a boundary pixel)",
+    }
+}
+PIPELINE_TOLERANCE = {
+    "tolerance": {
+        "final_mask": "Dice >= 0.999 and <= 0.1% of foreground voxels differ",
+        "final_mask_min_dice": 0.999,
+        "final_mask_max_differing_fraction_of_foreground": 0.001,
+        "intermediate_tensors": "model_input, low_res_logits: atol 1e-4 + rtol 1e-4; roi_mask: <= 0.1% of its "
+        "foreground; geometry tensors: affines allclose 1e-4 mm, shapes/params exact",
+        "recommended": {
+            "float_atol": 0.0001,
+            "float_rtol": 0.0001,
+            "binary_masks": "final mask: Dice >= 0.999 and <= 0.1% of foreground differ",
+        },
+    }
+}
+
+
+def test_a_tolerance_block_without_recommended_entry_is_read_directly():
+    tol = Tolerance.from_spec(LITEMEDSAM_TOLERANCE)
+    assert (tol.atol, tol.rtol) == (1e-4, 1e-4)
+    assert tol.binary.max_fraction == pytest.approx(0.001) and tol.binary.max_foreground_fraction is None
+    segs = tol.rule("infer3d_segs")
+    assert segs.max_foreground_fraction == pytest.approx(0.005) and segs.max_fraction is None
+    assert tol.rule("pred_box_binary") is tol.binary
+
+
+def test_pipeline_tolerance_gives_the_final_mask_rule_and_clause_rules():
+    tol = Tolerance.from_spec(PIPELINE_TOLERANCE)
+    assert (tol.atol, tol.rtol) == (1e-4, 1e-4)
+    final = tol.rule("final_mask")
+    assert final.min_dice == 0.999 and final.max_foreground_fraction == pytest.approx(0.001)
+    assert tol.binary.criteria() == final.criteria()
+    assert tol.rule("roi_mask").criteria() == {"max_foreground_fraction": pytest.approx(0.001)}
+
+
+def test_numbers_that_contradict_a_stated_mask_rule_are_errors():
+    spec = json.loads(json.dumps(PIPELINE_TOLERANCE))
+    spec["tolerance"]["final_mask_min_dice"] = 0.99
+    with pytest.raises(ValueError, match="disagree"):
+        Tolerance.from_spec(spec)
+
+
+def test_numbers_alone_make_a_rule():
+    tol = Tolerance.from_spec({"tolerance": {"atol": 1e-4, "rtol": 0.0, "final_mask_min_dice": 0.999}})
+    assert tol.rule("final_mask").criteria() == {"min_dice": 0.999}
+
+
+def test_foreground_rule_counts_against_upstreams_foreground():
+    expected = torch.zeros(10_000, dtype=torch.uint8)
+    expected[:1000] = 1  # 1000 foreground pixels: 0.5% of them is 5
+    rule = BinaryMaskRule.parse("<=0.5% of foreground voxels may differ")
+    five, six = expected.clone(), expected.clone()
+    five[1000:1005] = 1
+    six[1000:1006] = 1
+    assert compare_binary("m", five, expected, rule, None).passed
+    assert not compare_binary("m", six, expected, rule, None).passed  # 6 <= 0.5% of all 10000 pixels, still fails
+
+
+def test_an_empty_upstream_mask_allows_no_foreground_difference():
+    rule = BinaryMaskRule.parse("<=0.5% of foreground voxels may differ")
+    expected = torch.zeros(100, dtype=torch.uint8)
+    assert compare_binary("m", expected.clone(), expected, rule, None).passed
+    one = expected.clone()
+    one[0] = 1
+    assert not compare_binary("m", one, expected, rule, None).passed
+
+
+def test_dice_and_foreground_rules_must_both_hold():
+    rule = BinaryMaskRule.parse("Dice >= 0.999 and <= 0.1% of foreground voxels differ")
+    expected = torch.zeros(100_000, dtype=torch.uint8)
+    expected[:10_000] = 1
+    ten_extra = expected.clone()
+    ten_extra[10_000:10_010] = 1  # 10 = 0.1% of the foreground; Dice 0.9995
+    eleven_missing = expected.clone()
+    eleven_missing[:11] = 0  # 11 > 0.1%; Dice 0.99945 still >= 0.999
+    assert compare_binary("m", ten_extra, expected, rule, None).passed
+    assert not compare_binary("m", eleven_missing, expected, rule, None).passed
+    assert BinaryMaskRule.parse("Dice >= 0.9999").min_dice == 0.9999
+    dice_only = BinaryMaskRule.parse("Dice >= 0.9999")
+    assert not compare_binary("m", ten_extra, expected, dice_only, None).passed
+
+
+def test_a_stricter_float_tolerance_for_one_output_is_used(tmp_path):
+    case = make_case(tmp_path, "fam", {"x": torch.ones(2), "affine": torch.full((2,), 150.0)})
+    plan = Plan()
+    off = 150.0 + 5e-3  # inside 1e-4 + 1e-4 * 150 = 0.0151, outside an absolute 1e-4
+    plan.add("loose", ["x"], {"affine": Expect()}, lambda ctx, v: {"affine": v["x"] * off})
+    run = CaseRun(case, plan, build_model=lambda case: torch.nn.Identity())
+    assert run.compare(plan.step("loose"), run.chained(plan.step("loose")))[0].passed
+    strict = Plan()
+    exact_mm = Expect("float", tolerance=Tolerance(atol=1e-4, rtol=0.0))
+    strict.add("strict", ["x"], {"affine": exact_mm}, lambda ctx, v: {"affine": v["x"] * off})
+    run = CaseRun(case, strict, build_model=lambda case: torch.nn.Identity())
+    assert not run.compare(strict.step("strict"), run.chained(strict.step("strict")))[0].passed
+
+
+# ------------------------------------------------------------------------------------------- derived constructor
+
+
+def test_window_padded_tokens_count_the_whole_padded_grid():
+    # An 8-token grid with 6-token windows pads to 12 per axis: 12^3 tokens, not the 6^3 of one window.
+    assert window_padded_tokens(8, 6, 3) == 1728
+    assert window_padded_tokens(4, 6, 3) == 216  # grid <= window: the two readings agree
+    assert window_padded_tokens(14, 14, 2) == 196
+
+
+def test_sam_med3d_derived_token_check_reads_the_padded_grid():
+    derived = load_runner("sam_med3d").CONSTRUCTOR["derived"]
+    config = SimpleNamespace(image_size=128, patch_size=16, window_size=6)  # grid 8 > window 6
+    _, checks = map_constructor({"num_tokens_window_padded": 1728}, derived, "derived")
+    assert [(path, value, derive(config)) for path, value, derive in checks] == [
+        ("derived.num_tokens_window_padded", 1728, 1728)
+    ]
+    assert checks[0][2](config) != 6**3
+
+
+# ------------------------------------------------------------------------------------------ roots and CI behaviour
+
+
+def _run_pytest(args: list[str], env_updates: dict[str, str], ci: bool) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "CI"}
+    env.update(env_updates)
+    if ci:
+        env["CI"] = "true"
+    command = [sys.executable, "-m", "pytest", "-q", "-rfExXs", "-p", "no:cacheprovider", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_missing_fixture_roots_fail_under_ci_and_skip_elsewhere(tmp_path):
+    env = {"ZOO_PARITY_DIR": str(tmp_path / "no_parity"), "ZOO_PARITY_PENDING_DIR": str(tmp_path / "no_pending")}
+    targets = [
+        "tests/parity/test_parity.py",
+        "tests/parity/test_full_keys.py",
+        "tests/models/test_sam_unet.py::test_authors_checkpoint_with_a_pickled_optimizer_loads",
+    ]
+    in_ci_run = _run_pytest(targets, env, ci=True)
+    assert in_ci_run.returncode == 1, in_ci_run.stdout[-3000:]
+    assert "4 failed" in in_ci_run.stdout, in_ci_run.stdout[-3000:]
+    assert "no parity fixtures at" in in_ci_run.stdout
+    local_run = _run_pytest(targets, env, ci=False)
+    assert local_run.returncode == 0, local_run.stdout[-3000:]
+    summary = local_run.stdout.strip().splitlines()[-1]
+    assert "skipped" in summary and "passed" not in summary and "failed" not in summary, summary
+    assert "no parity fixtures at" in local_run.stdout
+
+
+@pytest.mark.slow
+def test_a_pending_case_without_a_runner_is_reported_and_one_with_a_runner_runs(tmp_path):
+    parity, pending = tmp_path / "parity", tmp_path / "pending"
+    make_case(parity, "sam_med3d_fake_family_without_runner", {"x": torch.ones(1)})
+    make_case(pending, "pending_family_without_runner", {"x": torch.ones(1)})
+    # A pending case of a family whose runner exists runs, and fails like any other (here: it cannot be planned).
+    make_case(pending, "sam_med3d", {"x": torch.ones(1)})
+    env = {"ZOO_PARITY_DIR": str(parity), "ZOO_PARITY_PENDING_DIR": str(pending)}
+    result = _run_pytest(["tests/parity/test_parity.py"], env, ci=False)
+    out = result.stdout
+    assert "XFAIL" in out and "no runner yet" in out and "pending_family_without_runner" in out, out[-3000:]
+    assert "FAILED tests/parity/test_parity.py::test_case_is_understood[pending/sam_med3d]" in out, out[-3000:]
+    # A case without a runner in the parity root itself is a failure, not an expected one.
+    assert "FAILED tests/parity/test_parity.py::test_case_is_understood[sam_med3d_fake_family_without_runner]" in out

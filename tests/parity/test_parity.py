@@ -1,9 +1,13 @@
-"""Acceptance test: the zoo models reproduce the upstream fixtures under $ZOO_PARITY_DIR.
+"""Acceptance test: the zoo models reproduce the upstream fixtures under $ZOO_PARITY_DIR and $ZOO_PARITY_PENDING_DIR.
 
 Each case folder (``<family>/.../case.json`` + ``io.safetensors`` + ``weights.safetensors``) is read by its
 family's runner into a plan of call groups. One test per case checks that the plan accounts for every stored
 tensor; one test per call group runs it chained (our own upstream results) and isolated (upstream's inputs)
 and compares every output under the case's tolerance.
+
+A missing fixture root fails under ``CI=true`` (a clone without fixtures must not go green) and is skipped with
+its reason elsewhere. A pending case whose runner exists runs like any other; one without a runner is reported
+as an expected failure ("no runner yet"), never dropped.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import traceback
 
 import pytest
 
-from .harness import CaseRun, Plan, coverage, discover_cases, parity_root
-from .runners import load_runner
+from .harness import CaseRun, FixtureRoot, Plan, all_cases, coverage, fixture_roots, in_ci
+from .runners import load_runner, runner_exists
 
-ROOT = parity_root()
-CASES = discover_cases(ROOT) if ROOT.is_dir() else []
+ROOTS = fixture_roots()
+CASES = all_cases(ROOTS)
 
 
 def _plan(case) -> tuple[Plan | None, str | None]:
+    if case.pending and not runner_exists(case.family):
+        return None, None
     try:
         return load_runner(case.family).plan(case), None
     except Exception:  # reported by test_case_is_understood, which fails with this traceback
@@ -36,16 +42,22 @@ STEPS = [
 pytestmark = pytest.mark.parity
 
 
-def test_fixture_root_holds_cases():
-    if not ROOT.is_dir():
-        pytest.skip(f"no parity fixtures at {ROOT} (set ZOO_PARITY_DIR to the fixture folder)")
-    assert CASES, f"{ROOT} exists but holds no */case.json"
+@pytest.mark.parametrize("root", ROOTS, ids=["parity", "pending"])
+def test_fixture_root_holds_cases(root: FixtureRoot):
+    reason = root.missing_reason()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"{reason}; under CI=true the fixtures must be present")
+        pytest.skip(reason)
+    assert any(case.root == root.path for case in CASES), f"{root.path} exists but holds no */case.json"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.case_id for case in CASES])
 def test_case_is_understood(case):
     """The runner reads the case, and every stored tensor is an input or a compared output."""
     plan, error = PLANS[case.case_id]
+    if plan is None and error is None:
+        pytest.xfail(f"no runner yet: pending case {case.case_id} needs tests/parity/runners/{case.family}.py")
     assert plan is not None, f"cannot plan {case.case_id}:\n{error}"
     ledger = coverage(case, plan)
     assert not ledger.problems(), f"{case.case_id}: " + "; ".join(ledger.problems())

@@ -243,8 +243,11 @@ class Processor:
 
     # ------------------------------------------------------------------------------------------ prompts
     def validate(self, prompts: Prompts, shape: Sequence[int], source: str | None = None) -> None:
-        """The one validator (:func:`zoo.prompts.validate.check_prompts`) with this family's supported kinds."""
-        check_prompts(prompts, shape, self.prompt_kinds, self.model_name, self.default_mask_prompt_shape(), source)
+        """The one validator (:func:`zoo.prompts.validate.check_prompts`) with this family's supported kinds.
+
+        A mask prompt's low-res shape is the model's (4x its embedding grid, which the processor config does not
+        know: a model with another patch size has another grid); :meth:`decode` checks it against the model."""
+        check_prompts(prompts, shape, self.prompt_kinds, self.model_name, None, source)
 
     def to_model_space(self, prompts: Prompts, frame: ImageFrame, source: str | None = None) -> Prompts:
         """Check prompts given on the original grid, then move them onto the model-input grid."""

@@ -13,7 +13,13 @@ Adding a family is adding a module here; nothing else changes.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
+
+
+def runner_exists(family: str) -> bool:
+    """Whether ``runners/<family>.py`` exists (a pending case without one is reported as "no runner yet")."""
+    return family.isidentifier() and importlib.util.find_spec(f"{__name__}.{family}") is not None
 
 
 def load_runner(family: str) -> ModuleType:

@@ -10,6 +10,13 @@ encoder), ``lowres_t_{multi|single}`` / ``iou_t_{multi|single}`` (mask decoder),
 -> ``testpipe_input_image`` -> ``testpipe_image_embeddings``; prompts ``testpipe_box`` (and/or
 ``testpipe_point_coords`` / ``testpipe_point_labels``, ``testpipe_mask_input``) in the padded frame ->
 ``testpipe_lowres``, ``testpipe_iou``, ``testpipe_masks_256`` (upsampled to S), ``testpipe_masks_orig``.
+
+Processor steps: ``SamMed2DProcessor.prepare`` in the predictor geometry (``input_image``) and the test-script
+geometry (``testpipe_input_image``), ``to_model_space`` + ``model_kwargs`` for the prompts, ``select_best_mask`` +
+``feedback`` for ``mask_input`` (when case.json says it is the sigmoid of the best multimask logits), the
+model-space ``decode`` / ``upsample`` / ``to_original`` for the test pipeline; ``pred_*`` through the one
+``zoo.inference.Predictor`` from the original image, a previous mask given as the previous prediction's low-res
+logits (the predictor feeds them as SAM-Med2D's authors do: as probabilities).
 """
 
 from __future__ import annotations
@@ -21,17 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zoo.inference.common import select_best_mask
-from zoo.inference.predictor2d import SamMed2DPredictor
-from zoo.inference.preprocess2d import (
-    letterbox_for,
-    postprocess_for_evaluation,
-    preprocess_for_evaluation,
-    preprocess_for_predictor,
-    scale_boxes,
-    scale_coords,
-    upsample_bilinear,
-)
+from zoo.inference.predictor import Predictor
+from zoo.processors import DecodePolicy, SamMed2DProcessor, processor_for, select_best_mask
+from zoo.prompts.types import BoxPrompts, MaskPrompts, PointPrompts, Prompts
+from zoo.prompts.validate import boxes_from_user, points_from_user
 
 from ..harness import Arg, Case, Expect, Plan, StepContext, build_model as build_checked_model
 
@@ -140,6 +140,20 @@ def modes_in(names: tuple[str, ...]) -> list[str]:
     return found
 
 
+MASK_FEEDBACK = re.compile(r"sigmoid\((?P<lowres>lowres_\w+_multi)\[:, argmax\((?P<iou>iou_\w+_multi)\)\]\)")
+
+
+def mask_feedback_source(case: Case) -> tuple[str, str] | None:
+    """``(lowres, iou)``: the multimask decoder outputs whose best mask, as probabilities, case.json says
+    ``mask_input`` is (SAM-Med2D feeds a previous mask back as sigmoid probabilities); None if it says otherwise."""
+    meaning = case.spec.get("tensors", {}).get("mask_input", {})
+    text = meaning if isinstance(meaning, str) else meaning.get("meaning", "")
+    match = MASK_FEEDBACK.search(text)
+    if not match or not (case.knows(match["lowres"]) and case.knows(match["iou"])):
+        return None
+    return match["lowres"], match["iou"]
+
+
 def _flag_from_meaning(case: Case, name: str, flag: str) -> bool:
     """A call flag (e.g. ``multimask_output=True``) read from the meaning case.json gives for tensor ``name``."""
     meaning = case.spec.get("tensors", {}).get(name, {}).get("meaning", "")
@@ -166,6 +180,9 @@ def plan(case: Case) -> Plan:
         plan.add("map_points", ["point_coords_orig", "raw_image_rgb"], {"point_coords": FLOAT}, _map_points)
     if known("box_orig") and known("box"):
         plan.add("map_box", ["box_orig", "raw_image_rgb"], {"box": FLOAT}, _map_box)
+    feedback = mask_feedback_source(case)
+    if feedback:
+        plan.add("mask_feedback", list(feedback), {"mask_input": FLOAT}, _mask_feedback(*feedback))
     for mode in modes_in(case.tensor_names):
         _plan_mode(case, plan, mode)
     if any(name.startswith("testpipe_") for name in case.tensor_names):
@@ -206,7 +223,9 @@ def _plan_mode(case: Case, plan: Plan, mode: str) -> None:
         multimask = {_flag_from_meaning(case, name, "multimask_output") for name in predicted.values()}
         if len(multimask) != 1:
             raise ValueError(f"mode {mode!r}: predictor tensors disagree on multimask_output")
-        original = {"points": ["point_coords_orig", "point_labels"], "box": ["box_orig"], "mask": ["mask_input"]}
+        original = {"points": ["point_coords_orig", "point_labels"], "box": ["box_orig"]}
+        if "mask" in kinds:
+            original["mask"] = [_previous_prediction(case)]
         predictor_inputs = {kind: original[kind] for kind in kinds}
         outputs = {
             name: Expect("binary", logits=predicted.get("logits")) if what == "binary" else FLOAT
@@ -218,6 +237,18 @@ def _plan_mode(case: Case, plan: Plan, mode: str) -> None:
             outputs,
             _predictor(predictor_inputs, predicted, multimask.pop()),
         )
+
+
+def _previous_prediction(case: Case) -> str:
+    """The predictor output a user passes back as ``mask_input``: the low-res logits of the prediction whose
+    best multimask output ``mask_input`` is (``pred_<mode>_lowres`` for ``mask_input = sigmoid(lowres_<mode>_multi
+    [best])``)."""
+    source = mask_feedback_source(case)
+    match = re.fullmatch(r"lowres_(?P<mode>\w+)_multi", source[0]) if source else None
+    name = f"pred_{match['mode']}_lowres" if match else None
+    if name is None or not case.knows(name):
+        raise ValueError("a predictor mode with a mask needs the previous prediction's low-res logits, which case.json does not name")
+    return name
 
 
 def _plan_test_pipeline(case: Case, plan: Plan) -> None:
@@ -253,18 +284,26 @@ def _size_of(raw_image: Tensor) -> tuple[int, int]:
     return int(raw_image.shape[0]), int(raw_image.shape[1])
 
 
+def _processor(ctx: StepContext, multimask: bool | None = None) -> SamMed2DProcessor:
+    """The model's own processor (sized from its config); with ``multimask`` differing from its policy, a copy
+    whose decode policy returns that output instead."""
+    processor = processor_for(ctx.model)
+    assert isinstance(processor, SamMed2DProcessor)
+    if multimask is not None and multimask != processor.policy.multimask_output:
+        policy = DecodePolicy(**{**vars(processor.policy), "multimask_output": multimask})
+        processor = SamMed2DProcessor(type(processor.config)(**{**vars(processor.config), "decode": policy}))
+    return processor
+
+
 def _preprocess_predictor(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    config = ctx.model.config
-    image = preprocess_for_predictor(values["raw_image_rgb"], config.image_size, config.pixel_mean, config.pixel_std)
-    return {"input_image": image}
+    frame = _processor(ctx).prepare(values["raw_image_rgb"], geometry="predictor")
+    return {"input_image": frame.model_input[None]}
 
 
 def _preprocess_evaluation(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    config = ctx.model.config
-    image, _ = preprocess_for_evaluation(
-        values["testpipe_raw_image_bgr"], config.image_size, config.pixel_mean, config.pixel_std
-    )
-    return {"testpipe_input_image": image}
+    # test.py normalises the BGR array as read (no channel swap): the processor sees three channels either way.
+    frame = _processor(ctx).prepare(values["testpipe_raw_image_bgr"], geometry="test_script")
+    return {"testpipe_input_image": frame.model_input[None]}
 
 
 def _encoder(image: str, embeddings: str):
@@ -279,13 +318,30 @@ def _dense_pe(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tenso
 
 
 def _map_points(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    size = _size_of(values["raw_image_rgb"])
-    return {"point_coords": scale_coords(values["point_coords_orig"], size, ctx.model.config.image_size)}
+    processor = _processor(ctx)
+    frame = processor.prepare(values["raw_image_rgb"], geometry="predictor")
+    rows = []
+    for coords in values["point_coords_orig"]:  # one prompt set per row
+        points = points_from_user(coords, None, frame.original_shape, "xy")
+        on_model = processor.to_model_space(Prompts(points=points), frame)
+        rows.append(processor.model_kwargs(on_model)["points"][0])
+    return {"point_coords": torch.cat(rows)}
 
 
 def _map_box(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    size = _size_of(values["raw_image_rgb"])
-    return {"box": scale_boxes(values["box_orig"], size, ctx.model.config.image_size)}
+    processor = _processor(ctx)
+    frame = processor.prepare(values["raw_image_rgb"], geometry="predictor")
+    boxes = boxes_from_user(values["box_orig"], frame.original_shape)
+    on_model = processor.to_model_space(Prompts(boxes=boxes), frame)
+    return {"box": processor.model_kwargs(on_model)["boxes"]}
+
+
+def _mask_feedback(lowres: str, iou: str):
+    def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        best, _ = select_best_mask(values[lowres], values[iou])
+        return {"mask_input": _processor(ctx).feedback(best).logits}
+
+    return run
 
 
 def _model_prompts(inputs: Mapping[str, list[str]], values: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -328,8 +384,11 @@ def _single_prompt_set(name: str, tensor: Tensor) -> Tensor:
 
 
 def _predictor(inputs: Mapping[str, list[str]], predicted: Mapping[str, str], multimask: bool):
+    """``Predictor.set_image`` on the original RGB image (once per case), then ``predict`` with prompts in original
+    pixels and, for a mask mode, the previous prediction's low-res logits as ``mask_input``."""
+
     def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        predictor = _cached_predictor(ctx, values["raw_image_rgb"])
+        predictor = _cached_predictor(ctx, values["raw_image_rgb"], multimask)
         kwargs: dict[str, Any] = {}
         if "points" in inputs:
             coords, labels = inputs["points"]
@@ -338,8 +397,8 @@ def _predictor(inputs: Mapping[str, list[str]], predicted: Mapping[str, str], mu
         if "box" in inputs:
             kwargs["box"] = values[inputs["box"][0]]
         if "mask" in inputs:
-            kwargs["mask_input"] = _single_prompt_set(inputs["mask"][0], values[inputs["mask"][0]])
-        result = predictor.predict(**kwargs, multimask_output=multimask)
+            kwargs["mask_input"] = values[inputs["mask"][0]]
+        result = predictor.predict(**kwargs)
         produced = {
             "logits": result.logits,
             "binary": result.masks,
@@ -351,36 +410,46 @@ def _predictor(inputs: Mapping[str, list[str]], predicted: Mapping[str, str], mu
     return run
 
 
-def _cached_predictor(ctx: StepContext, raw_image: Tensor) -> SamMed2DPredictor:
-    """One predictor per case: the image is embedded once and every prompt mode reuses the cached embedding."""
-    cached = ctx.cache.get("predictor")
+def _cached_predictor(ctx: StepContext, raw_image: Tensor, multimask: bool) -> Predictor:
+    """One predictor per case and decode policy: the image is embedded once and every prompt mode reuses it."""
+    key = f"predictor/{multimask}"
+    cached = ctx.cache.get(key)
     if cached is None or not torch.equal(cached[0], raw_image):
-        predictor = SamMed2DPredictor(ctx.model)
-        predictor.set_image(raw_image, image_format="RGB")
-        ctx.cache["predictor"] = cached = (raw_image, predictor)
+        predictor = Predictor(ctx.model, processor=_processor(ctx, multimask))
+        predictor.set_image(raw_image.numpy())
+        ctx.cache[key] = cached = (raw_image, predictor)
     return cached[1]
 
 
+def _model_space(inputs: Mapping[str, list[str]], values: Mapping[str, Tensor], shape: tuple[int, ...]) -> Prompts:
+    """SAM-format prompts already on the model grid (``(x, y)`` points, ``(x0, y0, x1, y1)`` boxes, mask prompts as
+    the network takes them) as the processor's containers."""
+    points = boxes = masks = None
+    if "points" in inputs:
+        coords, labels = (values[name] for name in inputs["points"])
+        points = PointPrompts(coords.flip(-1).float().contiguous(), labels.to(torch.int64), shape)
+    if "box" in inputs:
+        box = values[inputs["box"][0]].float().reshape(-1, 4)
+        boxes = BoxPrompts(box[:, [1, 0]].contiguous(), box[:, [3, 2]].contiguous(), torch.ones(len(box), dtype=torch.bool), shape)
+    if "mask" in inputs:
+        masks = MaskPrompts(values[inputs["mask"][0]])
+    return Prompts(points, boxes, masks)
+
+
 def _evaluation_decode(inputs: Mapping[str, list[str]], multimask: bool, outputs: list[str]):
+    """test.py on the model grid: the processor's decode policy (best of three by predicted IoU), its upsampling to
+    ``S x S`` and its way back to the original size in the test-script geometry (centre crop or resize)."""
+
     def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        model, size = ctx.model, ctx.model.config.image_size
-        sparse, dense = model.prompt_encoder(**_model_prompts(inputs, values))
-        prediction = model.mask_decoder(
-            image_embeddings=values["testpipe_image_embeddings"],
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
-        low_res, iou = prediction.low_res_logits, prediction.iou_predictions
-        if multimask:
-            low_res, iou = select_best_mask(low_res, iou)
-        letterbox = letterbox_for(_size_of(values["testpipe_raw_image_bgr"]), size)
+        processor = _processor(ctx, multimask)
+        frame = processor.prepare(values["testpipe_raw_image_bgr"], geometry="test_script")
+        prompts = _model_space(inputs, values, processor.input_shape)
+        decoded = processor.decode(ctx.model, values["testpipe_image_embeddings"], prompts)
         produced = {
-            "testpipe_lowres": low_res,
-            "testpipe_iou": iou,
-            "testpipe_masks_256": upsample_bilinear(low_res, (size, size)),
-            "testpipe_masks_orig": postprocess_for_evaluation(low_res, letterbox),
+            "testpipe_lowres": decoded.low_res_logits,
+            "testpipe_iou": decoded.iou_predictions,
+            "testpipe_masks_256": processor.upsample(decoded.low_res_logits),
+            "testpipe_masks_orig": processor.to_original(decoded.low_res_logits, frame).logits,
         }
         return {name: produced[name] for name in outputs}
 

@@ -6,6 +6,10 @@ source (null, ``explicit tensor NAME`` or ``fed back from NAME``). Per case ``c`
 ``c.dense_embeddings``, ``c.{single|multimask}.{low_res_masks|iou_predictions}``,
 ``c.{variant}.upsampled_logits`` and ``c.{variant}.binary_mask``; shared: ``image``, ``image_embeddings``,
 ``dense_pe``.
+
+The fixture's ``image`` is a model-ready crop, so the end-to-end step goes through the processor's model-space API
+(``SamMed3DProcessor.decode`` on ``model.encode_image``, then ``upsample`` / ``binarize``); the file-to-mask path
+(``Predictor``, ``zoo predict``) is the ``sam_med3d_pipeline`` case's.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zoo.inference.predictor3d import SamMed3DPredictor, binarize, upsample_logits
+from zoo.processors import SamMed3DProcessor, processor_for
+from zoo.prompts.types import MaskPrompts, PointPrompts, Prompts
 
-from ..harness import Arg, Case, Expect, Plan, StepContext, build_model as build_checked_model
+from ..harness import Arg, Case, Expect, Plan, StepContext, build_model as build_checked_model, window_padded_tokens
 
 RELEASED_MODEL = "sam_med3d_turbo"
 FLOAT = Expect("float")
@@ -83,7 +88,10 @@ CONSTRUCTOR = {
     "derived": {
         "embedding_grid": Arg(check=_grid),
         "low_res_mask_size": Arg(check=lambda c: 4 * _grid(c)),
-        "num_tokens_window_padded": Arg(check=lambda c: c.window_size**SPATIAL_DIMS),
+        # Tokens of the whole padded grid (grid rounded up to a multiple of the window), not of one window.
+        "num_tokens_window_padded": Arg(
+            check=lambda c: window_padded_tokens(_grid(c), c.window_size, SPATIAL_DIMS)
+        ),
     },
 }
 
@@ -165,7 +173,7 @@ def _plan_prompt_case(case: Case, plan: Plan, name: str, entry: Mapping[str, Any
                 _postprocess(low_res, upsampled, binary, list(post_outputs)),
             )
 
-    # The interactive predictor must reproduce the single-mask pipeline end to end (one volume, one prompt set).
+    # The processor's decode policy (single mask), upsampling and threshold must reproduce the single-mask path.
     single = {
         "low_res": f"{name}.single.low_res_masks",
         "iou": f"{name}.single.iou_predictions",
@@ -173,13 +181,12 @@ def _plan_prompt_case(case: Case, plan: Plan, name: str, entry: Mapping[str, Any
         "masks": f"{name}.single.binary_mask",
     }
     stored = {key: value for key, value in single.items() if case.knows(value)}
-    one_prompt_set = listed_points is None or len(listed_points["coords"]) == 1
-    if stored and case.shape("image")[0] == 1 and one_prompt_set:
+    if stored and case.shape("image")[0] == 1:
         outputs = {
             value: Expect("binary", logits=single["logits"]) if key == "masks" else FLOAT
             for key, value in stored.items()
         }
-        plan.add(f"{name}/predictor", ["image", *prompt_inputs], outputs, _predictor(point_inputs, mask_name, stored))
+        plan.add(f"{name}/processor", ["image", *prompt_inputs], outputs, _processor_path(point_inputs, mask_name, stored))
 
 
 def _check_listed_points(name: str, listed: Mapping[str, Any], coords: Tensor, labels: Tensor) -> None:
@@ -205,39 +212,54 @@ def _decoder(sparse: str, dense: str, multimask: bool, low_res: str, iou: str, o
     return run
 
 
+def _processor(ctx: StepContext) -> SamMed3DProcessor:
+    processor = ctx.cache.get("processor")
+    if processor is None:
+        processor = ctx.cache["processor"] = processor_for(ctx.model)
+    assert isinstance(processor, SamMed3DProcessor)
+    return processor
+
+
 def _postprocess(low_res: str, upsampled: str, binary: str, outputs: list[str]):
     def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        logits = upsample_logits(values[low_res], tuple(values["image"].shape[-SPATIAL_DIMS:]))
-        produced = {upsampled: logits, binary: binarize(logits)}
+        processor = _processor(ctx)
+        if tuple(values["image"].shape[-SPATIAL_DIMS:]) != processor.input_shape:
+            raise AssertionError(f"the processor upsamples to {processor.input_shape}, the image is {values['image'].shape}")
+        logits = processor.upsample(values[low_res])
+        produced = {upsampled: logits, binary: processor.binarize(logits)}
         return {name: produced[name] for name in outputs}
 
     return run
 
 
-def _predictor(point_inputs: list[str], mask_name: str | None, stored: Mapping[str, str]):
+def _processor_path(point_inputs: list[str], mask_name: str | None, stored: Mapping[str, str]):
+    """``encode_image`` once per case, then ``SamMed3DProcessor.decode`` (its single-mask policy) on the model grid,
+    ``upsample`` and ``binarize``."""
+
     def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        predictor = _cached_predictor(ctx, values["image"])
-        coords = labels = None
+        processor = _processor(ctx)
+        encoding = _cached_encoding(ctx, values["image"])
+        points = None
         if point_inputs:
-            coords, labels = values[point_inputs[0]][0], values[point_inputs[1]][0]
-        mask = values[mask_name][0] if mask_name else None
-        result = predictor.predict(coords, labels, mask_input=mask, multimask_output=False)
+            points = PointPrompts(values[point_inputs[0]], values[point_inputs[1]], processor.input_shape)
+        masks = MaskPrompts(values[mask_name]) if mask_name else None
+        decoded = processor.decode(ctx.model, encoding, Prompts(points, None, masks))
+        logits = processor.upsample(decoded.low_res_logits)
         produced = {
-            "low_res": result.low_res_logits[None],
-            "iou": result.iou_predictions[None],
-            "logits": result.logits[None],
-            "masks": result.masks[None],
+            "low_res": decoded.low_res_logits,
+            "iou": decoded.iou_predictions,
+            "logits": logits,
+            "masks": processor.binarize(logits),
         }
         return {name: produced[key] for key, name in stored.items()}
 
     return run
 
 
-def _cached_predictor(ctx: StepContext, image: Tensor) -> SamMed3DPredictor:
-    """One predictor per case; the image embedding is computed once and reused by every prompt case."""
-    cached = ctx.cache.get("predictor")
+def _cached_encoding(ctx: StepContext, image: Tensor) -> Tensor:
+    """The image is encoded once per case and reused by every prompt case (the chained and isolated runs give
+    the fixture's own image, so the cache is keyed on its values)."""
+    cached = ctx.cache.get("encoding")
     if cached is None or not torch.equal(cached[0], image):
-        predictor = SamMed3DPredictor(ctx.model)
-        predictor.set_image(image)
-        ctx.cache["predictor"] = cached = (image, predictor)
+        ctx.cache["encoding"] = cached = (image, ctx.model.encode_image(image))
     return cached[1]

@@ -11,8 +11,11 @@ Per prompt mode and image: ``<mode>.img<i>.<what>`` with prompts ``input_boxes``
 ``masks_logits_orig`` and ``masks``. Original image sizes come from case.json ``inputs.images``.
 
 Every tensor is checked twice: through the model's own code path (forward hooks record the intermediates of
-one ``encode_image`` / ``mask_decoder`` call, and a pipeline step runs preprocess -> model -> postprocess from
-the raw image), and component by component on upstream's inputs.
+one ``encode_image`` / ``mask_decoder`` call, and a pipeline step runs the processor's normalise-and-pad ->
+``encode_image`` -> ``SamUNetProcessor.decode`` -> ``upsample`` / ``to_original`` from the resized image), and
+component by component on upstream's inputs. The fixture starts from the resized image (its original pixels are
+not stored), so the frame that maps results back is built from the sizes case.json gives; the whole path from an
+original image is the ``sam_unet_pipeline`` case's.
 """
 
 from __future__ import annotations
@@ -25,15 +28,11 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from zoo.inference.sam_unet_processing import (
-    binarize,
-    postprocess_masks,
-    postprocess_training,
-    preprocess,
-    preprocess_batch,
-)
 from zoo.models.components.conv_branch import RESNET_VARIANTS
 from zoo.models.sam_unet import SamUNetConfig
+from zoo.processors import ImageFrame, SamUNetProcessor, processor_for
+from zoo.processors.longest_side import longest_side_frame_map, normalise_and_pad
+from zoo.prompts.types import BoxPrompts, PointPrompts, Prompts
 
 from ..harness import Arg, Case, Expect, Plan, StepContext, build_model as build_checked_model
 
@@ -400,11 +399,22 @@ def _decoder_recorded(image: int, inputs: list[str], decoded: Mapping[str, str])
 # ------------------------------------------------------------------------------------------------------ step bodies
 
 
+def _processor(ctx: StepContext) -> SamUNetProcessor:
+    processor = processor_for(ctx.model)
+    assert isinstance(processor, SamUNetProcessor)
+    return processor
+
+
+def _normalised(processor: SamUNetProcessor, resized: Tensor) -> Tensor:
+    """``normalise_and_pad`` of a resized ``3 x h x w`` 0..255 image (the processor's step after the resize)."""
+    config = processor.config
+    return normalise_and_pad(resized.permute(1, 2, 0).numpy(), config.image_size, config.pixel_mean, config.pixel_std)
+
+
 def _preprocess(image_inputs: list[str]):
     def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        c = ctx.model.config
-        images = [values[name] for name in image_inputs]
-        return {"preprocessed_image": preprocess_batch(images, c.image_size, c.pixel_mean, c.pixel_std)}
+        processor = _processor(ctx)
+        return {"preprocessed_image": torch.stack([_normalised(processor, values[name]) for name in image_inputs])}
 
     return run
 
@@ -539,37 +549,60 @@ def _original_size(case: Case, image: int) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def _frame(processor: SamUNetProcessor, model_input: Tensor, resized: Tensor, original: tuple[int, int]) -> ImageFrame:
+    """The frame ``prepare`` would give for an original image of size ``original`` resized to ``resized``'s size."""
+    input_size = (int(resized.shape[-2]), int(resized.shape[-1]))
+    to_model = longest_side_frame_map(original, input_size, processor.config.image_size)
+    return ImageFrame(model_input, original, to_model, {"input_size": input_size})
+
+
 def _postprocess(case: Case, image: int, low_res: str, raw_image: str, post: Mapping[str, str]):
     def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        input_size = tuple(values[raw_image].shape[-2:])
-        produced = _postprocessed(values[low_res], input_size, _original_size(case, image), ctx.model.config.image_size)
+        processor = _processor(ctx)
+        resized = values[raw_image]
+        frame = _frame(processor, _normalised(processor, resized), resized, _original_size(case, image))
+        produced = _postprocessed(processor, values[low_res], frame)
         return {name: produced[what] for what, name in post.items()}
 
     return run
 
 
-def _postprocessed(
-    low_res: Tensor, input_size: tuple[int, int], original_size: tuple[int, int], size: int
-) -> dict[str, Tensor]:
-    at_original = postprocess_masks(low_res, input_size, original_size, size)
+def _postprocessed(processor: SamUNetProcessor, low_res: Tensor, frame: ImageFrame) -> dict[str, Tensor]:
+    back = processor.to_original(low_res, frame)
     return {
-        "masks_logits_train": postprocess_training(low_res, size),
-        "masks_logits_orig": at_original,
-        "masks": binarize(at_original),
+        "masks_logits_train": processor.upsample(low_res),
+        "masks_logits_orig": back.logits,
+        "masks": back.mask,
     }
 
 
+def _model_space(prompts: Mapping[str, str], values: Mapping[str, Tensor], shape: tuple[int, ...]) -> Prompts:
+    """The stored model-grid prompts (``(x, y)`` points, ``(x0, y0, x1, y1)`` boxes) as the processor's containers."""
+    points = boxes = None
+    if "input_point_coords" in prompts:
+        coords, labels = values[prompts["input_point_coords"]], values[prompts["input_point_labels"]]
+        points = PointPrompts(coords.flip(-1).contiguous(), labels.to(torch.int64), shape)
+    if "input_boxes" in prompts:
+        box = values[prompts["input_boxes"]]
+        valid = torch.ones(box.shape[0], dtype=torch.bool)
+        boxes = BoxPrompts(box[:, [1, 0]].contiguous(), box[:, [3, 2]].contiguous(), valid, shape)
+    return Prompts(points, boxes)
+
+
 def _pipeline(case: Case, image: int, raw_image: str, prompts: Mapping[str, str], outputs: Mapping[str, str]):
-    """Upstream ``infer()`` for one image: preprocess, the whole model, postprocess."""
+    """Upstream ``infer()`` for one image: the processor's normalisation and padding, ``encode_image``, the processor's
+    decode policy (one mask per prompt set), its upsampling and its way back to the original size."""
 
     def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        model, c = ctx.model, ctx.model.config
-        raw = values[raw_image]
-        batch = preprocess(raw, c.image_size, c.pixel_mean, c.pixel_std).unsqueeze(0)
-        prediction = model(batch, **_model_prompts(prompts, values))
-        original_size = _original_size(case, image)
-        produced = _postprocessed(prediction.low_res_logits, tuple(raw.shape[-2:]), original_size, c.image_size)
-        produced["low_res_logits"] = prediction.low_res_logits
+        processor = _processor(ctx)
+        resized = values[raw_image]
+        frame = _frame(processor, _normalised(processor, resized), resized, _original_size(case, image))
+        encoding = ctx.model.encode_image(frame.model_input[None])
+        decoded = processor.decode(ctx.model, encoding, _model_space(prompts, values, processor.input_shape))
+        if decoded.iou_predictions is not None:
+            raise AssertionError("SAM-UNet has no IoU head; the processor must return no IoU predictions")
+        produced = _postprocessed(processor, decoded.low_res_logits, frame)
+        produced["low_res_logits"] = decoded.low_res_logits
         return {name: produced[what] for what, name in outputs.items()}
 
     return run
