@@ -60,7 +60,7 @@ class ParityReport:
         for row in sorted(self.rows, key=lambda r: (r.case, r.step, r.tensor)):
             verdict = "ok" if row.passed else "FAIL"
             if row.differ is not None:
-                verdict += f", {row.differ} px differ"
+                verdict += f", {row.differ} {'px' if row.kind == 'binary' else 'values'} differ"
             lines.append(
                 f"{row.case:<12} {row.step:<36} {row.tensor:<42} "
                 f"{row.chained_max_abs_err:>10.3e} {row.isolated_max_abs_err:>10.3e}  {verdict}"
@@ -68,12 +68,15 @@ class ParityReport:
         for case in sorted({row.case for row in self.rows}):
             rows = [row for row in self.rows if row.case == case]
             floats = [row for row in rows if row.kind == "float"]
-            masks = [row for row in rows if row.kind != "float"]
+            masks = [row for row in rows if row.kind == "binary"]
+            exact = [row for row in rows if row.kind == "exact"]
             summary = f"{case}: {len(rows)} tensors, {sum(not r.passed for r in rows)} failing"
             if floats:
                 worst = max(floats, key=lambda r: r.worst)
                 summary += f"; largest abs error {worst.worst:.3e} ({worst.tensor})"
             if masks:
                 summary += f"; mask pixels differing: {sum(r.differ or 0 for r in masks)} over {len(masks)} masks"
+            if exact:
+                summary += f"; exact tensors: {len(exact)}, values differing: {sum(r.differ or 0 for r in exact)}"
             lines.append(summary)
         return lines
