@@ -108,7 +108,6 @@ def predict_args(ckpt_path: str, output: Path) -> list[str]:
         "--data", "zoo.data.predict.PromptedImagesDataModule",
         "--data.images", str(CT),
         "--data.points", json.dumps([PROMPT]),
-        "--data.crop_size", str(TINY_3D["image_size"]),
         "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(output),

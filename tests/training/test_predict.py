@@ -364,5 +364,6 @@ def test_zoo_predict_refuses_to_overwrite_a_mask(tmp_path: Path, monkeypatch, ca
     existing.parent.mkdir()
     existing.write_bytes(b"the user's own file")
     assert zoo_predict_on_a_copy_of_the_ct(tmp_path) == 1
-    assert f"zoo predict: error: 1 mask file(s) already exist and would be overwritten: {existing}" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "zoo predict: error: 1 mask file(s) already exist" in error and str(existing) in error
     assert existing.read_bytes() == b"the user's own file"

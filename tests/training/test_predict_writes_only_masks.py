@@ -27,7 +27,6 @@ def predict(*extra: str) -> int:
         "--data", "zoo.data.predict.PromptedImagesDataModule",
         "--data.images", str(CT),
         "--data.points", "[[60, 50, 15]]",
-        "--data.crop_size", str(TINY_3D["image_size"]),
         "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",
         "--ckpt_path", "tiny.ckpt",

@@ -55,6 +55,7 @@ class ZooCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._downloads: tempfile.TemporaryDirectory | None = None
+        self._local_ckpt_path: str | None = None
         self._given_checkpoint: tuple[str, dict[str, Any], Any] | None = None
         try:
             super().__init__(*args, **kwargs)  # with run=True this also runs the subcommand
@@ -101,7 +102,7 @@ class ZooCLI(LightningCLI):
             return
         source = str(given)
         local = self._download(source) if is_url(source) else Path(source)
-        section["ckpt_path"] = str(local)
+        self._local_ckpt_path = str(local)  # the trainer reads this file; config.yaml keeps what the user gave
         checkpoint = read_lightning_checkpoint(local, source)
         hparams = checkpoint.get("hyper_parameters") or {}
         checkpoint_net = None
@@ -117,6 +118,12 @@ class ZooCLI(LightningCLI):
         if self._downloads is None:
             self._downloads = tempfile.TemporaryDirectory(prefix="zoo-checkpoint-", ignore_cleanup_errors=True)
         return download_checkpoint(url, Path(self._downloads.name))
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if self._local_ckpt_path is not None:
+            kwargs["ckpt_path"] = self._local_ckpt_path
+        return kwargs
 
     def after_instantiate_classes(self) -> None:
         """Check the given checkpoint against the model as built (covers models without a meta-device skeleton)."""
