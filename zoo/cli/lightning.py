@@ -115,11 +115,13 @@ class ZooCLI(LightningCLI):
         self._given_checkpoint = (source, checkpoint, checkpoint_net)
 
     def _download(self, url: str) -> Path:
+        """Download ``url`` into this run's private temporary folder (removed when the command ends)."""
         if self._downloads is None:
             self._downloads = tempfile.TemporaryDirectory(prefix="zoo-checkpoint-", ignore_cleanup_errors=True)
         return download_checkpoint(url, Path(self._downloads.name))
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """The trainer method's arguments, with ``ckpt_path`` pointing at the local (possibly downloaded) file."""
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if self._local_ckpt_path is not None:
             kwargs["ckpt_path"] = self._local_ckpt_path
