@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo.data.predict import PromptedImagesDataModule
+from zoo.inference.predictor import Predictor
 from zoo.processors import Processor, processor_for
 from zoo.training.prediction import predict_masks
 
@@ -93,3 +95,66 @@ def zoo_predict(net: nn.Module, proc: Processor, image: Path, **prompts: Any) ->
 def as_tensor(array: np.ndarray) -> Tensor:
     """A tensor owning a copy of ``array`` (arrays from files may be read-only)."""
     return torch.from_numpy(np.array(array, copy=True, order="C"))
+
+
+# --------------------------------------------------------------------------------------------- 2D pipelines
+
+PROMPT_KINDS_2D = ("points", "box")
+
+
+def mode_kinds(mode: str) -> tuple[str, ...]:
+    """``"box_points"`` -> ``("box", "points")``; an error for anything else (a case format this code cannot read)."""
+    kinds = tuple(mode.split("_"))
+    if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= set(PROMPT_KINDS_2D):
+        raise ValueError(f"prompt mode {mode!r} is not made of {PROMPT_KINDS_2D} joined by '_'")
+    return kinds
+
+
+def check_listed_prompts(case: Case, kinds: tuple[str, ...], values: Mapping[str, Tensor], names: Mapping[str, str]) -> None:
+    """The stored original-pixel prompts must be the ones case.json ``inputs`` lists."""
+    inputs = case.spec["inputs"]
+    listed = {
+        "box": ("box_xyxy_original_pixels", names.get("box")),
+        "point_coords": ("point_xy_original_pixels", names.get("point_coords")),
+        "point_labels": ("point_labels", names.get("point_labels")),
+    }
+    for what, (key, name) in listed.items():
+        needed = "box" if what == "box" else "points"
+        if needed in kinds and name is not None:
+            expected = np.asarray(inputs[key], dtype=np.float64).reshape(-1)
+            if not np.array_equal(values[name].to(torch.float64).reshape(-1).numpy(), expected):
+                raise AssertionError(f"{case.case_id}: stored {name} differs from case.json inputs.{key}")
+
+
+def user_prompts(kinds: tuple[str, ...], values: Mapping[str, Tensor], names: Mapping[str, str]) -> dict[str, Any]:
+    """Original-pixel prompts as a user passes them to ``Predictor.predict`` (numpy, ``(x, y)``)."""
+    kwargs: dict[str, Any] = {}
+    if "points" in kinds:
+        kwargs["point_coords"] = values[names["point_coords"]].to(torch.float64).reshape(-1, 2).numpy()
+        kwargs["point_labels"] = values[names["point_labels"]].reshape(-1).numpy()
+    if "box" in kinds:
+        kwargs["box"] = values[names["box"]].to(torch.float64).reshape(4).numpy()
+    return kwargs
+
+
+def zoo_predict_prompts(kinds: tuple[str, ...], values: Mapping[str, Tensor], names: Mapping[str, str]) -> dict[str, Any]:
+    """The same prompts as ``PromptedImagesDataModule`` init arguments (pixels ``[x, y]``, box ``[x0, y0, x1, y1]``)."""
+    prompts = user_prompts(kinds, values, names)
+    out: dict[str, Any] = {}
+    if "point_coords" in prompts:
+        out["points"] = prompts["point_coords"].tolist()
+        out["point_labels"] = [int(v) for v in prompts["point_labels"]]
+    if "box" in prompts:
+        out["box"] = prompts["box"].tolist()
+    return out
+
+
+def cached_predictor(ctx: StepContext, image: Tensor) -> Predictor:
+    """One ``Predictor`` per case, ``set_image`` once per distinct image (the chained and isolated runs may hand
+    over different arrays)."""
+    cached = ctx.cache.get("predictor")
+    if cached is None or not torch.equal(cached[0], image):
+        predictor = Predictor(ctx.model, processor=processor(ctx))
+        predictor.set_image(image.numpy())
+        ctx.cache["predictor"] = cached = (image.clone(), predictor)
+    return cached[1]
