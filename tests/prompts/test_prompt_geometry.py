@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zoo.inference.preprocess2d import nearest_source_indices
 from zoo.geometry import IndexMap
+from zoo.geometry.image2d import nearest_source_indices
 from zoo.prompts import BoxPrompts, boxes_from_masks, first_click_random_foreground
 
 
