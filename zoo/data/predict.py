@@ -46,6 +46,7 @@ from zoo.io.prompt_files import (
     spatial_dims_of,
 )
 from zoo.processors import Processor, processor_from_spec
+from zoo.prompts.validate import check_kinds
 
 CoordinateSpace = str  # "voxel" | "pixel" | "world" | "world_lps"
 
@@ -230,6 +231,9 @@ class PromptedImagesDataModule(pl.LightningDataModule):
             shape, affine = _image_shape(path, spatial_dims)
             planned = [PlannedObject(obj, where, name) for obj, name in zip(objects, names)]
             for obj in planned:
+                given = (("points", obj.spec.points), ("boxes", obj.spec.box))
+                kinds = {kind for kind, value in given if value is not None}
+                check_kinds(kinds, self.processor.prompt_kinds, self.processor.model_name, obj.source)
                 prompts = object_prompts(obj.spec, shape, affine, obj.where)
                 self.processor.validate(prompts, shape, obj.source)
             if spatial_dims == 3:

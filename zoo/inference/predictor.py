@@ -18,7 +18,7 @@ from zoo.inference.runtime import ModelRuntime
 from zoo.io.nifti import StoredVolume, Volume, load_stored
 from zoo.processors import ImageFrame, Processor, processor_for
 from zoo.prompts.types import MaskPrompts, PointPrompts, Prompts
-from zoo.prompts.validate import boxes_from_user, points_from_user
+from zoo.prompts.validate import boxes_from_user, check_kinds, points_from_user
 
 
 @dataclass
@@ -120,6 +120,9 @@ class Predictor:
             raise PromptError("give at least one prompt: point_coords with point_labels, box, or mask_input")
         if point_coords is None and point_labels is not None:
             raise PromptError("point_labels given without point_coords")
+        given = {"points": point_coords, "boxes": box, "masks": mask_input}
+        kinds = {kind for kind, value in given.items() if value is not None}
+        check_kinds(kinds, self.processor.prompt_kinds, self.processor.model_name)
         shape = self.original_shape
         order = "xy" if self.processor.spatial_dims == 2 else "index"
         points = None if point_coords is None else points_from_user(point_coords, point_labels, shape, order)

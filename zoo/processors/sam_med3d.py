@@ -38,6 +38,7 @@ from zoo.processors.base import (
 )
 from zoo.processors.volume3d import crop_around_points, paste_back_nearest, plan_for
 from zoo.prompts.types import PointPrompts, Prompts
+from zoo.prompts.validate import check_kinds
 
 Normalization = Literal["zscore_positive", "ct_window", "none"]
 
@@ -116,8 +117,8 @@ class SamMed3DProcessor(Processor):
 
     def model_kwargs(self, prompts: Prompts) -> dict[str, Any]:
         """Points in tensor-index order of the crop, unchanged; mask prompts as logits. No boxes."""
-        if prompts.boxes is not None:
-            raise PromptError("SAM-Med3D has no box prompt (upstream's box embedding is broken); use points")
+        # No boxes: upstream's box embedding is broken. The message is the one validator's.
+        check_kinds(prompts.kinds, self.prompt_kinds, self.model_name)
         out: dict[str, Any] = {"points": None, "boxes": None, "masks": None}
         if prompts.points is not None:
             out["points"] = (prompts.points.coords, prompts.points.labels)

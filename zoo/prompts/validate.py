@@ -57,8 +57,7 @@ def check_points(points: PointPrompts, shape: Sequence[int], source: str | None 
         raise PromptError(f"got {points.ndim}-D points for a {len(shape)}-D image of size {_extent(shape)}", source)
     real = ~points.is_padding
     if not torch.isin(points.labels, torch.tensor([PADDING_LABEL, BACKGROUND_LABEL, FOREGROUND_LABEL])).all():
-        found = sorted(set(points.labels.flatten().tolist()))
-        raise PromptError(f"point labels must be 1 (foreground) or 0 (background), got {found}", source)
+        raise PromptError(_bad_labels(points.labels.flatten().tolist()), source)
     coords = points.coords.to(torch.float64)
     if not torch.isfinite(coords[real]).all():
         raise PromptError("point coordinates contain NaN or infinite values", source)
@@ -73,6 +72,12 @@ def check_points(points: PointPrompts, shape: Sequence[int], source: str | None 
             f"({bounds})",
             source,
         )
+
+
+def _bad_labels(values: Sequence[float]) -> str:
+    """The one message for point labels other than 1 / 0 (the distinct values given, as written)."""
+    found = ", ".join(f"{value:g}" for value in sorted({float(v) for v in values}))
+    return f"point labels must be 1 (foreground) or 0 (background), got [{found}]"
 
 
 def _reader_axes(shape: tuple[int, ...]) -> list[tuple[str, int]]:
@@ -106,6 +111,20 @@ def check_boxes(boxes: BoxPrompts, shape: Sequence[int], source: str | None = No
         raise PromptError(f"{where} {written} is not a box inside the {_extent(shape)} image ({rule})", source)
 
 
+def check_kinds(
+    kinds: frozenset[str] | set[str],
+    supported: frozenset[str] | set[str],
+    model_name: str,
+    source: str | None = None,
+) -> None:
+    """Raise :class:`PromptError` unless the model takes every prompt kind in ``kinds`` (checked before parsing
+    user input too, so a kind a model does not take gets this message whatever its shape)."""
+    unsupported = sorted(set(kinds) - set(supported))
+    if unsupported:
+        takes = ", ".join(k for k in PROMPT_KINDS if k in supported)
+        raise PromptError(f"{model_name} takes {takes}, not {', '.join(unsupported)}", source)
+
+
 def check_prompts(
     prompts: Prompts,
     shape: Sequence[int],
@@ -120,10 +139,7 @@ def check_prompts(
     """
     if not prompts.kinds:
         raise PromptError("no prompt given: give points (with labels), a box or a mask prompt", source)
-    unsupported = sorted(prompts.kinds - set(supported))
-    if unsupported:
-        takes = ", ".join(k for k in PROMPT_KINDS if k in supported)
-        raise PromptError(f"{model_name} takes {takes}, not {', '.join(unsupported)}", source)
+    check_kinds(prompts.kinds, supported, model_name, source)
     if prompts.points is not None:
         check_points(prompts.points, shape, source)
     if prompts.boxes is not None:
@@ -174,7 +190,7 @@ def points_from_user(
         if label_array.shape != (len(array),):
             raise PromptError(f"{len(array)} points but {label_array.size} labels ({labels!r})", source)
     if not np.isin(label_array, (BACKGROUND_LABEL, FOREGROUND_LABEL)).all():
-        raise PromptError(f"point labels must be 1 (foreground) or 0 (background), got {label_array.tolist()}", source)
+        raise PromptError(_bad_labels(label_array.tolist()), source)
     if axis_order == "xy":
         if ndim != 2:
             raise PromptError("(x, y) points are 2D; give 3D points in index order (i, j, k)", source)
