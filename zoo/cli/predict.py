@@ -111,6 +111,7 @@ def _from_lightning_checkpoint(source: str) -> Any:
     net = build_model(hparams["model"], hparams.get("model_overrides"), weights if weights and not weights.endswith(
         (".pth", ".pt", ".bin", ".safetensors", ".ckpt")) else None)
     load_state_dict_strictly(net, checkpoint_network_state(checkpoint), source)
+    net.weights_origin = f"zoo run checkpoint {source}"
     return attach_default_processor(net).eval()
 
 
@@ -146,7 +147,10 @@ def run(arguments: list[str]) -> int:
         processor=processor,
     )
     written = predict_masks(model, data, args.output_dir, overwrite=args.overwrite, processor=processor)
-    print(f"{type(processor).__name__} ({processor.model_name}): wrote {len(written)} mask(s) to {args.output_dir}")
+    from zoo.inference.predictor import weights_description
+
+    print(f"{processor.model_name} ({type(processor).__name__}), {weights_description(model)}")
+    print(f"wrote {len(written)} mask(s) to {args.output_dir}")
     for path in written:
         print(f"  {path}")
     return 0

@@ -8,7 +8,7 @@ format of :mod:`zoo.data.sa_med2d` (one mask per item) plus ``class_name``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -32,6 +32,8 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
         val_every / val_offset: slices with ``index % val_every == val_offset`` are validation and test slices.
         min_pixels: skip slices where the target has fewer pixels.
         window: intensity window (e.g. CT HU) mapped to 8 bits before the 2D preprocessing.
+        intensity_rule: how the window becomes 8 bits (``rounded``, or ``medsam``: MedSAM's CT preparation,
+            see :func:`zoo.data.slicer.to_uint8`).
         image_size: model input size; None keeps the processor's.
         processor: the model's 2D processor (type name, config dict or processor; ``zoo fit`` links it to the
             model), whose training geometry prepares each slice and its mask.
@@ -49,6 +51,7 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
         val_offset: int = 2,
         min_pixels: int = 20,
         window: tuple[float, float] | None = (-200.0, 300.0),
+        intensity_rule: Literal["rounded", "medsam"] = "rounded",
         image_size: int | None = None,
         processor: Processor | dict[str, Any] | str = "sam_med2d",
         batch_size: int = 8,
@@ -66,6 +69,7 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
             raise ValueError(f"classes {unknown} are not among the label names of {label}")
         self.classes = sorted(classes) if classes else sorted(set(self.label_names.values()))
         self.val_every, self.val_offset, self.min_pixels, self.window = val_every, val_offset, min_pixels, window
+        self.intensity_rule = intensity_rule
         self.processor = processor_from_spec(processor, **({} if image_size is None else {"image_size": image_size}))
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.num_workers = seed, num_workers
@@ -78,7 +82,8 @@ class SlicedVolumeDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         dataset = SlicedVolumeDataset(
-            self.image, self.label, self.label_names, self.plane, self.min_pixels, self.window, self.processor
+            self.image, self.label, self.label_names, self.plane, self.min_pixels, self.window, self.processor,
+            self.intensity_rule,
         )
         wanted = set(self.classes)
         train, val = [], []

@@ -85,14 +85,29 @@ def insert_slice(ras: np.ndarray, plane: Plane, index: int, section: np.ndarray)
 
 
 def to_uint8(
-    volume: np.ndarray, window: tuple[float, float] | None = None, percentiles: tuple[float, float] = (0.5, 99.5)
+    volume: np.ndarray,
+    window: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    rule: Literal["rounded", "medsam"] = "rounded",
 ) -> np.ndarray:
-    """Intensities to 0..255: a fixed ``window`` (e.g. CT HU) or, by default, the volume's percentile range."""
+    """Intensities to 0..255: a fixed ``window`` (e.g. CT HU) or, by default, the volume's percentile range.
+
+    ``rule="rounded"`` maps the window's bounds to 0 and 255 and rounds. ``rule="medsam"`` is MedSAM's data
+    preparation (``pre_CT_MR.py``): clip to the window, min-max of the CLIPPED volume to 0..255, truncate to
+    uint8 (for CT with a level/width window such as abdomen L40 W400 = (-160, 240)).
+    """
     low, high = window if window is not None else tuple(np.percentile(volume, percentiles))
     if not high > low:
         return np.zeros(volume.shape, dtype=np.uint8)
-    scaled = (np.clip(volume, low, high) - low) / (high - low) * 255.0
-    return np.round(scaled).astype(np.uint8)
+    clipped = np.clip(volume, low, high)
+    if rule == "medsam":
+        span = float(clipped.max() - clipped.min())
+        if span <= 0:
+            return np.zeros(volume.shape, dtype=np.uint8)
+        return ((clipped - clipped.min()) / span * 255.0).astype(np.uint8)
+    if rule != "rounded":
+        raise ValueError(f"rule must be 'rounded' or 'medsam', got {rule!r}")
+    return np.round((clipped - low) / (high - low) * 255.0).astype(np.uint8)
 
 
 def slice_volume(
@@ -102,11 +117,13 @@ def slice_volume(
     plane: Plane = "axial",
     min_pixels: int = 1,
     window: tuple[float, float] | None = None,
+    intensity_rule: Literal["rounded", "medsam"] = "rounded",
 ) -> list[SliceSample]:
-    """Every (class, slice) with at least ``min_pixels`` target pixels, as 8-bit RGB slices and binary masks."""
+    """Every (class, slice) with at least ``min_pixels`` target pixels, as 8-bit RGB slices and binary masks
+    (intensities through :func:`to_uint8` with ``window`` and ``intensity_rule``)."""
     check_same_grid(image, label)
     sliced_axis = _plane(plane)[0]
-    grey = to_uint8(to_ras(image), window)
+    grey = to_uint8(to_ras(image), window, rule=intensity_rule)
     labels = to_ras(label)
     unknown = sorted(set(np.unique(labels).tolist()) - {0} - set(class_names))
     if unknown:
@@ -152,12 +169,13 @@ class SlicedVolumeDataset(Dataset[dict[str, Any]]):
         min_pixels: int = 1,
         window: tuple[float, float] | None = None,
         processor: Processor | None = None,
+        intensity_rule: Literal["rounded", "medsam"] = "rounded",
     ) -> None:
         if processor is None:
             raise ValueError("SlicedVolumeDataset needs the model's 2D processor (processor=...)")
         self.image_path, self.label_path = str(image_path), str(label_path)
         image, label = load_image(image_path), load_label(label_path)
-        self.slices = slice_volume(image, label, class_names, plane, min_pixels, window)
+        self.slices = slice_volume(image, label, class_names, plane, min_pixels, window, intensity_rule)
         self.processor = processor
 
     def __len__(self) -> int:

@@ -42,6 +42,7 @@ def load_official_state_dict(model: nn.Module, state_dict: StateDict, source_nam
     if callable(adapt):
         state_dict = adapt(state_dict)
     load_state_dict_strictly(model, state_dict, source_name)
+    model.weights_origin = source_name
     return model
 
 

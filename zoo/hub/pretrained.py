@@ -39,12 +39,12 @@ def from_pretrained(path_or_repo_id: str | Path, revision: str | None = None, **
     return attach_default_processor(model)  # a folder without processor_config.json gets its family's default
 
 
-def hub_model_skeleton(path_or_repo_id: str | Path, revision: str | None = None) -> nn.Module:
-    """The model a Hub folder or repo holds, on the meta device (no weights read), with its processor config."""
-    import torch
+def hub_model_description(path_or_repo_id: str | Path, revision: str | None = None) -> Any:
+    """What a Hub folder or repo holds, without building the network or reading weights: ``family``, ``config``
+    (the config dataclass) and ``processor_config`` (its ``processor_config.json``, or None)."""
+    from types import SimpleNamespace
 
     from zoo.models.base import config_from_dict, read_processor_config
-    from zoo.processors import attach_default_processor
     from zoo.registry import family_class, list_models
 
     if not os.path.isdir(path_or_repo_id) and str(path_or_repo_id) in list_models():
@@ -53,12 +53,11 @@ def hub_model_skeleton(path_or_repo_id: str | Path, revision: str | None = None)
     family = config.get("family")
     if not family:
         raise ValueError(f"{path_or_repo_id}: {CONFIG_NAME} has no 'family' field; it was not written by zoo")
-    cls = family_class(family)
-    config_class = typing.get_type_hints(cls.__init__)["config"]
-    with torch.device("meta"):
-        model = cls(config_from_dict(config_class, config, family=family))
-    model.processor_config = read_processor_config(str(path_or_repo_id), revision, None, False, None, False)
-    return attach_default_processor(model)
+    config_class = typing.get_type_hints(family_class(family).__init__)["config"]
+    processor_config = read_processor_config(str(path_or_repo_id), revision, None, False, None, False)
+    return SimpleNamespace(
+        family=family, config=config_from_dict(config_class, config, family=family), processor_config=processor_config
+    )
 
 
 def read_hub_config(path_or_repo_id: str | Path, revision: str | None = None, **download_options: Any) -> dict:
@@ -103,6 +102,7 @@ def pretrained_model(name: str, **overrides: Any) -> nn.Module:
     model = create_model(name, **overrides)
     load_state_dict_strictly(model, released.state_dict(), folder)
     model.processor_config = getattr(released, "processor_config", None)
+    model.weights_origin = released.weights_origin
     return model.eval()
 
 

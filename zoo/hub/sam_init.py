@@ -100,4 +100,5 @@ def init_from_sam_state_dict(model: nn.Module, sam_state: StateDict, source_name
     if not report.copied:
         raise CheckpointError(source_name, f"shares no tensor with {type(model).__name__}; it is not a SAM checkpoint")
     load_state_dict_strictly(model, new_state, source_name)
+    model.weights_origin = f"initialised from SAM ({source_name}); new parts random"
     return report

@@ -5,6 +5,7 @@ to the original grid) is the model's processor (:func:`zoo.processors.processor_
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class Predictor:
         self.processor = processor if processor is not None else processor_for(model)
         self.processor.check_model(self.model)
         self.runtime = ModelRuntime(self.model, precision, compile_encoder, compile_decoder)
+        warn_if_random(self.model)
         self.reset_image()
 
     @property
@@ -180,6 +182,22 @@ class Predictor:
         frame = self.processor.prepare(self.image, prompts, self.source)
         self.features = self._encode(frame)
         self.frame = frame
+
+
+class RandomWeightsWarning(UserWarning):
+    """The model has the random weights of its constructor: its masks mean nothing."""
+
+
+def weights_description(model: nn.Module) -> str:
+    """Where the model's weights came from, for every output a user sees."""
+    origin = getattr(model, "weights_origin", None)
+    return f"weights: {origin}" if origin else "weights: RANDOM (no trained weights were loaded; masks are meaningless)"
+
+
+def warn_if_random(model: nn.Module) -> None:
+    """Warn once per model that has no trained weights."""
+    if getattr(model, "weights_origin", None) is None:
+        warnings.warn(f"{type(model).__name__}: {weights_description(model)}", RandomWeightsWarning, stacklevel=3)
 
 
 def _inside(points: PointPrompts, frame: ImageFrame) -> bool:

@@ -192,6 +192,9 @@ class PromptableSegmenter(
     #: ``zoo.from_pretrained`` and the converter, written as ``processor_config.json`` by :meth:`save_pretrained`.
     #: ``zoo.processors.processor_for(model)`` builds the processor from it (or the family's default when None).
     processor_config: dict[str, Any] | None = None
+    #: Where the weights came from (a Hub folder or repo, an authors' file, a training run); None means the random
+    #: initialisation of the constructor, which the predictors and ``zoo predict`` say out loud.
+    weights_origin: str | None = None
 
     def save_pretrained(self, save_directory: str | Path, *, config: Any = None, **kwargs: Any) -> str | None:
         """Write ``config.json`` (with ``family``), ``model.safetensors``, a ``README.md`` model card and, when the
@@ -267,6 +270,7 @@ class PromptableSegmenter(
         model.processor_config = read_processor_config(
             model_id, revision, cache_dir, force_download, token, local_files_only
         )
+        model.weights_origin = str(model_id)
         return model.to(map_location).eval()
 
 

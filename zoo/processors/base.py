@@ -30,6 +30,8 @@ from torch import Tensor, nn
 
 from zoo.errors import PromptError
 from zoo.geometry.index_map import IndexMap
+from zoo.prompts.simulate import boxes_from_masks
+from zoo.prompts.components import bounding_boxes
 from zoo.prompts.types import BoxPrompts, MaskPrompts, PointPrompts, Prompts
 from zoo.prompts.validate import check_prompts
 
@@ -266,10 +268,33 @@ class Processor:
         """``points``/``boxes``/``masks`` keyword arguments for ``model.decode`` from model-grid containers."""
         raise NotImplementedError
 
-    def boxes_from_mask_boxes(self, boxes: BoxPrompts) -> BoxPrompts:
-        """Boxes from :func:`zoo.prompts.boxes_from_masks` (``hi`` one past the last index, as SAM-Med2D's and
-        SAM-UNet's ``get_boxes_from_mask``) in the convention this family's authors derive boxes from masks."""
-        return boxes
+    def boxes_from_masks(
+        self, masks: Tensor, jitter: str = "none", generator: torch.Generator | None = None
+    ) -> BoxPrompts:
+        """Box prompts from ``B x *spatial`` masks as this family's authors derive them (training jitter when
+        asked): SAM-Med2D's and SAM-UNet's ``get_boxes_from_mask``, around the largest component, ``hi`` one past
+        the last index."""
+        return boxes_from_masks(masks, jitter, generator)
+
+    def box_from_previous_mask(self, mask: Tensor, frame: ImageFrame, margin: int = 3) -> BoxPrompts | None:
+        """Slice propagation's box for the next slice from the previous slice's mask (``H x W`` bool on the original
+        grid), on the model grid of ``frame``; None when the mask is empty (the caller falls back to its first box).
+
+        Default: the tight box of the mask in original pixels (``hi`` one past the last pixel), grown by ``margin``
+        pixels, clipped to the image, then mapped like a user box. Families whose authors propagate boxes their own
+        way override this (LiteMedSAM).
+        """
+        foreground = mask.detach().reshape(frame.original_shape).to(torch.bool).cpu()
+        if not bool(foreground.any()):
+            return None
+        lo, hi, _ = bounding_boxes(foreground[None])
+        size = torch.tensor(frame.original_shape, dtype=torch.int64)
+        lo = (lo - margin).clamp(min=0).to(torch.float32)
+        hi = torch.minimum(hi + margin, size).to(torch.float32)
+        boxes = BoxPrompts(lo, hi, torch.ones(1, dtype=torch.bool), frame.original_shape)
+        mapped = self.to_model_space(Prompts(boxes=boxes), frame).boxes
+        assert mapped is not None
+        return mapped
 
     # ------------------------------------------------------------------------------------------ decoding
     def decode(

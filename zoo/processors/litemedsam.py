@@ -7,8 +7,8 @@ coordinates) are scaled by ``int(c * 256 / max(H, W))`` (truncation); points lik
 Back: the 256 x 256 low-res logits are cropped to the resized image and resized bilinearly to ``H x W``;
 ``sigmoid > 0.5``. Single-mask output; the previous low-res logits are fed back as they are.
 
-Boxes derived from masks: the authors' boxes are tight (first and last index); the zoo's
-:func:`zoo.prompts.boxes_from_masks` gives ``hi`` one past the last index, so :meth:`boxes_from_mask_boxes` subtracts 1.
+Boxes derived from masks (:meth:`LiteMedSAMProcessor.boxes_from_masks`): tight around all of the mask, first and
+last index.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, Pr
 from zoo.processors.images import rgb_uint8
 from zoo.processors.longest_side import crop_and_resize_logits, longest_side_frame_map
 from zoo.processors.sam_style_2d import SamStyle2DProcessor
+from zoo.prompts.simulate import boxes_from_masks
 from zoo.prompts.types import BoxPrompts, Prompts
 
 MINMAX_EPSILON = 1e-8
@@ -81,10 +82,36 @@ class LiteMedSAMProcessor(SamStyle2DProcessor):
         lo, hi = torch.trunc(lo).to(torch.float32), torch.trunc(hi).to(torch.float32)
         return BoxPrompts(lo, hi, boxes.valid, self.input_shape)
 
-    def boxes_from_mask_boxes(self, boxes: BoxPrompts) -> BoxPrompts:
-        """A :func:`~zoo.prompts.boxes_from_masks` box (``hi`` exclusive) as the authors' tight box (``hi`` = last)."""
+    def boxes_from_masks(
+        self, masks: Tensor, jitter: str = "none", generator: torch.Generator | None = None
+    ) -> BoxPrompts:
+        """The authors' box of each mask: around ALL its pixels, ``(x_min, y_min, x_max, y_max)`` with the last
+        covered index as max (``np.min``/``np.max`` of the mask's coordinates); ``jitter="litemedsam"`` is their
+        training jitter (each side outwards by ``randint(0, 10)``, clipped to the image)."""
+        boxes = boxes_from_masks(masks, jitter, generator, component="all")
         hi = torch.where(boxes.valid[:, None], boxes.hi - 1, boxes.hi)
         return BoxPrompts(boxes.lo, hi, boxes.valid, boxes.spatial_shape)
+
+    def box_from_previous_mask(self, mask: Tensor, frame: ImageFrame, margin: int = 3) -> BoxPrompts | None:
+        """The authors' box from the previous slice's mask (``CVPR24_LiteMedSAM_infer.py``, 3D procedure): the mask
+        resized like the image (OpenCV ``INTER_AREA`` on the uint8 mask, longest side to 256) and padded, its tight
+        box ``(x_min, y_min, x_max, y_max)`` (last covered index) on the 256 grid grown by ``margin`` (their
+        ``bbox_shift=3``) and clipped to ``[0, 256]`` (they clip the max to the side length, not side - 1), used on the
+        model grid as it is. None when the resized mask is empty (they then reuse the middle slice's box).
+
+        The authors resize a mask holding the object's index (1 for the first box of a file, 2 for the second...),
+        which moves the rounding of boundary pixels for later objects; this is their first object's rule (mask = 1).
+        """
+        height, width = frame.meta["input_size"]
+        previous = mask.detach().reshape(frame.original_shape).to(torch.uint8).cpu().numpy()
+        resized = resize_area(previous, height, width)
+        if not resized.any():
+            return None
+        rows, cols = np.nonzero(resized)  # the bottom/right padding adds no foreground
+        side = self.config.image_size
+        lo = torch.tensor([[max(0, int(rows.min()) - margin), max(0, int(cols.min()) - margin)]], dtype=torch.float32)
+        hi = torch.tensor([[min(side, int(rows.max()) + margin), min(side, int(cols.max()) + margin)]], dtype=torch.float32)
+        return BoxPrompts(lo, hi, torch.ones(1, dtype=torch.bool), self.input_shape)
 
     def to_original(self, low_res_logits: Tensor, frame: ImageFrame) -> OriginalGridResult:
         logits = crop_and_resize_logits(low_res_logits.float(), frame.meta["input_size"], frame.original_shape)

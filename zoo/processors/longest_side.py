@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.geometry.image2d import longest_side_shape, pad_bottom_right, resize_longest_side_bilinear, stretch_map
+from zoo.geometry.image2d import (
+    longest_side_shape,
+    pad_bottom_right,
+    resize_longest_side_bilinear,
+    resize_nearest,
+    stretch_map,
+)
 from zoo.geometry.index_map import IndexMap
 from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig
 from zoo.processors.images import rgb_uint8
@@ -91,13 +97,17 @@ class LongestSideProcessor(SamStyle2DProcessor):
 
 
 def _masks_longest_side(masks: list[np.ndarray] | Tensor, frame: ImageFrame, size: int) -> Tensor:
-    """Masks resized like the image's longest side (nearest) and padded bottom/right: ``N x 1 x S x S`` bool."""
-    stacked = masks.bool() if isinstance(masks, Tensor) else torch.from_numpy(
-        np.stack([np.asarray(m, dtype=bool) for m in masks]) if len(masks) else np.zeros((0, *frame.original_shape), bool)
-    )
+    """Masks resized to the image's resized size with OpenCV's nearest neighbour and padded bottom/right:
+    ``N x 1 x S x S`` bool (LiteMedSAM's training data: ``cv2.resize(gt, INTER_NEAREST)`` then ``pad_image``)."""
+    if isinstance(masks, Tensor):
+        stacked = masks.bool()
+    elif len(masks):
+        stacked = torch.from_numpy(np.stack([np.asarray(m, dtype=bool) for m in masks]))
+    else:
+        stacked = torch.zeros((0, *frame.original_shape), dtype=torch.bool)
     height, width = frame.meta["input_size"]
-    resized = F.interpolate(stacked[:, None].float(), size=(height, width), mode="nearest-exact")
-    return F.pad(resized, (0, size - width, 0, size - height)).bool()
+    resized = resize_nearest(stacked.permute(1, 2, 0), (height, width)).permute(2, 0, 1)
+    return F.pad(resized[:, None], (0, size - width, 0, size - height))
 
 
 @dataclass

@@ -28,6 +28,8 @@ from zoo.prompts.types import BACKGROUND_LABEL, FOREGROUND_LABEL, PADDING_LABEL,
 # SAM-Med2D's get_boxes_from_mask defaults: noise std = 0.1 * shorter side, capped at 5 pixels.
 SAM_MED2D_BOX_NOISE_STD = 0.1
 SAM_MED2D_BOX_MAX_PIXEL = 5
+# LiteMedSAM's NpyDataset(bbox_shift=10): each side moves outwards by randint(0, 10).
+LITEMEDSAM_BOX_SHIFT = 10
 
 
 def _check_masks(*masks: Tensor) -> None:
@@ -204,20 +206,28 @@ def sam_med2d_points(target: Tensor, num_points: int, generator: torch.Generator
 
 
 def boxes_from_masks(
-    target: Tensor, jitter: Literal["none", "sam_med2d"] = "none", generator: torch.Generator | None = None
+    target: Tensor,
+    jitter: Literal["none", "sam_med2d", "litemedsam"] = "none",
+    generator: torch.Generator | None = None,
+    component: Literal["largest", "all"] = "largest",
 ) -> BoxPrompts:
-    """Box prompts tight around each mask's largest connected component (``hi`` exclusive).
+    """Box prompts tight around each mask (``hi`` exclusive): around its largest connected component (SAM-Med2D,
+    SAM-UNet) or around all of it (``component="all"``, LiteMedSAM).
 
-    ``jitter="none"`` is the evaluation box of SAM-Med2D and SAM-UNet (``get_boxes_from_mask(max_pixel=0)``).
-    ``jitter="sam_med2d"`` is their training box: both corners shift by the same integer offset per axis, drawn
-    uniformly from ``[-m, m - 1]`` (numpy ``randint(-m, m)``) with ``m = min(5, int(0.1 * shorter side * 5))``;
-    ``m = 0`` means no shift. The shifted box is not clipped to the image, as upstream. SAM-Med3D has no box
-    prompt. Empty masks give invalid boxes.
+    ``jitter="none"`` is the evaluation box. ``jitter="sam_med2d"`` is SAM-Med2D's and SAM-UNet's training box: both
+    corners shift by the same integer offset per axis, drawn uniformly from ``[-m, m - 1]`` (numpy
+    ``randint(-m, m)``) with ``m = min(5, int(0.1 * shorter side * 5))``; ``m = 0`` means no shift; the shifted box
+    is not clipped, as upstream. ``jitter="litemedsam"`` is LiteMedSAM's training box (``train_multi_gpus.py``:
+    ``bbox_shift=10``): every side moves outwards by its own integer drawn uniformly from ``[0, 10]``, clipped to
+    the image. SAM-Med3D has no box prompt. Empty masks give invalid boxes.
     """
     _check_masks(target)
-    if jitter not in ("none", "sam_med2d"):
-        raise ValueError(f"unknown box jitter {jitter!r}; expected 'none' or 'sam_med2d'")
-    lo, hi, nonempty = bounding_boxes(largest_component(target))
+    if jitter not in ("none", "sam_med2d", "litemedsam"):
+        raise ValueError(f"unknown box jitter {jitter!r}; expected 'none', 'sam_med2d' or 'litemedsam'")
+    if component not in ("largest", "all"):
+        raise ValueError(f"component must be 'largest' or 'all', got {component!r}")
+    masks = largest_component(target) if component == "largest" else target.bool()
+    lo, hi, nonempty = bounding_boxes(masks)
     lo, hi = lo.to(torch.float32), hi.to(torch.float32)
     if jitter == "sam_med2d":
         shorter_side = (hi - lo).amin(dim=1).to(torch.float64)
@@ -226,6 +236,11 @@ def boxes_from_masks(
         uniforms = _uniform(tuple(lo.shape), generator, target.device)
         offset = (torch.floor(uniforms * 2 * max_noise) - max_noise).to(torch.float32)
         lo, hi = lo + offset, hi + offset
+    elif jitter == "litemedsam":
+        draws = torch.floor(_uniform((2, *lo.shape), generator, target.device) * (LITEMEDSAM_BOX_SHIFT + 1))
+        size = torch.tensor(target.shape[1:], dtype=torch.float32, device=target.device)
+        lo = torch.clamp(lo - draws[0].to(torch.float32), min=0.0)
+        hi = torch.minimum(hi + draws[1].to(torch.float32), size)
     lo = torch.where(nonempty[:, None], lo, 0.0)
     hi = torch.where(nonempty[:, None], hi, 0.0)
     return BoxPrompts(lo, hi, nonempty, tuple(target.shape[1:]))

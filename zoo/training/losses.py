@@ -5,6 +5,7 @@ the model has an IoU head, the predicted IoU ``B x 1``.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss
@@ -17,6 +18,15 @@ def soft_iou(logits: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
     intersection = (probs * target).sum()
     union = probs.sum() + target.sum() - intersection
     return (intersection + eps) / (union + eps)
+
+
+def hard_iou(logits: Tensor, target: Tensor) -> Tensor:
+    """``B x 1`` IoU of ``sigmoid(logits) > 0.5`` with the target, per sample (LiteMedSAM's ``cal_iou``)."""
+    predicted, truth = torch.sigmoid(logits) > 0.5, target > 0.5
+    dims = tuple(range(1, logits.ndim))
+    intersection = (predicted & truth).sum(dim=dims).to(logits.dtype)
+    union = (predicted | truth).sum(dim=dims).to(logits.dtype)
+    return (intersection / union)[:, None]
 
 
 @dataclass
@@ -35,7 +45,11 @@ class SegmentationLoss(nn.Module):
     - SAM-Med3D: ``dice_ce=1`` (MONAI ``DiceCELoss(sigmoid=True, squared_pred=True)``).
     - SAM-Med2D: ``focal=20, dice=1, iou_mse=1``.
     - SAM-UNet: ``focal=1, dice=20``.
+    - LiteMedSAM (``train_multi_gpus.py``): ``dice_ce=1, iou_mse=1, iou_target="hard"`` (MONAI ``DiceLoss(sigmoid,
+      squared_pred)`` + ``BCEWithLogitsLoss``, which is ``DiceCELoss``; the IoU head regressed on the IoU of
+      ``sigmoid > 0.5`` with the target, per sample, without gradient).
     Focal uses alpha 0.25 and gamma 2; Dice has smoothing 1 and pools the whole batch (both upstream repos).
+    ``iou_target="soft"`` is SAM-Med2D's target: the batch-pooled soft IoU, kept in the graph.
     """
 
     def __init__(
@@ -46,8 +60,12 @@ class SegmentationLoss(nn.Module):
         iou_mse: float = 0.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        iou_target: Literal["soft", "hard"] = "soft",
     ) -> None:
         super().__init__()
+        if iou_target not in ("soft", "hard"):
+            raise ValueError(f"iou_target must be 'soft' or 'hard', got {iou_target!r}")
+        self.iou_target = iou_target
         self.weights = LossWeights(dice_ce, focal, dice, iou_mse)
         if not any(vars(self.weights).values()):
             raise ValueError("at least one loss weight must be non-zero")
@@ -68,6 +86,9 @@ class SegmentationLoss(nn.Module):
         if w.iou_mse:
             if iou_pred is None:
                 raise ValueError("the IoU term needs a model with an IoU head (iou_predictions is None)")
-            # Upstream keeps the target IoU in the graph, so this term also pulls on the mask logits.
-            total = total + w.iou_mse * torch.mean((iou_pred - soft_iou(logits, target)) ** 2)
+            if self.iou_target == "hard":
+                reference = hard_iou(logits.detach(), target)
+            else:  # SAM-Med2D keeps the target IoU in the graph, so this term also pulls on the mask logits
+                reference = soft_iou(logits, target)
+            total = total + w.iou_mse * torch.mean((iou_pred - reference) ** 2)
         return total

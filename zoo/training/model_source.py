@@ -62,13 +62,13 @@ def model_skeleton(name: str, overrides: dict[str, Any] | None = None, weights: 
         return None
 
 
-def model_processor_source(name: str, overrides: dict[str, Any] | None = None, weights: str | None = None) -> nn.Module:
-    """A model that carries the processor config a run's network will have, built without reading weights:
-    a Hub folder or repo's own model (its config and ``processor_config.json``), otherwise the meta-device skeleton."""
+def model_processor_source(name: str, overrides: dict[str, Any] | None = None, weights: str | None = None) -> Any:
+    """What decides the processor of a run's network, known without reading weights: a Hub folder or repo's
+    description (family, config, ``processor_config.json``), otherwise the meta-device skeleton."""
     if weights is not None and not is_checkpoint_file(weights):
-        from zoo.hub.pretrained import hub_model_skeleton
+        from zoo.hub.pretrained import hub_model_description
 
-        return hub_model_skeleton(weights)
+        return hub_model_description(weights)
     skeleton = model_skeleton(name, overrides, weights)
     if skeleton is None:
         with torch.device("meta"):

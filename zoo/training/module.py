@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from zoo.processors import ClickState, Processor, attach_default_processor, processor_for, select_best_mask
-from zoo.prompts.simulate import boxes_from_masks, first_click_random_foreground, next_click_random_error
+from zoo.prompts.simulate import first_click_random_foreground, next_click_random_error
 from zoo.prompts.types import BoxPrompts, MaskPrompts, PointPrompts, Prompts
 from zoo.training.losses import SegmentationLoss
 from zoo.training.metrics import PerClassMean, dice_per_sample, surface_dice_per_sample
@@ -190,7 +190,8 @@ class PromptableSegmentationModule(L.LightningModule):
             total = total + self.loss(logits, target.to(logits.dtype), iou)
             low_res = step_low_res.detach()
             prediction = (logits.detach() > schedule.click_threshold)[:, 0]
-        self.log("train/loss", total, prog_bar=True, batch_size=target.shape[0])
+        # Per step for the progress bar, and the epoch mean ("train/loss_epoch") for schedulers that step on it.
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=target.shape[0])
         return total
 
     def _first_training_prompt(self, target: Tensor, rng: random.Random, generator: torch.Generator):
@@ -199,7 +200,7 @@ class PromptableSegmentationModule(L.LightningModule):
             schedule.first_prompt == "box_or_point" and rng.random() < schedule.box_probability
         )
         if use_box:
-            boxes = boxes_from_masks(target, jitter=schedule.box_jitter, generator=generator)
+            boxes = self.processor.boxes_from_masks(target, jitter=schedule.box_jitter, generator=generator)
             if bool(boxes.valid.all()):
                 return None, boxes
         return first_click_random_foreground(target, generator), None
@@ -258,9 +259,13 @@ class PromptableSegmentationModule(L.LightningModule):
                 if n in protocol.clicks:
                     record(f"{n}pt", logits)
         if protocol.box:
-            boxes = boxes_from_masks(target_mask, jitter="none")
-            decoded = processor.decode(self.net, features, Prompts(boxes=processor.boxes_from_mask_boxes(boxes)))
+            boxes = processor.boxes_from_masks(target_mask, jitter="none")
+            decoded = processor.decode(self.net, features, Prompts(boxes=boxes))
             record("box", processor.upsample(decoded.low_res_logits))
+
+    def on_fit_end(self) -> None:
+        start = getattr(self.net, "weights_origin", None) or "random initialisation"
+        self.net.weights_origin = f"trained by a zoo run from {start}"
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -286,7 +291,11 @@ class PromptableSegmentationModule(L.LightningModule):
         apply_lr_scales(optimizer)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        scheduler = self.scheduler_factory(optimizer)
+        monitor = getattr(scheduler, "monitor", None)  # LightningCLI's ReduceLROnPlateau names its metric
+        if monitor is None:
+            return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
 
     # -------------------------------------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Any:

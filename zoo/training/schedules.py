@@ -24,7 +24,7 @@ class TrainingPromptSchedule:
     first_prompt: Literal["point", "box", "box_or_point"] = "point"
     # Probability of a box when first_prompt is "box_or_point" (drawn once per batch, as SAM-Med2D).
     box_probability: float = 0.5
-    box_jitter: Literal["none", "sam_med2d"] = "sam_med2d"
+    box_jitter: Literal["none", "sam_med2d", "litemedsam"] = "sam_med2d"
     # Error-region clicks added per later iteration; one value drawn per iteration.
     clicks_per_iteration: list[int] = field(default_factory=lambda: [1])
     accumulate_clicks: bool = False
