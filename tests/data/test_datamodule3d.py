@@ -9,7 +9,8 @@ from bundled_data import CT, KIDNEY_RIGHT, LABELS, make_nnunet
 
 import zoo
 from zoo.data import NiftiDataModule3D, load_label, restore_to_original
-from zoo.prompts import MaskPrompts, first_click_random_foreground, sam_med3d_prompts
+from zoo.processors import ClickState, SamMed3DProcessor, SamMed3DProcessorConfig, processor_for
+from zoo.prompts import first_click_random_foreground
 
 TINY_SAM_MED3D = dict(
     patch_size=16, embed_dim=24, depth=2, num_heads=2, window_size=3, global_attn_indexes=(1,),
@@ -39,11 +40,13 @@ def test_batches_have_the_shapes_and_dtypes_sam_med3d_takes(kidney_batch):
 def test_a_batch_feeds_the_simulators_and_a_sam_med3d_model(kidney_batch):
     torch.manual_seed(0)
     model = zoo.create_model("sam_med3d_turbo", **TINY_SAM_MED3D).eval()
+    processor = processor_for(model)
+    assert processor.input_shape == tuple(kidney_batch["image"].shape[2:])
     clicks = first_click_random_foreground(kidney_batch["target"][:, 0], torch.Generator().manual_seed(0))
-    prompts = sam_med3d_prompts(clicks, MaskPrompts.zeros(2, (32, 32, 32)))
     with torch.no_grad():
-        prediction = model(kidney_batch["image"], **prompts)
-    assert prediction.low_res_logits.shape == (2, 1, 32, 32, 32)
+        features = model.encode_image(kidney_batch["image"])
+        _, decoded = processor.click(model, features, ClickState(), clicks)
+    assert decoded.low_res_logits.shape == (2, 1, 32, 32, 32)
 
 
 def test_batch_targets_map_back_to_the_label_file_exactly(kidney_batch):
@@ -74,3 +77,18 @@ def test_training_batch_crops_around_a_random_target_voxel(tmp_path):
     torch.manual_seed(0)
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].shape == (1, 1, 32, 32, 32) and batch["target"][0, 0, 16, 16, 16]
+
+
+def test_spacing_crop_and_normalisation_come_from_the_processor_unless_given(nnunet_root):
+    released = NiftiDataModule3D(nnunet_root)
+    assert (released.spacing, released.crop_size, released.normalization) == ((1.5, 1.5, 1.5), 128, "zscore_positive")
+    processor = SamMed3DProcessor(SamMed3DProcessorConfig(image_size=64, target_spacing_mm=(2.0, 2.0, 3.0)))
+    module = NiftiDataModule3D(nnunet_root, processor=processor)
+    assert (module.spacing, module.crop_size) == ((2.0, 2.0, 3.0), 64)
+    overridden = NiftiDataModule3D(nnunet_root, processor=processor.to_dict(), crop_size=32, normalization="ct_window")
+    assert (overridden.spacing, overridden.crop_size, overridden.normalization) == ((2.0, 2.0, 3.0), 32, "ct_window")
+
+
+def test_a_2d_processor_is_refused(nnunet_root):
+    with pytest.raises(ValueError, match="NiftiDataModule3D needs a 3D processor, got SamMed2DProcessor"):
+        NiftiDataModule3D(nnunet_root, processor="sam_med2d")

@@ -12,6 +12,7 @@ from torch.utils.data import DistributedSampler
 from zoo.data import NiftiDataModule3D, SAMed2DDataModule
 from zoo.data.sa_med2d import ImageMasksDataset, class_name_of
 from zoo.data.sampling import ItemKey, SeededSampler, item_seed
+from zoo.processors import processor_from_spec
 
 SPLEEN, LIVER = 1, 5
 
@@ -115,7 +116,7 @@ def test_class_names_are_not_known_before_setup(tmp_path: Path):
 
 
 def test_the_2d_mask_draw_depends_only_on_the_key():
-    dataset = ImageMasksDataset(SAM_MED2D_DEMO / "image2label_train.json", masks_per_image=6)
+    dataset = ImageMasksDataset(SAM_MED2D_DEMO / "image2label_train.json", processor_from_spec("sam_med2d"), 6)
     torch.manual_seed(0)
     first = dataset[ItemKey(1, 1234)]["mask_paths"]
     torch.manual_seed(1)

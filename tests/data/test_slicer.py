@@ -8,6 +8,7 @@ import torch
 from bundled_data import CT, LABELS, class_names
 
 from zoo.data import SlicedVolumeDataset, assemble_volume, collate_2d, load_image, load_label, slice_volume
+from zoo.processors import processor_from_spec
 
 KIDNEY_RIGHT = 2
 
@@ -62,11 +63,12 @@ def test_ct_window_sets_the_8_bit_range():
 
 
 def test_sliced_samples_batch_like_the_2d_datamodule():
-    dataset = SlicedVolumeDataset(CT, LABELS, class_names(), min_pixels=50)
+    dataset = SlicedVolumeDataset(CT, LABELS, class_names(), min_pixels=50, processor=processor_from_spec("sam_med2d"))
     batch = collate_2d([dataset[0], dataset[1]])
     assert batch["image"].shape == (2, 3, 256, 256) and batch["image"].dtype == torch.float32
     assert batch["masks"].shape == (2, 1, 1, 256, 256) and batch["masks"].dtype == torch.bool
-    assert batch["padded"].all(), "101 x 122 slices are centred on the 256 canvas"
+    letterboxes = [frame.meta["letterbox"] for frame in batch["frame"]]
+    assert all(box.padded for box in letterboxes), "101 x 122 slices are centred on the 256 canvas"
     assert all(int(m.sum()) >= 50 for m in batch["original_masks"])
     assert batch["class_id"].dtype == torch.int64 and batch["slice_index"].shape == (2,)
 
