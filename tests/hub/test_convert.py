@@ -12,6 +12,7 @@ import zoo
 from zoo.cli.main import main
 from zoo.hub import CheckpointError, convert
 from zoo.hub.convert import file_sha256
+from zoo.processors import processor_for, processor_from_dict
 
 from .official_format import identical_state_dicts, sam_med2d_official_checkpoint, sam_med3d_official_checkpoint
 from .tiny_configs import TINY_2D, TINY_3D, TINY_SAM
@@ -34,10 +35,15 @@ def med2d_file(med2d, tmp_path):
 def test_a_sam_med3d_file_becomes_a_hub_folder_with_the_same_weights(med3d, med3d_file, tmp_path):
     out = tmp_path / "out"
     convert(med3d_file, out, "sam_med3d_turbo", **TINY_3D)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "processor_config.json"
+    ]
+    processor_config = json.loads((out / "processor_config.json").read_text())
+    assert processor_config["processor_type"] == "sam_med3d" and processor_config["image_size"] == TINY_3D["image_size"]
     loaded = zoo.from_pretrained(out)
     assert type(loaded).__name__ == "SamMed3D"
     assert identical_state_dicts(loaded.state_dict(), med3d.state_dict())
+    assert processor_for(loaded).config == processor_from_dict(processor_config).config
 
 
 def test_a_sam_med2d_file_becomes_a_hub_folder_with_the_same_weights(med2d, med2d_file, tmp_path):

@@ -133,7 +133,8 @@ def test_push_to_hub_then_from_pretrained_round_trips_through_a_hub_server(tmp_p
         assert result["latest_is_second"] and not result["latest_is_first"]
         assert result["pinned_is_first"]
         pushed = hub.repos["acme/tiny-med3d"].commits[result["first_commit"]]
-        assert sorted(pushed) == ["README.md", "config.json", "model.safetensors"]
+        assert sorted(pushed) == ["README.md", "config.json", "model.safetensors", "processor_config.json"]
         assert json.loads(pushed["config.json"])["family"] == "sam_med3d"
+        assert json.loads(pushed["processor_config.json"])["processor_type"] == "sam_med3d"
         assert "POST /api/models/acme/tiny-med3d/commit/main" in hub.requests
         assert f"GET /acme/tiny-med3d/resolve/{result['first_commit']}/model.safetensors" in hub.requests
