@@ -20,8 +20,11 @@ from PIL import Image
 
 import zoo
 from zoo.cli.main import main as zoo_main
-from zoo.errors import DataError
+from zoo.errors import DataError, PromptError
 from zoo.data.predict import PromptedImagesDataModule, collate_prompted
+from zoo.inference.predictor import Predictor
+from zoo.processors import SamMed2DProcessor, SamMed2DProcessorConfig, SamMed3DProcessor, SamMed3DProcessorConfig
+from zoo.processors import processor_for
 from zoo.training.module import PromptableSegmentationModule
 from zoo.training.prediction import predict_batch, predict_masks
 from run_helpers import TINY_3D
@@ -70,8 +73,11 @@ def whole_input_3d() -> torch.nn.Module:
     return mark_whole_input(zoo.create_model("sam_med3d_turbo", **TINY_3D))
 
 
+PROCESSOR_3D = SamMed3DProcessor(SamMed3DProcessorConfig(image_size=CROP))  # what the tiny models' weights choose
+
+
 def data_3d(**kwargs) -> PromptedImagesDataModule:
-    return PromptedImagesDataModule(crop_size=CROP, **kwargs)
+    return PromptedImagesDataModule(processor=PROCESSOR_3D, **kwargs)
 
 
 def voxels(path: Path) -> np.ndarray:
@@ -141,11 +147,11 @@ def test_world_and_voxel_prompts_give_identical_masks(random_3d) -> None:
     predictions = {}
     for space, point in (("voxel", PROMPT), ("world", world), ("world_lps", lps)):
         batch = collate_prompted([first_item(data_3d(images=str(CT), points=[point], coordinate_space=space))])
-        (predictions[space],) = predict_batch(random_3d, batch)
-        predictions[space]["points"] = batch["objects"][0][0]["points"]
+        (predictions[space],) = predict_batch(random_3d, processor_for(random_3d), batch)
+        predictions[space]["points"] = batch["objects"][0][0]["prompts"].points.coords
     for space in ("world", "world_lps"):
         torch.testing.assert_close(predictions[space]["points"], predictions["voxel"]["points"], rtol=0, atol=1e-4)
-        assert torch.equal(predictions[space]["mask"], predictions["voxel"]["mask"])
+        assert np.array_equal(predictions[space]["mask"], predictions["voxel"]["mask"])
     assert 0 < int(predictions["voxel"]["mask"].sum()) < CROP**3  # the comparison is not between empty masks
 
 
@@ -161,7 +167,7 @@ def test_prompt_voxel_maps_onto_its_crop_voxel(tmp_path: Path, axcodes) -> None:
     nib.save(nib.Nifti1Image(painted, source.affine), str(image))
     item = first_item(data_3d(images=str(image), points=[voxel.tolist()]))
     crop = item["image"][0]
-    in_crop = item["objects"][0]["points"][0]
+    in_crop = item["objects"][0]["prompts"].points.coords[0, 0]
     at_prompt = crop[tuple(torch.round(in_crop).long().tolist())]
     assert torch.isclose(at_prompt, crop.max(), rtol=1e-5)  # the cube's inside, up to interpolation rounding
 
@@ -169,33 +175,36 @@ def test_prompt_voxel_maps_onto_its_crop_voxel(tmp_path: Path, axcodes) -> None:
 def test_crop_is_centred_on_the_prompts(tmp_path: Path) -> None:
     points = [[55, 45, 12], [63, 52, 16]]
     item = first_item(data_3d(images=str(CT), points=points))
-    in_crop = item["objects"][0]["points"]
+    in_crop = item["objects"][0]["prompts"].points.coords[0]
     midpoint = (in_crop.max(dim=0).values + in_crop.min(dim=0).values) / 2
     assert torch.all((midpoint - (CROP - 1) / 2).abs() <= 1.0)
 
 
 def test_point_outside_the_image_is_an_error_naming_file_and_point() -> None:
     data = data_3d(images=str(CT), points=[[60, 50, 15], [122, 50, 15]])
-    with pytest.raises(DataError, match=rf"^{CT}: .*point 1 at \[122\.0, 50\.0, 15\.0\] \(voxel\).*outside the image"):
+    with pytest.raises(PromptError, match=rf"^{CT}: point 1 at \(i=122, j=50, k=15\) lies outside the 122 x 101 x 30"):
         first_item(data)
 
 
 def test_world_point_outside_the_image_names_its_voxel() -> None:
     data = data_3d(images=str(CT), points=[[0.0, 0.0, -500.0]], coordinate_space="world")
-    with pytest.raises(DataError, match=rf"^{CT}: .*\[0\.0, 0\.0, -500\.0\] \(world\), voxel .*outside the image"):
+    i, j, k = np.linalg.solve(nib.load(str(CT)).affine, [0.0, 0.0, -500.0, 1.0])[:3]
+    assert k < -0.5  # far below the first slice
+    written = rf"\(i={float(np.float32(i)):g}, j={float(np.float32(j)):g}, k={float(np.float32(k)):g}\)"
+    with pytest.raises(PromptError, match=rf"^{CT}: point 0 at {written} lies outside the 122 x 101 x 30 image"):
         first_item(data)
 
 
 def test_points_that_do_not_fit_one_crop_are_an_error(tmp_path: Path, random_3d) -> None:
     data = data_3d(images=str(CT), points=[[10, 10, 5], [110, 90, 25]])
-    with pytest.raises(DataError, match=rf"^{CT}: .*outside the \(32, 32, 32\) crop"):
+    with pytest.raises(PromptError, match=rf"^{CT}: the points span .* more than one \(32, 32, 32\) crop"):
         predict_masks(random_3d, data, tmp_path)
     assert not any(tmp_path.iterdir())
 
 
 def test_3d_images_take_no_box() -> None:
     data = data_3d(images=str(CT), box=[0, 0, 10, 10])
-    with pytest.raises(DataError, match="points only"):
+    with pytest.raises(PromptError, match=rf"^{CT}: SAM-Med3D takes points, masks, not boxes$"):
         first_item(data)
 
 
@@ -225,8 +234,7 @@ def test_prompts_file_names_images_and_objects(tmp_path: Path, whole_input_3d) -
             {"name": "spleen", "points": [world_of(CT, [90, 40, 15])], "space": "world"},
         ]
     }))
-    written = predict_masks(whole_input_3d, PromptedImagesDataModule(prompts=str(prompts), crop_size=CROP),
-                            tmp_path / "out")
+    written = predict_masks(whole_input_3d, PromptedImagesDataModule(prompts=str(prompts)), tmp_path / "out")
     assert [p.name for p in written] == ["ct_liver_mask.nii.gz", "ct_spleen_mask.nii.gz"]
     assert voxels(written[0])[tuple(PROMPT)] == 1 and voxels(written[1])[90, 40, 15] == 1
 
@@ -234,15 +242,16 @@ def test_prompts_file_names_images_and_objects(tmp_path: Path, whole_input_3d) -
 def test_a_bad_prompt_anywhere_fails_before_any_mask_is_written(tmp_path: Path, random_3d) -> None:
     mr = DATA / "totalseg_example" / "mr.nii.gz"  # 117 x 91 x 20
     prompts = {str(CT): {"points": [PROMPT]}, str(mr): {"points": [[10, 10, 20]]}}
-    with pytest.raises(DataError, match=rf"^{mr}: .*point 0 at \[10\.0, 10\.0, 20\.0\] \(voxel\)"):
-        predict_masks(random_3d, PromptedImagesDataModule(prompts=prompts, crop_size=CROP), tmp_path)
+    problem = r"point 0 at \(i=10, j=10, k=20\) lies outside the 117 x 91 x 20 image"
+    with pytest.raises(PromptError, match=rf"^prompts: '{mr}', object 0: {problem}"):
+        predict_masks(random_3d, PromptedImagesDataModule(prompts=prompts), tmp_path)
     assert not any(tmp_path.iterdir())
 
 
 def test_prompts_file_keys_match_images_by_file_name(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"ct.nii.gz": {"points": [PROMPT]}}))
-    data = PromptedImagesDataModule(images=[str(CT)], prompts=str(prompts), crop_size=CROP)
+    data = PromptedImagesDataModule(images=[str(CT)], prompts=str(prompts), processor=PROCESSOR_3D)
     data.setup("predict")
     assert data.planned_outputs == ["ct_mask.nii.gz"]
 
@@ -251,7 +260,7 @@ def test_image_without_prompts_is_an_error(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"ct.nii.gz": {"points": [PROMPT]}}))
     mr = DATA / "totalseg_example" / "mr.nii.gz"
-    data = PromptedImagesDataModule(images=[str(CT), str(mr)], prompts=str(prompts))
+    data = PromptedImagesDataModule(images=[str(CT), str(mr)], prompts=str(prompts), processor=PROCESSOR_3D)
     with pytest.raises(DataError, match=rf"^{prompts}: no prompts for image\(s\) \['{mr}'\]"):
         data.setup("predict")
 
@@ -260,7 +269,7 @@ def test_unknown_prompt_field_is_an_error(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({str(CT): {"point": [PROMPT]}}))
     with pytest.raises(DataError, match=r"unknown fields \['point'\]"):
-        PromptedImagesDataModule(prompts=str(prompts)).setup("predict")
+        PromptedImagesDataModule(prompts=str(prompts), processor=PROCESSOR_3D).setup("predict")
 
 
 # ------------------------------------------------------------------------------------------------------- 2D
@@ -278,7 +287,7 @@ def test_2d_box_and_points_give_one_png_per_object_at_the_original_size(tmp_path
             {"points": [[50, 70]], "box": [30, 50, 90, 100]},
         ]
     }
-    data = PromptedImagesDataModule(prompts=prompts, image_size=TINY_2D["image_size"])
+    data = PromptedImagesDataModule(prompts=prompts)  # predict_masks gives it the model's processor
     written = predict_masks(random_2d, data, tmp_path)
     assert [p.name for p in written] == ["s0114_111_kidney_mask.png", "s0114_111_liver_mask.png",
                                          "s0114_111_2_mask.png"]
@@ -291,7 +300,7 @@ def test_2d_box_and_points_give_one_png_per_object_at_the_original_size(tmp_path
 def test_2d_whole_input_mask_covers_exactly_the_padded_image(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = mark_whole_input(zoo.create_model("sam_med2d_b", **TINY_2D))
-    data = PromptedImagesDataModule(images=str(PADDED_SLICE), box=[10, 10, 50, 60], image_size=64)
+    data = PromptedImagesDataModule(images=str(PADDED_SLICE), box=[10, 10, 50, 60])
     (written,) = predict_masks(net, data, tmp_path)
     mask = np.asarray(Image.open(written))
     assert mask.shape == np.asarray(Image.open(PADDED_SLICE)).shape[:2]
@@ -299,27 +308,66 @@ def test_2d_whole_input_mask_covers_exactly_the_padded_image(tmp_path: Path) -> 
 
 
 def test_2d_box_moves_with_the_padding() -> None:
-    """SAM-Med2D pads a 155 x 225 slice centred in 256 x 256: the box shifts by the padding, unscaled."""
+    """SAM-Med2D's test script pads a 155 x 225 slice centred in 256 x 256: the box shifts by the padding, unscaled."""
     height, width = np.asarray(Image.open(PADDED_SLICE)).shape[:2]
     top, left = (256 - height) // 2, (256 - width) // 2
-    item = first_item(PromptedImagesDataModule(images=str(PADDED_SLICE), box=[10, 20, 50, 60]))
-    lo, hi = item["objects"][0]["box"]
-    assert lo.tolist() == [20 + top, 10 + left] and hi.tolist() == [60 + top, 50 + left]
+    processor = SamMed2DProcessor(SamMed2DProcessorConfig(geometry="test_script"))
+    item = first_item(PromptedImagesDataModule(images=str(PADDED_SLICE), box=[10, 20, 50, 60], processor=processor))
+    boxes = item["objects"][0]["prompts"].boxes
+    assert boxes.lo.tolist() == [[20 + top, 10 + left]] and boxes.hi.tolist() == [[60 + top, 50 + left]]
+
+
+def test_2d_box_is_stretched_with_the_image_in_the_predictor_geometry() -> None:
+    """SAM-Med2D's predictor stretches the 155 x 225 slice to 256 x 256: box corners scale per axis."""
+    item = first_item(PromptedImagesDataModule(images=str(PADDED_SLICE), box=[10, 20, 50, 60], processor="sam_med2d"))
+    boxes = item["objects"][0]["prompts"].boxes
+    torch.testing.assert_close(boxes.lo, torch.tensor([[20 * 256 / 155, 10 * 256 / 225]]))
+    torch.testing.assert_close(boxes.hi, torch.tensor([[60 * 256 / 155, 50 * 256 / 225]]))
 
 
 def test_2d_point_outside_the_image_is_an_error() -> None:
-    data = PromptedImagesDataModule(images=str(PADDED_SLICE), points=[[225, 10]])
-    with pytest.raises(DataError, match=rf"^{PADDED_SLICE}: .*point 0 at \[225\.0, 10\.0\] \(pixel\).*outside"):
+    data = PromptedImagesDataModule(images=str(PADDED_SLICE), points=[[225, 10]], processor="sam_med2d")
+    problem = r"point 0 at \(x=225, y=10\) lies outside the 225 x 155 \(width x height\) image"
+    with pytest.raises(PromptError, match=rf"^{PADDED_SLICE}: {problem}"):
         first_item(data)
 
 
 def test_sam_unet_predicts_a_png_at_the_original_size_with_its_own_preprocessing(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = zoo.create_model("sam_unet_r34", **TINY_SAM_UNET).eval()
-    data = PromptedImagesDataModule(images=str(STRETCHED_SLICE), box=[40, 30, 120, 90], image_size=64,
-                                    preprocessing_2d="sam_unet")
+    data = PromptedImagesDataModule(images=str(STRETCHED_SLICE), box=[40, 30, 120, 90])
     (written,) = predict_masks(net, data, tmp_path)
+    assert type(data.processor).__name__ == "SamUNetProcessor"  # the weights chose it
     assert Image.open(written).size == Image.open(STRETCHED_SLICE).size
+
+
+# ------------------------------------------------------------------------------- same masks as the Predictor
+def test_zoo_predict_writes_the_mask_the_predictor_gives_2d(tmp_path: Path, random_2d) -> None:
+    box, points = [40, 30, 120, 90], [[100, 60], [20, 20]]
+    data = PromptedImagesDataModule(images=str(STRETCHED_SLICE), box=box, points=points, point_labels=[1, 0])
+    (written,) = predict_masks(random_2d, data, tmp_path)
+    predictor = Predictor(random_2d)
+    predictor.set_image(np.asarray(Image.open(STRETCHED_SLICE).convert("RGB")))
+    expected = predictor.predict(point_coords=points, point_labels=[1, 0], box=box).masks[0].numpy()
+    assert 0 < expected.sum() < expected.size
+    assert np.array_equal(np.asarray(Image.open(written)) == 255, expected)
+
+
+def test_zoo_predict_writes_the_mask_the_predictor_gives_3d(tmp_path: Path, random_3d) -> None:
+    points = [PROMPT, [62, 52, 15]]
+    (written,) = predict_masks(random_3d, data_3d(images=str(CT), points=points, point_labels=[1, 0]), tmp_path)
+    predictor = Predictor(random_3d)
+    predictor.set_image(CT)
+    expected = predictor.predict(point_coords=points, point_labels=[1, 0]).masks[0].numpy()
+    assert 0 < expected.sum() < CROP_FOOTPRINT**3
+    assert np.array_equal(voxels(written).astype(bool), expected)
+
+
+def test_a_processor_that_does_not_fit_the_model_is_refused(random_2d) -> None:
+    data = PromptedImagesDataModule(images=str(STRETCHED_SLICE), box=[40, 30, 120, 90], processor="sam_med2d")
+    batch = collate_prompted([first_item(data)])  # prepared at 256 x 256 for a 64 x 64 model
+    with pytest.raises(ValueError, match=r"the processor prepares \(256, 256\) inputs but SamMed2D takes \(64, 64\)"):
+        predict_batch(random_2d, data.processor, batch)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -337,7 +385,6 @@ def zoo_predict_on_a_copy_of_the_ct(folder: Path) -> int:
         "--model.model_overrides", json.dumps(TINY_3D),
         "--data", "zoo.data.predict.PromptedImagesDataModule",
         "--data.prompts", "prompts.json",
-        "--data.crop_size", str(CROP),
         "--trainer.accelerator", "cpu",
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
