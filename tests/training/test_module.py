@@ -105,7 +105,7 @@ def test_training_clicks_replay_for_the_same_step():
 
 def test_evaluation_reports_dice_per_click_count_and_class():
     lit = module(
-        "sam_med2d_b", TINY_2D, eval_prompts=EvaluationProtocol(clicks=[1, 3], box=True, mask_prompt="sigmoid"),
+        "sam_med2d_b", TINY_2D, eval_prompts=EvaluationProtocol(clicks=[1, 3], box=True),
         class_names=["liver", "spleen"],
     )
     lit.setup("validate")
@@ -115,6 +115,81 @@ def test_evaluation_reports_dice_per_click_count_and_class():
     lit.on_validation_epoch_end()
     for key in ("val/dice/1pt", "val/dice/3pt", "val/dice/box", "val/dice/box/liver", "val/dice/box/spleen"):
         assert key in logged and 0.0 <= logged[key] <= 1.0
+
+
+def record_decodes(net: torch.nn.Module) -> list[dict]:
+    """Wrap ``net.decode`` so every call's prompts, mask prompt, multimask flag and output are kept."""
+    calls: list[dict] = []
+    original = net.decode
+
+    def decode(encoding, points=None, boxes=None, masks=None, multimask_output=False):
+        out = original(encoding, points=points, boxes=boxes, masks=masks, multimask_output=multimask_output)
+        calls.append(dict(points=points, boxes=boxes, masks=masks, multimask_output=multimask_output, out=out))
+        return out
+
+    net.decode = decode
+    return calls
+
+
+def evaluate(lit: PromptableSegmentationModule, batch: dict) -> dict:
+    lit.setup("validate")
+    logged = {}
+    lit.log = lambda name, value, **_: logged.__setitem__(name, float(value))
+    lit.validation_step(batch, 0)
+    lit.on_validation_epoch_end()
+    return logged
+
+
+def test_sam_med2d_evaluation_feeds_the_best_candidate_back_as_probabilities():
+    protocol = EvaluationProtocol(clicks=[1, 3])
+    lit = module("sam_med2d_b", TINY_2D, eval_prompts=protocol, class_names=["liver", "spleen"])
+    calls = record_decodes(lit.net)
+    evaluate(lit, batch_2d())
+    assert [call["points"][0].shape[1] for call in calls] == [1, 2, 3]  # clicks accumulate
+    assert all(call["multimask_output"] for call in calls) and calls[0]["masks"] is None
+    for previous, call in zip(calls, calls[1:]):
+        out = previous["out"]
+        best = out.low_res_logits[torch.arange(out.low_res_logits.shape[0]), out.iou_predictions.argmax(dim=1)]
+        torch.testing.assert_close(call["masks"], torch.sigmoid(best)[:, None], rtol=0, atol=0)
+
+
+def test_sam_med3d_evaluation_starts_from_zero_logits_and_feeds_logits_back():
+    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(clicks=[2]), class_names=["liver"])
+    calls = record_decodes(lit.net)
+    evaluate(lit, batch_3d())
+    assert len(calls) == 2 and not any(call["multimask_output"] for call in calls)
+    assert calls[0]["masks"].shape == (2, 1, 8, 8, 8) and not calls[0]["masks"].any()
+    assert torch.equal(calls[1]["masks"], calls[0]["out"].low_res_logits[:, :1])
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "batch"), [("sam_med2d_b", TINY_2D, batch_2d), ("sam_med3d_turbo", TINY_3D, batch_3d)]
+)
+def test_evaluation_without_mask_feedback_gives_no_click_a_mask_prompt(model, overrides, batch):
+    protocol = EvaluationProtocol(clicks=[3], mask_feedback=False)
+    lit = module(model, overrides, eval_prompts=protocol, class_names=["liver", "spleen"])
+    calls = record_decodes(lit.net)
+    evaluate(lit, batch())
+    assert len(calls) == 3 and all(call["masks"] is None for call in calls)
+
+
+def test_the_protocol_can_override_the_processors_multimask_choice():
+    protocol = EvaluationProtocol(clicks=[1], multimask_output=False)
+    lit = module("sam_med2d_b", TINY_2D, eval_prompts=protocol, class_names=["liver", "spleen"])
+    calls = record_decodes(lit.net)
+    evaluate(lit, batch_2d())
+    assert [call["multimask_output"] for call in calls] == [False]
+    assert lit.processor.policy.multimask_output  # the model's own processor is unchanged
+
+
+def test_the_box_protocol_boxes_each_target_as_sam_med2d_does():
+    protocol = EvaluationProtocol(clicks=[], box=True)
+    lit = module("sam_med2d_b", TINY_2D, eval_prompts=protocol, class_names=["liver", "spleen"])
+    calls = record_decodes(lit.net)
+    logged = evaluate(lit, batch_2d())
+    # Targets cover rows 10..39 and columns 12..29: (x0, y0, x1, y1) = (12, 10, 30, 40), one past the last index.
+    assert len(calls) == 1 and calls[0]["boxes"].tolist() == [[12.0, 10.0, 30.0, 40.0]] * 6
+    assert 0.0 <= logged["val/dice/box"] <= 1.0
 
 
 def test_nsd_needs_the_crop_spacing():
