@@ -16,7 +16,7 @@ from zoo.prompts.types import BoxPrompts, MaskPrompts, PointPrompts, Prompts
 from zoo.training.losses import SegmentationLoss
 from zoo.training.metrics import PerClassMean, dice_per_sample, surface_dice_per_sample
 from zoo.training.model_source import build_model
-from zoo.training.optim import ParamGroup, apply_lr_scales, param_groups, set_trainable
+from zoo.training.optim import ParamGroup, apply_lr_scales, param_groups, set_trainable, train_mode
 from zoo.training.schedules import EvaluationProtocol, TrainingPromptSchedule
 
 
@@ -262,6 +262,9 @@ class PromptableSegmentationModule(L.LightningModule):
             boxes = processor.boxes_from_masks(target_mask, jitter="none")
             decoded = processor.decode(self.net, features, Prompts(boxes=boxes))
             record("box", processor.upsample(decoded.low_res_logits))
+
+    def on_train_epoch_start(self) -> None:
+        train_mode(self.net)  # models come from from_pretrained in eval mode; frozen parts stay in eval mode
 
     def on_fit_end(self) -> None:
         start = getattr(self.net, "weights_origin", None) or "random initialisation"

@@ -31,6 +31,16 @@ def set_trainable(model: nn.Module, freeze: Sequence[str] = (), unfreeze: Sequen
             param.requires_grad_(True)
 
 
+def train_mode(model: nn.Module) -> None:
+    """Training mode for the parts that learn, evaluation mode for every submodule whose parameters are all frozen
+    (so a frozen encoder's BatchNorm keeps the statistics it was loaded with, and its dropout stays off)."""
+    model.train()
+    for module in model.modules():
+        parameters = list(module.parameters())
+        if parameters and not any(p.requires_grad for p in parameters):
+            module.eval()
+
+
 def param_groups(model: nn.Module, groups: Sequence[ParamGroup] = ()) -> list[dict]:
     """Optimizer parameter groups of the trainable parameters; the first matching pattern decides the group.
 
