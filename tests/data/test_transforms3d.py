@@ -23,7 +23,7 @@ from zoo.data import (
 )
 from zoo.prompts import PointPrompts
 
-# Larger than the resampled CT (243 x 201 x 59 at 1.5 mm): centred on the labels' box, it keeps every labelled voxel.
+# Larger than the resampled CT (244 x 202 x 60 at 1.5 mm on the authors' grid): centred on the labels' box, it keeps every labelled voxel.
 WHOLE_VOLUME_CROP = (248, 208, 64)
 
 
@@ -130,9 +130,15 @@ def test_padding_beyond_the_volume_is_raw_zero(kidney_crops):
 
 
 def out_of_volume_slices(out) -> torch.Tensor:
-    """Crop z indices outside the resampled volume (z extent 59 voxels at 1.5 mm)."""
+    """Crop z indices outside the resampled volume (the authors' torchio grid: 60 voxels at 1.5 mm, the first centre
+    half a new voxel before the CT's first centre)."""
+    from zoo.geometry.grid3d import torchio_resample_grid
+
     z_world = out["image"].affine[2, 2] * torch.arange(64.0, dtype=torch.float64) + out["image"].affine[2, 3]
-    first, last = nib.load(CT).affine[2, 3], nib.load(CT).affine[2, 3] + 3.0 * 29
+    ct = nib.load(CT)
+    grid = torchio_resample_grid(ct.shape, ct.affine, 1.5)
+    first = grid.affine[2, 3]
+    last = first + grid.affine[2, 2] * (grid.shape[2] - 1)
     return torch.nonzero((z_world < first - 1e-6) | (z_world > last + 1e-6)).flatten()
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from zoo.errors import DataError
 from zoo.data.layout3d import TargetRecord
-from zoo.io.nifti import check_same_grid, load_image, load_label
+from zoo.io.nifti import check_same_grid, load_label, load_stored
 from zoo.data.sampling import SEED_BOUND, ItemKey
 from zoo.data.transforms3d import IMAGE_KEY, LABEL_KEY, PATH_KEY
 
@@ -84,7 +84,7 @@ class TargetDataset(Dataset[Sample3D]):
         else:
             index, seed = key, int(torch.randint(0, SEED_BOUND, ()).item())
         record = self.targets[index]
-        image = load_image(record.image_path)
+        image = load_stored(record.image_path)  # the voxel type the authors resample in
         label = load_label(record.label_path)
         check_same_grid(image, label)
         binary = torch.from_numpy(label.array == record.class_id).to(torch.uint8)

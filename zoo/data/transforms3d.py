@@ -1,12 +1,14 @@
 """The 3D preprocessing pipeline (MONAI dictionary transforms) and its exact inverse.
 
-Order, as SAM-Med3D's inference (``utils/infer_utils.py``) does it: reorient to RAS, resample to the target
-spacing (linear for the image, nearest for the label), crop/pad to the crop size around the target (padding
-with raw intensity 0), normalise the intensities of the crop, and (training) random flips.
+Order, as SAM-Med3D's inference (``utils/infer_utils.py``) does it: resample to the target spacing on the
+authors' torchio grid and reorient to RAS (:class:`ResampleLikeAuthorsd`, exactly
+:mod:`zoo.geometry.grid3d`: linear for the image in its stored type, nearest for the label), crop/pad to the
+crop size around the target (padding with raw intensity 0), normalise the intensities of the crop, and
+(training) random flips. The processor (:class:`zoo.processors.SamMed3DProcessor`) uses the same grid.
 
-Every spatial step is a MONAI transform on a ``MetaTensor``, which keeps the crop's index-to-world affine up to
-date. That affine is all the inverse needs: :func:`restore_to_original` resamples a crop-space mask (nearest)
-straight onto the original grid, and :func:`crop_to_original_map` moves prompts the same way.
+Every spatial step keeps the crop's index-to-world affine on a ``MetaTensor``. That affine is all the inverse
+needs: :func:`restore_to_original` puts a crop-space mask back onto the original grid with the authors'
+nearest-neighbour rule, and :func:`crop_to_original_map` moves prompts the same way.
 """
 
 from __future__ import annotations
@@ -21,21 +23,18 @@ from monai.transforms import (
     BorderPad,
     Compose,
     MapTransform,
-    Orientationd,
     RandFlipd,
     Randomizable,
     ScaleIntensityRanged,
-    Spacingd,
     SpatialCrop,
-    SpatialResample,
 )
 from torch import Tensor
 
 from zoo.errors import DataError
+from zoo.geometry.grid3d import paste_back_nearest, plan_resample, resample
 from zoo.geometry.index_map import IndexMap
 
 IMAGE_KEY, LABEL_KEY, PATH_KEY = "image", "label", "image_path"
-RAS_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 CropCenter = Literal["label_bbox", "random_foreground"]
 Normalization = Literal["zscore_positive", "ct_window", "none"]
@@ -47,6 +46,39 @@ def as_triple(value: float | Sequence[float], what: str) -> tuple[float, float, 
     if len(values) != 3 or any(v <= 0 for v in values):
         raise ValueError(f"{what} must be a positive number or three positive numbers, got {value!r}")
     return values  # type: ignore[return-value]
+
+
+class ResampleLikeAuthorsd(MapTransform):
+    """torchio's ``Resample(spacing)`` + ``ToCanonical`` of the image (linear, in its stored type) and the label
+    (nearest), exactly as SAM-Med3D's authors prepare volumes (:mod:`zoo.geometry.grid3d`); the affines follow.
+
+    The resampled size is checked before anything is allocated: a file whose spacing would need more than
+    ``max_bytes`` is refused naming the file, its spacing and the size.
+    """
+
+    def __init__(self, image_key: str, label_key: str, spacing: Sequence[float], max_bytes: int = 2 << 30) -> None:
+        MapTransform.__init__(self, [image_key, label_key])
+        self.image_key, self.label_key = image_key, label_key
+        self.spacing, self.max_bytes = tuple(float(s) for s in spacing), max_bytes
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        image = out[self.image_key]
+        values = np.asarray(image.as_tensor()[0] if isinstance(image, MetaTensor) else image[0])
+        affine = np.asarray(image.affine, dtype=np.float64)
+        plan = plan_resample(
+            values.shape, affine, self.spacing, path=out.get(PATH_KEY), itemsize=values.dtype.itemsize,
+            max_bytes=self.max_bytes,
+        )
+        canonical = torch.from_numpy(plan.canonical.affine.copy())
+        resampled = resample(values, plan, "linear")
+        out[self.image_key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(resampled))[None], affine=canonical)
+        if self.label_key in out:
+            label = np.asarray(out[self.label_key].as_tensor()[0])
+            out[self.label_key] = MetaTensor(
+                torch.from_numpy(np.ascontiguousarray(resample(label, plan, "nearest")))[None], affine=canonical.clone()
+            )
+        return out
 
 
 def crop_start_label_bbox(label: np.ndarray | Tensor, size: Sequence[int]) -> list[int]:
@@ -148,13 +180,10 @@ class NormalizeIntensityd(MapTransform):
 
     @staticmethod
     def _zscore_positive(image: Tensor, path: str) -> Tensor:
-        values = image[image > 0]
-        if values.numel() < 2:
-            raise DataError(path, f"cannot z-normalise the crop: only {values.numel()} voxels are > 0")
-        mean, std = values.mean(), values.std()
-        if not bool(std > 0):
-            raise DataError(path, "cannot z-normalise the crop: the voxels > 0 all have the same intensity")
-        return (image - mean) / std
+        from zoo.processors.sam_med3d import normalise_crop  # the processor's rule, shared with inference
+
+        normalised = normalise_crop(image.as_tensor() if isinstance(image, MetaTensor) else image, "zscore_positive", path)
+        return MetaTensor(normalised, affine=image.affine) if isinstance(image, MetaTensor) else normalised
 
 
 def build_transforms_3d(
@@ -175,8 +204,7 @@ def build_transforms_3d(
     keys = [IMAGE_KEY, LABEL_KEY]
     sizes = [int(s) for s in as_triple(crop_size, "crop_size")]
     steps: list[Any] = [
-        Orientationd(keys, axcodes="RAS", labels=RAS_AXIS_LABELS),
-        Spacingd(keys, pixdim=as_triple(spacing, "spacing"), mode=("bilinear", "nearest"), dtype=torch.float32),
+        ResampleLikeAuthorsd(IMAGE_KEY, LABEL_KEY, as_triple(spacing, "spacing")),
         CropOrPadAroundTargetd(keys, LABEL_KEY, sizes, crop_center or ("random_foreground" if train else "label_bbox")),
         NormalizeIntensityd([IMAGE_KEY], normalization, ct_window, clip_range),
     ]
@@ -205,24 +233,19 @@ def restore_to_original(
     crop_affine: Tensor | np.ndarray,
     original_affine: Tensor | np.ndarray,
     original_shape: Sequence[int],
-    mode: Literal["nearest", "bilinear"] = "nearest",
 ) -> Tensor:
-    """Resample a ``C x *crop`` tensor (a mask, or probabilities with ``mode="bilinear"``) onto the original grid.
+    """Put a ``C x *crop`` mask back onto the original grid with the authors' nearest-neighbour rule
+    (``data_postprocess``: torchio/SimpleITK ties; :func:`zoo.geometry.grid3d.paste_back_nearest`).
 
-    Returns ``C x *original_shape`` on the input's device and dtype; voxels outside the crop get 0 (so resample
-    probabilities, not logits, where 0 would mean 0.5). With
-    ``nearest`` this is the exact inverse of the pipeline for every original voxel whose resampled voxel lies
-    in the crop: a label map survives the round trip voxel for voxel (when resampling does not drop voxels).
+    Returns ``C x *original_shape`` on the input's device and dtype; voxels outside the crop get 0. This is the
+    exact inverse of the pipeline for every original voxel whose resampled voxel lies in the crop.
     """
     if crop.ndim != 4:
         raise ValueError(f"expected a C x X x Y x Z crop, got shape {tuple(crop.shape)}")
-    source = MetaTensor(crop.to(torch.float32), affine=torch.as_tensor(crop_affine, dtype=torch.float64))
-    resampled = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float64)(
-        source,
-        dst_affine=torch.as_tensor(original_affine, dtype=torch.float64),
-        spatial_size=tuple(int(s) for s in original_shape),
-    )
-    restored = torch.as_tensor(resampled).to(crop.device)
-    if not crop.is_floating_point():
-        restored = torch.round(restored)
-    return restored.to(crop.dtype)
+    values = crop.detach().cpu().numpy()
+    restored = np.stack([
+        paste_back_nearest(channel, np.asarray(crop_affine, dtype=np.float64), tuple(int(s) for s in original_shape),
+                           np.asarray(original_affine, dtype=np.float64))
+        for channel in values
+    ])
+    return torch.from_numpy(restored).to(device=crop.device, dtype=crop.dtype)
