@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from zoo.errors import DataError
 # PIL modes holding 8-bit samples; they convert to 3-channel RGB as cv2.imread(..., IMREAD_COLOR) would.
 _EIGHT_BIT_IMAGE_MODES = {"L", "LA", "P", "RGB", "RGBA"}
 _MASK_MODES = {"1", "L", "P"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 
 
 def _open(path: Path) -> Image.Image:
@@ -26,12 +28,25 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
+class AlphaDroppedWarning(UserWarning):
+    """An image's alpha channel was dropped: the models take RGB."""
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """An 8-bit image as ``H x W x 3`` uint8 RGB (grey replicated, alpha dropped)."""
+    """An 8-bit image as ``H x W x 3`` uint8 RGB (grey replicated; an alpha channel is dropped with a warning)."""
     file = Path(path)
     image = _open(file)
     if image.mode not in _EIGHT_BIT_IMAGE_MODES:
-        raise DataError(file, f"expected an 8-bit grey or RGB image, got PIL mode {image.mode!r}")
+        if image.mode in _SIXTEEN_BIT_MODES:
+            hint = (
+                "it holds 16-bit samples; window or rescale them to 0..255 and save an 8-bit PNG "
+                "(e.g. numpy: ((a - lo) / (hi - lo) * 255).clip(0, 255).astype('uint8')), or give the volume as NIfTI"
+            )
+        else:
+            hint = "convert it to 8-bit grey or RGB first (e.g. PIL: Image.open(path).convert('RGB').save(...))"
+        raise DataError(file, f"expected an 8-bit grey or RGB image, got PIL mode {image.mode!r}: {hint}")
+    if image.mode in ("LA", "RGBA") or (image.mode == "P" and "transparency" in image.info):
+        warnings.warn(f"{file}: the alpha channel is dropped (the models take RGB)", AlphaDroppedWarning, stacklevel=2)
     return np.array(image.convert("RGB"))
 
 
