@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zoo.cli.lightning import cli_main
+from zoo.cli.lightning import cli_main, linked_processor
 from zoo.cli.main import main
+from zoo.processors import processor_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -29,7 +30,6 @@ PAPER_VALUES = {
         ("trainer", "accumulate_grad_batches"): 20,
         ("trainer", "precision"): "16-mixed",
         ("data", "init_args", "batch_size"): 12,
-        ("data", "init_args", "crop_size"): 128,
     },
     "sam_med2d": {
         ("model", "model"): "sam_med2d_b",
@@ -41,7 +41,6 @@ PAPER_VALUES = {
         ("model", "optimizer", "class_path"): "torch.optim.Adam",
         ("model", "optimizer", "init_args", "lr"): 1.0e-4,
         ("model", "unfreeze"): ["image_encoder.blocks.*.Adapter.*"],
-        ("data", "init_args", "image_size"): 256,
         ("data", "init_args", "masks_per_image"): 5,
     },
     "sam_unet": {
@@ -56,6 +55,14 @@ PAPER_VALUES = {
         ("trainer", "max_epochs"): 12,
         ("data", "init_args", "masks_per_image"): 5,
     },
+}
+
+
+# What the paper recipes' data get from the model's processor (linked, so no data flag has to agree with the weights).
+PAPER_PREPROCESSING = {
+    "sam_med3d": dict(image_size=128, target_spacing_mm=(1.5, 1.5, 1.5), normalization="zscore_positive"),
+    "sam_med2d": dict(image_size=256, training_geometry="test_script"),  # test.py / train.py: 256, letterbox
+    "sam_unet": dict(image_size=256),
 }
 
 
@@ -74,6 +81,15 @@ def test_print_config_shows_the_paper_values(family, capsys):
         for key in path:
             value = value[key]
         assert value == expected, f"{family}: {'.'.join(path)} is {value!r}, the paper's recipe says {expected!r}"
+
+
+@pytest.mark.parametrize("family", sorted(PAPER_PREPROCESSING))
+def test_the_paper_recipes_data_get_the_papers_preprocessing_from_the_model(family, capsys):
+    model = printed_config(RECIPES / family / "paper.yaml", capsys)["model"]
+    linked = processor_from_dict(linked_processor(model["model"], model.get("model_overrides"), model.get("weights")))
+    assert linked.processor_type == family
+    for field, expected in PAPER_PREPROCESSING[family].items():
+        assert getattr(linked.config, field) == expected, f"{family}: processor {field}"
 
 
 @pytest.mark.parametrize("family", sorted(PAPER_VALUES))
