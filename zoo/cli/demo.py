@@ -44,6 +44,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--family", choices=FAMILIES, action="append", help="only these families (repeatable)")
     parser.add_argument("--output-dir", type=Path, default=Path("zoo-demo"), help="where everything is written")
+    parser.add_argument("--max-steps", type=int, help="stop each training after this many steps (a quick check)")
     parser.set_defaults(run=run)
 
 
@@ -61,7 +62,7 @@ def _localised(value: Any) -> Any:
     return value
 
 
-def demo_config(family: str, output_dir: Path) -> Path:
+def demo_config(family: str, output_dir: Path, max_steps: int | None = None) -> Path:
     """The family's demo recipe with its data found in the package and every output under ``output_dir``."""
     from zoo.resources import recipe_path
 
@@ -71,6 +72,10 @@ def demo_config(family: str, output_dir: Path) -> Path:
     trainer["default_root_dir"] = str(run_dir)
     trainer["enable_progress_bar"] = False
     trainer["enable_model_summary"] = False
+    if max_steps is not None:
+        trainer["max_steps"] = max_steps
+        trainer["max_epochs"] = 1
+        trainer["check_val_every_n_epoch"] = 1
     trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir)}}
     trainer["callbacks"] = [
         {
@@ -86,14 +91,14 @@ def demo_config(family: str, output_dir: Path) -> Path:
     return path
 
 
-def _lightning_run(family: str, output_dir: Path) -> Any:
+def _lightning_run(family: str, output_dir: Path, max_steps: int | None) -> Any:
     from zoo.cli.lightning import cli_main
 
-    return cli_main(["--config", str(demo_config(family, output_dir))], run=False)
+    return cli_main(["--config", str(demo_config(family, output_dir, max_steps))], run=False)
 
 
 # ------------------------------------------------------------------------------------------------ LiteMedSAM
-def run_litemedsam(output_dir: Path) -> FamilyResult:
+def run_litemedsam(output_dir: Path, max_steps: int | None = None) -> FamilyResult:
     """Released weights on held-out slices, a short fine-tune, the same slices again; overlays of both."""
     from tqdm.auto import tqdm
 
@@ -101,7 +106,7 @@ def run_litemedsam(output_dir: Path) -> FamilyResult:
     from zoo.evaluation.slices import mean_dice_per_class, segment_slices_with_boxes
 
     start = time.perf_counter()
-    cli = _lightning_run("litemedsam", output_dir)
+    cli = _lightning_run("litemedsam", output_dir, max_steps)
     datamodule = cli.datamodule
     datamodule.setup("fit")
     held_out = [datamodule.val_set.dataset.slices[i] for i in datamodule.val_set.indices]
@@ -155,12 +160,12 @@ def _headline(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(metrics[k]) for k in sorted(keys)}
 
 
-def run_seed_family(family: str, output_dir: Path) -> FamilyResult:
+def run_seed_family(family: str, output_dir: Path, max_steps: int | None = None) -> FamilyResult:
     """Validate, fit, validate (a randomly initialised model) and predict a bundled image with the result."""
     from zoo.training.prediction import predict_masks
 
     start = time.perf_counter()
-    cli = _lightning_run(family, output_dir)
+    cli = _lightning_run(family, output_dir, max_steps)
     before = _headline(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0])
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     after = _headline(cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0])
@@ -224,7 +229,10 @@ def run(args: argparse.Namespace) -> int:
     families = args.family or FAMILIES
     results = []
     for family in families:
-        results.append(run_litemedsam(output_dir) if family == "litemedsam" else run_seed_family(family, output_dir))
+        if family == "litemedsam":
+            results.append(run_litemedsam(output_dir, args.max_steps))
+        else:
+            results.append(run_seed_family(family, output_dir, args.max_steps))
     print()
     print(summary(results, output_dir))
     print(f"Summary: {output_dir / 'summary.md'}; overlays: {output_dir / 'overlays'}; runs: {output_dir / 'runs'}")

@@ -18,6 +18,8 @@ class PhaseProgress(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         total = int(trainer.num_training_batches) * int(trainer.max_epochs or 1)
+        if trainer.max_steps and trainer.max_steps > 0:
+            total = min(total, int(trainer.max_steps))
         self.bar = tqdm(total=total, desc=self.description, unit="step", leave=True)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
