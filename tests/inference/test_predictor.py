@@ -97,7 +97,8 @@ def test_sam_med2d_and_sam_keep_the_candidate_with_the_highest_predicted_iou(nam
     predictor.set_image(IMAGE)
     result = predictor.predict(point_coords=[[50, 40]], point_labels=[1])
     with torch.inference_mode():
-        scale = torch.tensor([64 / WIDTH, 64 / HEIGHT]) if name == "sam_med2d_b" else torch.tensor([64 / WIDTH, 32 / HEIGHT])
+        # SAM-Med2D stretches 100 x 200 to 64 x 64; SAM resizes the longest side: 32 x 64, padded.
+        scale = torch.tensor([64 / WIDTH, 64 / HEIGHT if name == "sam_med2d_b" else 32 / HEIGHT])
         coords = (torch.tensor([[[50.0, 40.0]]]) * scale).float()
         candidates = model.decode(predictor.features, points=(coords, torch.tensor([[1]])), multimask_output=True)
     best = int(candidates.iou_predictions[0].argmax())
@@ -259,9 +260,8 @@ def test_several_points_are_replayed_as_clicks(tiny_3d_model, volume_path):
         # The authors' loop: each click decodes all clicks so far, the previous low-res logits (zeros first) as mask.
         previous = torch.zeros(1, 1, 8, 8, 8)
         for k in range(1, 4):
-            out = tiny_3d_model.decode(
-                features, points=(on_model.coords[:, :k], on_model.labels[:, :k]), masks=previous, multimask_output=False
-            )
+            clicks_so_far = (on_model.coords[:, :k], on_model.labels[:, :k])
+            out = tiny_3d_model.decode(features, points=clicks_so_far, masks=previous, multimask_output=False)
             previous = out.low_res_logits
         state = ClickState()
         for k in range(3):

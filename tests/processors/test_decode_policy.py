@@ -157,8 +157,9 @@ def test_clicks_accumulate_and_each_gets_the_previous_mask_as_the_family_feeds_i
 def test_a_box_stays_for_later_clicks_until_another_box_replaces_it(family):
     proc, net = processor(family), StandIn(family)
     shape = proc.input_shape
-    box = BoxPrompts(torch.tensor([[1.0, 2.0]] * 2), torch.tensor([[9.0, 12.0]] * 2), torch.ones(2, dtype=torch.bool), shape)
-    other = BoxPrompts(torch.tensor([[0.0, 0.0]] * 2), torch.tensor([[5.0, 6.0]] * 2), torch.ones(2, dtype=torch.bool), shape)
+    valid = torch.ones(2, dtype=torch.bool)
+    box = BoxPrompts(torch.tensor([[1.0, 2.0]] * 2), torch.tensor([[9.0, 12.0]] * 2), valid, shape)
+    other = BoxPrompts(torch.tensor([[0.0, 0.0]] * 2), torch.tensor([[5.0, 6.0]] * 2), valid, shape)
     state, _ = proc.click(net, None, ClickState(), boxes=box)
     state, _ = proc.click(net, None, state, a_point(family))
     state, _ = proc.click(net, None, state, boxes=other)

@@ -46,9 +46,8 @@ def test_a_flat_image_does_not_divide_by_zero(processor):
 
 def test_boxes_are_scaled_by_truncation_and_points_like_sams_apply_coords(processor):
     frame = processor.prepare(np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8))
-    prompts = Prompts(
-        points_from_user([[50.0, 40.0]], [1], (HEIGHT, WIDTH)), boxes_from_user([10.7, 20.2, 99.9, 60.5], (HEIGHT, WIDTH))
-    )
+    shape = (HEIGHT, WIDTH)
+    prompts = Prompts(points_from_user([[50.0, 40.0]], [1], shape), boxes_from_user([10.7, 20.2, 99.9, 60.5], shape))
     kwargs = processor.model_kwargs(processor.to_model_space(prompts, frame))
     # int(c * 256 / 173): 15.83 -> 15, 29.89 -> 29, 147.83 -> 147, 89.53 -> 89.
     assert kwargs["boxes"].tolist() == [[15.0, 29.0, 147.0, 89.0]]

@@ -30,7 +30,9 @@ from zoo.processors import (
 
 #: One non-default config per processor type, so a round trip that dropped a field would show.
 CHANGED = {
-    "sam_med2d": dict(image_size=128, geometry="test_script", training_geometry="predictor", pixel_mean=(1.0, 2.0, 3.0)),
+    "sam_med2d": dict(
+        image_size=128, geometry="test_script", training_geometry="predictor", pixel_mean=(1.0, 2.0, 3.0)
+    ),
     "sam": dict(image_size=512, pixel_std=(4.0, 5.0, 6.0), decode=DecodePolicy(multimask_output=False)),
     "sam_unet": dict(image_size=128, decode=DecodePolicy(binarize="sigmoid", mask_feedback="sigmoid")),
     "litemedsam": dict(image_size=128),
@@ -159,7 +161,10 @@ TWO_D = sorted(kind for kind, cls in PROCESSOR_TYPES.items() if cls.spatial_dims
             "slice.png: expected an H x W x 3 RGB or H x W grey image, got shape (5, 6, 4); drop the alpha channel "
             "first (image[..., :3])",
         ),
-        (np.zeros((3, 5, 6), dtype=np.uint8), "slice.png: expected an H x W x 3 RGB or H x W grey image, got shape (3, 5, 6)"),
+        (
+            np.zeros((3, 5, 6), dtype=np.uint8),
+            "slice.png: expected an H x W x 3 RGB or H x W grey image, got shape (3, 5, 6)",
+        ),
     ],
     ids=["uint16", "float", "rgba", "channels_first"],
 )

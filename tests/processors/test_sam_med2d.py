@@ -86,7 +86,8 @@ def test_predictor_geometry_scales_prompts_per_axis():
     # W = 200, H = 100, S = 64: x * 64/200, y * 64/100; a box's corners move like points (SAM's apply_boxes).
     processor = med2d(64)
     frame = processor.prepare(np.zeros((100, 200, 3), dtype=np.uint8))
-    prompts = Prompts(points_from_user([[150.0, 25.0]], [1], (100, 200)), boxes_from_user([20, 10, 180, 90], (100, 200)))
+    shape = (100, 200)
+    prompts = Prompts(points_from_user([[150.0, 25.0]], [1], shape), boxes_from_user([20, 10, 180, 90], shape))
     kwargs = processor.model_kwargs(processor.to_model_space(prompts, frame))
     assert kwargs["points"][0].tolist() == [[[48.0, 16.0]]] and kwargs["points"][1].tolist() == [[1]]
     # Through the edges instead, x0 would be (20 - 0.5) * 0.32 + 0.5 = 6.74.
