@@ -56,7 +56,8 @@ def test_training_batches_have_the_shapes_sam_med2d_takes():
     torch.manual_seed(0)
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].shape == (2, 3, 256, 256) and batch["image"].dtype == torch.float32
-    assert [frame.original_shape for frame in batch["frame"]] == [tuple(size) for size in batch["original_size"].tolist()]
+    original_sizes = [tuple(size) for size in batch["original_size"].tolist()]
+    assert [frame.original_shape for frame in batch["frame"]] == original_sizes
     assert batch["masks"].shape == (2, 5, 1, 256, 256) and batch["masks"].dtype == torch.bool
     assert batch["masks"].flatten(2).any(dim=2).all(), "every drawn mask has foreground"
     assert [len(paths) for paths in batch["mask_paths"]] == [5, 5]
