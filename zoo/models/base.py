@@ -144,6 +144,10 @@ class PromptableSegmenter(
         """The prompt-independent image side (compute once per image, decode many prompt sets)."""
         raise NotImplementedError
 
+    def image_side_parameters(self) -> list[nn.Parameter]:
+        """The parameters :meth:`encode_image` uses (the image encoder; SAM-UNet adds its convolutional branch)."""
+        return list(self.image_encoder.parameters())
+
     def embed_prompts(
         self,
         points: tuple[Tensor, Tensor] | None = None,

@@ -277,6 +277,11 @@ class SamUNet(
             multi_scale_feature = multi_scale_feature + feature
         return SamUNetImageEncoding(image_embeddings, multi_scale_feature)
 
+    def image_side_parameters(self) -> list[nn.Parameter]:
+        """The ViT, the ResNet branch, its token adapters, the bridges and the embedding encoder."""
+        modules = (self.image_encoder, self.resnet, self.adapters_in, self.adapters_bridge, self.embedding_encoder)
+        return [p for module in modules for p in module.parameters()]
+
     def decode_embeddings(
         self, encoding: SamUNetImageEncoding, sparse: Tensor, dense: Tensor, multimask_output: bool = False
     ) -> MaskPrediction:

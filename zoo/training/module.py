@@ -103,6 +103,29 @@ class PromptableSegmentationModule(L.LightningModule):
             raise KeyError(f"classes {unknown} are not in the module's class list {self.class_names}")
         return torch.tensor([lookup[n] for n in names], device=self.device)
 
+    # ---------------------------------------------------------------------------------------- image encoding
+    #: Most encodings kept when the image side is frozen (decoder-only fine-tuning reuses them across epochs).
+    encoding_cache_limit: int = 512
+
+    def _encode(self, images: Tensor) -> Any:
+        """``net.encode_image``; while every image-side parameter is frozen, each distinct image is encoded once
+        per fit and its encoding reused (keyed on the image's bytes; cleared at the start and end of each fit)."""
+        if any(p.requires_grad for p in self.net.image_side_parameters()):
+            return self.net.encode_image(images)
+        cache = self.__dict__.setdefault("_encodings", {})
+        keys = [hashlib.sha1(image.detach().cpu().numpy().tobytes()).hexdigest() for image in images]
+        if all(key in cache for key in keys):
+            return _stack([cache[key] for key in keys])
+        with torch.no_grad():
+            fresh = self.net.encode_image(images)
+        for row, key in enumerate(keys):
+            if key not in cache and len(cache) < self.encoding_cache_limit:
+                cache[key] = _one(fresh, row)
+        return fresh
+
+    def on_fit_start(self) -> None:
+        self.__dict__.pop("_encodings", None)
+
     @staticmethod
     def _per_target(features: Any, image_index: Tensor) -> Any:
         """Image features for each target: a tensor indexed along batch, or a dataclass of such tensors."""
@@ -160,7 +183,7 @@ class PromptableSegmentationModule(L.LightningModule):
         if schedule.mask_only_last and schedule.iterations > 1:
             mask_only.add(schedule.iterations - 1)
 
-        features = self._per_target(self.net.encode_image(images), image_index)
+        features = self._per_target(self._encode(images), image_index)
         low_res = None
         if schedule.zero_mask_first:
             low_res = torch.zeros(target.shape[0], 1, *self.net.mask_input_size, device=self.device)
@@ -231,7 +254,7 @@ class PromptableSegmentationModule(L.LightningModule):
         class_index = self._class_indices(names)
         spacing = getattr(self.trainer.datamodule, "spacing", None) if self._trainer is not None else None
         generator = torch.Generator().manual_seed(protocol.seed + batch_idx)
-        features = self._per_target(self.net.encode_image(images), image_index)
+        features = self._per_target(self._encode(images), image_index)
         spatial = tuple(target.shape[2:])
 
         def record(name: str, logits: Tensor) -> None:
@@ -267,6 +290,7 @@ class PromptableSegmentationModule(L.LightningModule):
         train_mode(self.net)  # models come from from_pretrained in eval mode; frozen parts stay in eval mode
 
     def on_fit_end(self) -> None:
+        self.__dict__.pop("_encodings", None)
         start = getattr(self.net, "weights_origin", None) or "random initialisation"
         self.net.weights_origin = f"trained by a zoo run from {start}"
 
@@ -305,3 +329,18 @@ class PromptableSegmentationModule(L.LightningModule):
         from zoo.training.prediction import predict_batch
 
         return predict_batch(self.net, self.processor, batch)
+
+
+def _one(encoding: Any, row: int) -> Any:
+    """Row ``row`` of an encoding (a tensor or a dataclass of tensors), kept as a 1-row batch."""
+    if isinstance(encoding, Tensor):
+        return encoding[row : row + 1].clone()
+    return replace(encoding, **{f.name: getattr(encoding, f.name)[row : row + 1].clone() for f in fields(encoding)})
+
+
+def _stack(encodings: list[Any]) -> Any:
+    """Concatenate 1-row encodings (tensors or dataclasses of tensors) along the batch."""
+    first = encodings[0]
+    if isinstance(first, Tensor):
+        return torch.cat(encodings)
+    return replace(first, **{f.name: torch.cat([getattr(e, f.name) for e in encodings]) for f in fields(first)})
