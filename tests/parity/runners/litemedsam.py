@@ -1,4 +1,4 @@
-"""LiteMedSAM parity runner (the network; the processor's tensors are listed in ``PROCESSOR_TENSORS``).
+"""LiteMedSAM parity runner: the network, the processor and the 3D slice propagation.
 
 Format (case.json ``naming``): prompt modes are named by their prompts joined by ``_`` in the order ``points``,
 ``box``, ``mask`` (e.g. ``box``, ``points``, ``box_mask``). Network tensors: ``input_image`` -> ``image_embeddings``;
@@ -6,6 +6,16 @@ Format (case.json ``naming``): prompt modes are named by their prompts joined by
 ``point_labels``, ``box`` (already in model-input pixels), ``mask_input``, and the mask decoder gives
 ``lowres_t_{multi|single}`` / ``iou_t_{multi|single}``. ``mask_input`` is ``lowres_box_single`` fed back (the
 ``box_mask`` mode), so the chained run feeds our own low-res logits.
+
+Processor tensors: ``raw_image_rgb`` -> ``input_image`` (``LiteMedSAMProcessor.prepare``); ``box_orig`` -> ``box`` and
+``point_coords_orig`` -> ``point_coords`` (``to_model_space``: the authors' truncating ``resize_box_to_256``, SAM's
+``apply_coords``); ``lowres_t_single`` -> ``pred_t_logits`` / ``pred_t_binary`` (``to_original``). The same outputs come
+from ``zoo.inference.Predictor`` with the prompts in original pixels (the box_mask mode passes the previous
+prediction's low-res logits, ``lowres_box_single``, as ``mask_input``). ``volume`` + ``box3d`` -> ``infer3d_segs``:
+:func:`zoo.inference.propagation.propagate_box` (the authors' ``MedSAM_infer_npz_3D``, current revision: the box's
+end slices included). ``label_2d`` / ``label_3d`` are references for Dice only: the steps that produce the masks they
+belong to read them to check case.json's ``reference_dice`` against the stored masks (a check of the fixture, not of
+our result; ours is compared with the stored masks).
 """
 
 from __future__ import annotations
@@ -17,7 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..harness import Arg, Case, Expect, Plan, StepContext, build_model as build_checked_model
+from zoo.inference.predictor import Predictor
+from zoo.inference.propagation import propagate_box
+from zoo.processors import LiteMedSAMProcessor, processor_for
+from zoo.prompts.types import Prompts
+from zoo.prompts.validate import boxes_from_user, points_from_user
+
+from ..harness import Arg, Case, Expect, Plan, StepContext, build_model as build_checked_model, dice
 
 RELEASED_MODEL = "litemedsam"
 FLOAT = Expect("float")
@@ -27,28 +43,6 @@ PROMPT_INPUTS = {"points": ("point_coords", "point_labels"), "box": ("box",), "m
 DECODER_VARIANTS = {"multi": True, "single": False}
 MASK_FEEDBACK = re.compile(r"(?P<lowres>lowres_\w+_single) fed back as the mask prompt")
 TRAINING_ONLY = "training-time option; it does not change the forward pass of loaded weights in eval mode"
-
-# TODO(LiteMedSAM processor): these belong to the family's processor, written separately; until its steps are
-# planned here the coverage test lists them as unaccounted.
-#   raw_image_rgb -> input_image            resize longest side to 256 (INTER_AREA), min-max to [0, 1], pad
-#   box_orig (+ raw_image_rgb) -> box       int(c * 256 / max(H, W))
-#   point_coords_orig -> point_coords       SAM's apply_coords scaling
-#   lowres_t_single -> pred_t_logits, pred_t_binary   crop [:newh, :neww], bilinear to H x W, sigmoid > 0.5
-#   volume + box3d -> infer3d_segs          3D box propagation (CVPR24_LiteMedSAM_infer.py)
-#   label_2d, label_3d                      references for Dice only, not compared
-PROCESSOR_TENSORS = (
-    "raw_image_rgb",
-    "box_orig",
-    "point_coords_orig",
-    "pred_{mode}_logits",
-    "pred_{mode}_binary",
-    "volume",
-    "box3d",
-    "infer3d_segs",
-    "label_2d",
-    "label_3d",
-)
-
 
 def _grid(config: Any) -> list[int]:
     return [config.grid_size] * SPATIAL_DIMS
@@ -144,6 +138,7 @@ def plan(case: Case) -> Plan:
         plan.add("mask_feedback", [source], {"mask_input": FLOAT}, _feedback(source))
     for mode in modes_in(case.tensor_names):
         _plan_mode(case, plan, mode)
+    _plan_processor(case, plan, source)
     return plan
 
 
@@ -208,5 +203,150 @@ def _decoder(mode: str, multimask: bool, low_res: str, iou: str, outputs: list[s
         )
         produced = {low_res: prediction.low_res_logits, iou: prediction.iou_predictions}
         return {name: produced[name] for name in outputs}
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------------- processor
+
+ORIGINAL_PROMPTS = {"points": ("point_coords_orig", "point_labels"), "box": ("box_orig",)}
+REFERENCE = re.compile(r"(?P<tensor>\w+)_vs_(?P<label>label_\w+)")
+
+
+def references(case: Case) -> dict[str, str]:
+    """``{mask tensor: label tensor}`` from case.json ``reference_dice`` (``pred_box_binary_vs_label_2d``)."""
+    found = {}
+    for key in case.spec.get("reference_dice", {}):
+        match = REFERENCE.fullmatch(key)
+        if not match or not (case.knows(match["tensor"]) and case.knows(match["label"])):
+            raise ValueError(f"{case.case_id}: cannot place reference_dice entry {key!r}")
+        found[match["tensor"]] = match["label"]
+    return found
+
+
+def _plan_processor(case: Case, plan: Plan, feedback: str | None) -> None:
+    known, refs = case.knows, references(case)
+    if known("raw_image_rgb") and known("input_image"):
+        plan.add("preprocess", ["raw_image_rgb"], {"input_image": FLOAT}, _preprocess)
+    if known("box_orig") and known("box"):
+        plan.add("map_box", ["box_orig", "raw_image_rgb"], {"box": FLOAT}, _map_box)
+    if known("point_coords_orig") and known("point_coords"):
+        plan.add("map_points", ["point_coords_orig", "raw_image_rgb"], {"point_coords": FLOAT}, _map_points)
+    for mode in modes_in(case.tensor_names):
+        logits, binary, low_res = f"pred_{mode}_logits", f"pred_{mode}_binary", f"lowres_{mode}_single"
+        outputs = {name: FLOAT if name == logits else Expect("binary") for name in (logits, binary) if known(name)}
+        if not outputs:
+            continue
+        labels = [refs[binary]] if binary in refs else []
+        plan.add(
+            f"{mode}/to_original",
+            [low_res, "raw_image_rgb", *labels],
+            outputs,
+            _to_original(low_res, logits, binary, labels),
+        )
+        kinds = parse_mode(mode)
+        originals = [name for kind in kinds if kind != "mask" for name in ORIGINAL_PROMPTS[kind]]
+        if "mask" in kinds:
+            if feedback is None:
+                raise ValueError(f"mode {mode!r}: case.json does not say which logits mask_input is")
+            originals.append(feedback)
+        predicted = {**outputs, low_res: FLOAT, f"iou_{mode}_single": FLOAT}
+        plan.add(
+            f"{mode}/predictor",
+            ["raw_image_rgb", *originals],
+            {name: expect for name, expect in predicted.items() if known(name)},
+            _predictor(mode, kinds, feedback),
+        )
+    if known("infer3d_segs") and known("volume") and known("box3d"):
+        labels = [refs["infer3d_segs"]] if "infer3d_segs" in refs else []
+        rule = case.tolerance.rule("infer3d_segs")
+        plan.add("propagate_3d", ["volume", "box3d", *labels], {"infer3d_segs": Expect("binary", rule=rule)}, _propagate(labels))
+
+
+def _processor(ctx: StepContext) -> LiteMedSAMProcessor:
+    processor = ctx.cache.get("processor")
+    if processor is None:
+        processor = ctx.cache["processor"] = processor_for(ctx.model)
+    assert isinstance(processor, LiteMedSAMProcessor)
+    return processor
+
+
+def _check_reference(ctx: StepContext, mask: str, label: str, values: Mapping[str, Tensor]) -> None:
+    """case.json's reference Dice of the stored mask against its label must be what the stored tensors give."""
+    stated = float(ctx.case.spec["reference_dice"][f"{mask}_vs_{label}"])
+    upstream = dice(ctx.case.expected(mask).bool(), values[label].bool())
+    if round(upstream, 4) != round(stated, 4):
+        raise AssertionError(f"reference_dice {mask}_vs_{label} = {stated} but the stored tensors give {upstream:.6f}")
+
+
+def _preprocess(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {"input_image": _processor(ctx).prepare(values["raw_image_rgb"].numpy()).model_input[None]}
+
+
+def _map_box(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    processor = _processor(ctx)
+    frame = processor.prepare(values["raw_image_rgb"].numpy())
+    boxes = boxes_from_user(values["box_orig"], frame.original_shape)
+    return {"box": processor.model_kwargs(processor.to_model_space(Prompts(boxes=boxes), frame))["boxes"]}
+
+
+def _map_points(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    processor = _processor(ctx)
+    frame = processor.prepare(values["raw_image_rgb"].numpy())
+    rows = []
+    for coords in values["point_coords_orig"]:  # one prompt set per row
+        points = points_from_user(coords, None, frame.original_shape, "xy")
+        rows.append(processor.model_kwargs(processor.to_model_space(Prompts(points=points), frame))["points"][0])
+    return {"point_coords": torch.cat(rows)}
+
+
+def _to_original(low_res: str, logits: str, binary: str, labels: list[str]):
+    def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        for label in labels:
+            _check_reference(ctx, binary, label, values)
+        processor = _processor(ctx)
+        back = processor.to_original(values[low_res], processor.prepare(values["raw_image_rgb"].numpy()))
+        produced = {logits: back.logits, binary: back.mask[0, 0]}
+        return {name: value for name, value in produced.items() if ctx.case.knows(name)}
+
+    return run
+
+
+def _predictor(mode: str, kinds: tuple[str, ...], feedback: str | None):
+    """``Predictor.set_image`` on the original RGB image (once per case), ``predict`` with original-pixel prompts."""
+
+    def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        raw = values["raw_image_rgb"]
+        cached = ctx.cache.get("predictor")
+        if cached is None or not torch.equal(cached[0], raw):
+            predictor = Predictor(ctx.model, processor=_processor(ctx))
+            predictor.set_image(raw.numpy())
+            ctx.cache["predictor"] = cached = (raw.clone(), predictor)
+        kwargs = {}
+        if "points" in kinds:
+            kwargs["point_coords"] = values["point_coords_orig"][0].numpy()
+            kwargs["point_labels"] = values["point_labels"][0].numpy()
+        if "box" in kinds:
+            kwargs["box"] = values["box_orig"].numpy()
+        if "mask" in kinds:
+            kwargs["mask_input"] = values[feedback]  # the previous prediction's low-res logits, as a user passes them
+        result = cached[1].predict(**kwargs)
+        produced = {
+            f"pred_{mode}_logits": result.logits[:, None],
+            f"pred_{mode}_binary": result.masks[0],
+            f"lowres_{mode}_single": result.low_res_logits[:, None],
+            f"iou_{mode}_single": result.iou_predictions[:, None],
+        }
+        return {name: value for name, value in produced.items() if ctx.case.knows(name)}
+
+    return run
+
+
+def _propagate(labels: list[str]):
+    def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        for label in labels:
+            _check_reference(ctx, "infer3d_segs", label, values)
+        result = propagate_box(ctx.model, _processor(ctx), values["volume"], values["box3d"].tolist())
+        return {"infer3d_segs": result.masks}
 
     return run
