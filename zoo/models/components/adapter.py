@@ -4,14 +4,16 @@ from torch import Tensor, nn
 
 from zoo.models.components.channels_last_conv import conv_channels_last, conv_transpose_channels_last
 from zoo.models.components.compute_path import reference_computation_enabled
+from zoo.models.components.weight_cache import DropsDerivedWeights
 
 
-class ChannelSpatialAdapter(nn.Module):
+class ChannelSpatialAdapter(DropsDerivedWeights):
     """Adapter run in parallel with each ViT block's MLP on the same ``norm2`` output (``B x H x W x C``).
 
     out = LayerNorm(x + spatial(x * gate(x))): the skip uses the ungated input. The spatial branch halves then
     doubles the grid, so the token grid must have even sides. Submodule names follow upstream's checkpoint keys
-    (``channel.0``, ``channel.2``, ``spatial.0``, ``spatial.2``, ``norm``).
+    (``channel.0``, ``channel.2``, ``spatial.0``, ``spatial.2``, ``norm``). On the CPU the transposed
+    convolution's rearranged weight is kept for inference (``weight_cache``).
     """
 
     def __init__(self, dim: int, mlp_ratio: float = 0.25) -> None:

@@ -2,12 +2,12 @@
 
 SAM-Med2D's adapter convolves the ViT's channels-last tokens with a stride-2 3x3 convolution and a stride-2 4x4
 transposed convolution, 768 channels each, on a 16x16 grid. The CPU convolution kernels handle that shape poorly
-(the transposed one ran at ~29 GFLOP/s on 2 threads) and want a channels-first copy. Written as one matrix
-product over the gathered kernel taps (convolution), or one batched product per kernel position followed by an
-overlap-add of the kernel-sized output blocks (transposed convolution), the same sums run at the machine's GEMM
-rate on the tokens as they are (the convolution through oneDNN where it applies, ``onednn_linear``). The
-convolution's weight is used as it is stored; the transposed convolution's is rearranged once per parameter state
-and kept (``weight_cache``), one extra copy of it in memory.
+(far below the machine's GEMM rate) and want a channels-first copy. Written as one matrix product over the gathered
+kernel taps (convolution), or one batched product per kernel position followed by an overlap-add of the kernel-sized
+output blocks (transposed convolution), the same sums run at the machine's GEMM rate on the tokens as they are (the
+convolution through oneDNN where it applies, ``onednn_linear``). The convolution's weight is used as it is stored;
+the transposed convolution's is rearranged once per parameter state and kept (``weight_cache``), one extra copy of
+it in memory. ``benchmarks/encoder_speed.py`` compares the reference and fast paths.
 """
 
 import itertools
@@ -72,7 +72,7 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
         return conv.weight.flatten(2).permute(2, 0, 1).contiguous()
 
     # One product per kernel position, batched: on the SAM-Med2D adapter's shape (64 tokens, 768 -> 16 x 768)
-    # the batched product ran ~25% faster on 2 CPU threads than one 768 -> 12288 product (3.0 vs 3.9 ms).
+    # the batched product was faster on the CPUs measured than one 768 -> 12288 product.
     tokens = x.reshape(1, -1, conv.in_channels).expand(math.prod(kernel), -1, -1)
     blocks = torch.bmm(tokens, derived_from_parameters(conv, "conv_transpose_taps", [conv.weight], weight))
     full = [(n - 1) * s + k for n, s, k in zip(spatial, stride, kernel)]

@@ -10,11 +10,10 @@ upscaled grid. Same function, different rounding (within 1e-5 at full size).
 
 The second stage runs in chunks of tokens whose largest intermediate stays around ``CHUNK_BYTES``: SAM-Med3D's
 whole second upscaling is 6 MiB per mask set, which leaves the caches and, freed and reallocated on every click,
-costs page faults; chunked, one click's upscaling ran 10.7 -> 7.2 ms on 2 CPU threads. The first stage, a quarter
-of the size, runs over all tokens at once (in chunks of 85 tokens its product ran about 40% slower).
+costs page faults; chunked, it stays in cache. The first stage, a quarter of the size, runs over all tokens at once
+(chunking its product made it slower). ``benchmarks/encoder_speed.py`` times a click on each path.
 """
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -24,7 +23,7 @@ from torch.nn import functional as F
 
 from zoo.models.components.layers import LayerNormNd
 from zoo.models.components.onednn_linear import linear
-from zoo.models.components.weight_cache import derived_from_parameters
+from zoo.models.components.weight_cache import derived_from_parameters, kept_index
 
 CHUNK_BYTES = 1 << 20
 
@@ -98,25 +97,20 @@ def channels_last_masks(
         chunks.append(y.flatten(1, -2) @ hyper_t)  # B x (n K1 K2) x M
     masks = torch.cat(chunks, dim=1)  # B x (grid, K1, K2) x M
     upscaled = [g * k1 * k2 for g, k1, k2 in zip(grid, first.kernel_size, second.kernel_size)]
-    # Under torch.compile the indices are traced into the graph (dynamo would bypass the cache anyway).
-    build_order = _upscaled_order.__wrapped__ if torch.compiler.is_compiling() else _upscaled_order
-    order = build_order(batch, tuple(grid), first.kernel_size, second.kernel_size, num_masks, masks.device)
+    shape = (batch, tuple(grid), first.kernel_size, second.kernel_size, num_masks, masks.device)
+    order = kept_index(upscaling, ("upscaled_order", *shape), lambda: upscaled_order(*shape))
     return torch.take(masks, order).view(batch, num_masks, *upscaled)
 
 
-@functools.lru_cache(maxsize=16)
-def _upscaled_order(
+def upscaled_order(
     batch: int, grid: tuple[int, ...], k1: tuple[int, ...], k2: tuple[int, ...], num_masks: int, device: torch.device
 ) -> Tensor:
     """Flat indices that rearrange ``B x (grid, K1, K2) x M`` masks onto the upscaled ``B x M x *upscaled`` grid.
 
-    Along each axis the output index is (grid index * k1 + first sub-voxel) * k2 + second sub-voxel. As a
-    permutation of an 11-dimensional view the copy took 0.57 ms per SAM-Med3D mask on 2 threads; gathered through
-    these indices, 0.06 ms. Built outside inference mode even when first asked for inside it, so that a training
-    step after inference-mode validation can save it for backward.
+    Along each axis the output index is (grid index * k1 + first sub-voxel) * k2 + second sub-voxel. Gathering
+    through kept indices is several times faster than copying a permutation of an 11-dimensional view.
     """
     n = len(grid)
     order = [0, 3 * n + 1] + [1 + axis + level * n for axis in range(n) for level in range(3)]
-    with torch.inference_mode(False):
-        positions = torch.arange(batch * math.prod(grid) * math.prod(k1) * math.prod(k2) * num_masks, device=device)
-        return positions.view(batch, *grid, *k1, *k2, num_masks).permute(order).flatten()
+    positions = torch.arange(batch * math.prod(grid) * math.prod(k1) * math.prod(k2) * num_masks, device=device)
+    return positions.view(batch, *grid, *k1, *k2, num_masks).permute(order).flatten()

@@ -7,6 +7,7 @@ from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.fast_upscaling import channels_last_masks, supports_channels_last_upscaling
 from zoo.models.components.layers import MLP, LayerNormNd, conv_transpose_nd
 from zoo.models.components.transformer import TwoWayTransformer
+from zoo.models.components.weight_cache import DropsDerivedWeights
 from zoo.models.outputs import MaskPrediction
 
 
@@ -22,8 +23,11 @@ def broadcast_image_batch(image_tensor: Tensor, batch: int, what: str) -> Tensor
     )
 
 
-class MaskDecoder(nn.Module):
-    """Predicts ``1 + num_multimask_outputs`` masks and their IoU from image and prompt embeddings."""
+class MaskDecoder(DropsDerivedWeights):
+    """Predicts ``1 + num_multimask_outputs`` masks and their IoU from image and prompt embeddings.
+
+    The fast upscaling keeps its rearranged weights and gather indices for inference (``weight_cache``).
+    """
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.components.layers import LayerNormNd, conv_nd
-from zoo.models.components.weight_cache import derived_from_parameters
+from zoo.models.components.weight_cache import DropsDerivedWeights, derived_from_parameters
 
 
 class RandomFourierPositionEncoding(nn.Module):
@@ -30,7 +30,7 @@ class RandomFourierPositionEncoding(nn.Module):
         return torch.cat([angles.sin() if f == "sin" else angles.cos() for f in self.layout], dim=-1)
 
 
-class PromptEncoder(nn.Module):
+class PromptEncoder(DropsDerivedWeights):
     """Embeds points, boxes and low-res mask prompts for the mask decoder.
 
     Axis conventions are explicit because the released weights depend on them:
