@@ -151,3 +151,51 @@ def test_mlp_block_fuses_its_activation_and_still_runs_with_a_replaced_layer():
         plain.load_state_dict(block.lin1.state_dict())
         block.lin1 = nn.Sequential(plain)  # a wrapper whose forward takes only x
         torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-5)
+
+
+def test_the_private_op_counts_only_where_it_computes_f_linear_and_its_post_ops():
+    kernel = torch.ops.mkldnn._linear_pointwise
+    assert onednn_linear.computes_linear(kernel)
+    assert not onednn_linear.computes_linear(None), "op missing from this torch"
+
+    def raising(*args):
+        raise RuntimeError("changed signature")
+
+    def ignores_bias(x, weight, bias, attr, scalars, algorithm):
+        return kernel(x, weight, None, attr, scalars, algorithm)
+
+    def ignores_post_op(x, weight, bias, attr, scalars, algorithm):
+        return kernel(x, weight, bias, "none", [], "")
+
+    def exact_gelu_for_tanh(x, weight, bias, attr, scalars, algorithm):
+        return kernel(x, weight, bias, attr, scalars, "none" if attr == "gelu" else algorithm)
+
+    for wrong in (raising, ignores_bias, ignores_post_op, exact_gelu_for_tanh):
+        assert not onednn_linear.computes_linear(wrong), wrong.__name__
+
+
+def test_without_a_working_op_every_product_is_f_linear(monkeypatch):
+    """The fallback, forced: no call reaches the private op and the results are F.linear's."""
+    monkeypatch.setattr(onednn_linear, "onednn_linear_works", lambda: False)
+    calls = []
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1))
+    x, weight, bias = operands(rows=64)
+    with torch.inference_mode():
+        assert not onednn_applies(x, weight, bias)
+        for activation, function in ACTIVATIONS.values():
+            torch.testing.assert_close(linear(x, weight, bias, activation), function(F.linear(x, weight, bias)))
+        block_out = OneDNNLinear(48, 80)(x, nn.GELU())
+    assert calls == [] and block_out.shape == (2, 64, 80)
+
+
+def test_the_op_is_checked_once_per_process(monkeypatch):
+    onednn_linear.onednn_linear_works.cache_clear()
+    checks = []
+    real = onednn_linear.computes_linear
+    monkeypatch.setattr(onednn_linear, "computes_linear", lambda op: checks.append(op) or real(op))
+    x, weight, bias = operands()
+    with torch.inference_mode():
+        for _ in range(3):
+            linear(x, weight, bias)
+    assert len(checks) == 1
+    onednn_linear.onednn_linear_works.cache_clear()

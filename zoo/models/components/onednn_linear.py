@@ -1,18 +1,23 @@
 """``F.linear`` through oneDNN's matrix product for large float32 inference products on the CPU.
 
-On the CPUs measured here (2 threads) oneDNN ran the encoders' projections and MLPs faster than ``F.linear``'s
-default path: 10-40% on an AVX2 machine, and SAM-Med2D's encoder 285 -> 260 ms on an AVX-512/AMX one, where the
-few-row, wide product of its adapter's down convolution written as a linear map gains most. On small products its
-per-call overhead loses: with it, the mask decoder's clicks were 3-10% slower (3.8 vs 3.4 ms per SAM-Med2D click
-on the AMX machine). So only products of at least :data:`MIN_MULTIPLY_ADDS` take it: the encoders' qkv, MLP and
-adapter products do (SAM-Med2D's 256-token output projection does not), no decoder product does. Same function,
-same weights (nothing is copied or cached); only the summation order differs, as between any two GEMM kernels.
+On the CPUs measured (AVX2 and AVX-512/AMX, 2 threads) oneDNN ran the encoders' projections and MLPs faster than
+``F.linear``'s default path, most of all the few-row, wide product of SAM-Med2D's adapter down convolution written
+as a linear map. On small products its per-call overhead loses (the mask decoder's clicks were slower with it), so
+only products of at least :data:`MIN_MULTIPLY_ADDS` take it: the encoders' qkv, MLP and adapter products do
+(SAM-Med2D's 256-token output projection does not), no decoder product does. Same function, same weights (nothing
+is copied or cached); only the summation order differs, as between any two GEMM kernels.
+``benchmarks/encoder_speed.py`` measures both paths.
 
 An activation that follows the product (the ViT MLP's GELU, the adapter convolution's ReLU) runs as oneDNN's
 post-op on the product's output while it is still in cache: no second pass over it and no second buffer, whose
-fresh pages can cost more than the activation itself (a 3 MiB GELU output in SAM-Med2D's MLP: 0.14 ms warm, 3-5 ms
-when freshly page-faulted on the VMs measured here).
+fresh pages can cost more than the activation itself.
+
+oneDNN's product is a private torch op (``torch.ops.mkldnn._linear_pointwise``). It is used only where
+:func:`onednn_linear_works` found it, once per process, computing ``F.linear`` and each post-op on a tiny input;
+elsewhere every product is ``F.linear``.
 """
+import functools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -20,21 +25,55 @@ from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
 
-_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 MIN_MULTIPLY_ADDS = 2**28  # rows x inputs x outputs below which F.linear's kernel was faster
+
+
+def computes_linear(op: Callable[..., Tensor] | None) -> bool:
+    """Whether ``op`` behaves as ``torch.ops.mkldnn._linear_pointwise`` is relied on to: ``F.linear`` followed by
+    the named post-op (none, exact and tanh GELU, ReLU), with and without a bias, on a tiny float32 input."""
+    if op is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((2, 3, 8), (5, 8), (5,)))
+    post_ops = {
+        ("none", ""): lambda y: y,
+        ("gelu", "none"): F.gelu,
+        ("gelu", "tanh"): lambda y: F.gelu(y, approximate="tanh"),
+        ("relu", ""): F.relu,
+    }
+    try:
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
+            for (attr, algorithm), activation in post_ops.items():
+                for b in (bias, None):
+                    out = op(x, weight, b, attr, [], algorithm)
+                    expected = activation(F.linear(x, weight, b))
+                    if not isinstance(out, Tensor) or out.shape != expected.shape or out.dtype != torch.float32:
+                        return False
+                    if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
+                        return False
+    except Exception:  # noqa: BLE001 - missing kernel, changed signature: the op is not usable
+        return False
+    return True
+
+
+@functools.cache
+def onednn_linear_works() -> bool:
+    """Whether this torch has oneDNN and its private linear op computes as relied on (checked once)."""
+    return torch.backends.mkldnn.is_available() and computes_linear(
+        getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    )
 
 
 def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether :func:`linear` takes oneDNN's path: a large eager float32 CPU inference product, contiguous weight.
 
     Not for products under :data:`MIN_MULTIPLY_ADDS`, not under autocast (the product must follow autocast's
-    dtype), not while recording gradients, not while ``torch.compile`` traces (inductor chooses its own kernels)
-    and not inside ``reference_computation()``.
+    dtype), not while recording gradients, not while ``torch.compile`` traces (inductor chooses its own kernels),
+    not inside ``reference_computation()`` and not where :func:`onednn_linear_works` is false.
     """
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
-        _AVAILABLE
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and all(t.dtype == torch.float32 for t in tensors)
         and weight.is_contiguous()
         and x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS
@@ -42,6 +81,7 @@ def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> boo
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not reference_computation_enabled()
+        and onednn_linear_works()
     )
 
 
