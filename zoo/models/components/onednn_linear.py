@@ -16,6 +16,7 @@ oneDNN's product is a private torch op (``torch.ops.mkldnn._linear_pointwise``).
 :func:`onednn_linear_works` found it, once per process, computing ``F.linear`` and each post-op on a tiny input;
 elsewhere every product is ``F.linear``.
 """
+
 import functools
 from collections.abc import Callable
 
