@@ -3,34 +3,40 @@
 Precision ``"fp32"`` is exact; ``"bf16"`` runs the image encoder under ``torch.autocast`` (bfloat16 matrix
 products, float32 reductions) and hands on a float32 image encoding; ``"auto"`` picks bf16 only where the device
 computes it natively (CUDA with bf16 support, or a CPU whose oneDNN has bf16 kernels: AVX-512 or AMX). On a CPU
-without them bf16 is emulated and slower than fp32 (``benchmarks/encoder_speed.py`` measures both).
+without them bf16 is emulated and slower than fp32.
 
 The prompt side (prompt encoder and mask decoder, about 1 GFLOP per click at most) runs in float32 at either
-precision. It is bound by small operations, not by arithmetic, and under autocast it re-cast its float32 weights
-to bfloat16 on every click: on a 2-core AMX CPU a bf16-autocast click took 9.9 / 5.3 / 6.9 ms (SAM-Med3D /
-SAM-Med2D / SAM-UNet) against 8.2 / 3.6 / 5.4 ms in float32 on the same bf16 embedding.
+precision. It is bound by small operations, not by arithmetic, and under autocast it would re-cast its float32
+weights to bfloat16 on every click, which made clicks slower on every CPU measured.
 
 ``compile_encoder=True`` wraps the image side in ``torch.compile`` with inductor weight freezing; the first call
-compiles (one to three minutes at full size on a 2-core CPU), later calls with the same input shape reuse the compiled
-code. On a 2-core AVX-512/AMX CPU it changed the fp32 encoder by -4% (SAM-Med3D), +80% (SAM-Med2D) and -2%
-(SAM-UNet), on a 2-core AVX2 CPU by -8%, +14% and -8%; so it is off by default.
+compiles (minutes at full size on a few CPU cores), later calls with the same input shape reuse the compiled code.
+Frozen weights are constants of the compiled code, so the runtime remembers the state of every parameter and
+buffer (object, version, storage, dtype, device) when it compiles and compiles again when any of them has changed
+(an optimizer step, ``load_state_dict``, a replaced parameter, a move). Its gain depends on the model and the CPU
+(from slower to much faster), so it is off by default.
 
 ``compile_decoder=True`` compiles the prompt side (the ``decode`` function a predictor passes) with ``torch.compile``,
-without freezing. It pays on every click: 8.1 -> 6.1 ms (SAM-Med3D), 3.4 -> 2.1 ms (SAM-Med2D), 5.4 -> 3.1 ms
-(SAM-UNet) on the 2-core AMX CPU, outputs within 2e-6. The first click compiles (13-17 s there) and the first
-click with a different number of prompt points compiles once more (about 13 s), after which the point count is
-dynamic; worth it for long sessions and evaluation loops, not for a few clicks, so it is off by default.
+without freezing. It pays on every click, outputs within float tolerance of eager. The first click compiles (seconds
+to tens of seconds on a few cores) and the first click with a different number of prompt points compiles once
+more, after which the point count is dynamic; worth it for long sessions and evaluation loops, not for a few
+clicks, so it is off by default.
+
+``benchmarks/encoder_speed.py`` measures each precision and path on the machine at hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from zoo.models.components.weight_cache import TensorStates, version_counters_work
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -40,8 +46,27 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return onednn_bf16_native()
     return False
+
+
+@functools.cache
+def onednn_bf16_native() -> bool:
+    """Whether oneDNN reports native bf16 kernels on this CPU, through a private torch op, checked once: the op
+    must exist and answer a bool, and a tiny bf16 autocast product must then agree with float32 to bf16 precision.
+    Anything else counts as not native, so ``"auto"`` keeps the exact fp32."""
+    query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        answer = query() if query is not None else False
+        if answer is not True:
+            return False
+        generator = torch.Generator().manual_seed(0)
+        a, b = torch.randn(8, 16, generator=generator), torch.randn(16, 4, generator=generator)
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            product = a @ b
+        return product.dtype == torch.bfloat16 and torch.allclose(product.float(), a @ b, rtol=0.05, atol=0.1)
+    except Exception:  # noqa: BLE001 - a missing or changed private op: not native
+        return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -65,6 +90,7 @@ class ModelRuntime:
         self.compile_encoder = compile_encoder
         self.compile_decoder = compile_decoder
         self._compiled: Callable[[Tensor], Any] | None = None
+        self._compiled_states: TensorStates | None = None  # the weights frozen into self._compiled
         self._compiled_decoders: dict[Callable[..., Any], Callable[..., Any]] = {}
 
     @property
@@ -84,14 +110,28 @@ class ModelRuntime:
 
     def encode_image(self, images: Tensor) -> Any:
         """The model's ``encode_image`` at this precision (compiled on first use if requested)."""
-        encode = self.model.encode_image
-        if self.compile_encoder:
-            if self._compiled is None:
-                self._compiled = torch.compile(encode, options={"freezing": True})
-            encode = self._compiled
+        encode = self.compiled_encoder() if self.compile_encoder else self.model.encode_image
         with self.autocast():
             encoding = encode(images)
         return _as_float32(encoding)
+
+    def compiled_encoder(self) -> Callable[[Tensor], Any]:
+        """``torch.compile`` of the model's ``encode_image`` with its weights frozen, compiled again (after
+        ``torch.compiler.reset()``, which drops every compiled function of the process) whenever a parameter or
+        buffer is not the one, in the state, that was frozen. Where this torch's version counters cannot be relied
+        on (``weight_cache.version_counters_work``) the weights are not frozen: the compiled code reads them."""
+        if not version_counters_work():
+            if self._compiled is None:
+                self._compiled = torch.compile(self.model.encode_image)
+            return self._compiled
+        weights = [*self.model.parameters(), *self.model.buffers()]
+        if self._compiled is None or self._compiled_states is None or not self._compiled_states.match(weights):
+            if self._compiled is not None:
+                # Dynamo would reuse the code compiled with the old weights (its guards do not read versions).
+                torch.compiler.reset()
+            self._compiled = torch.compile(self.model.encode_image, options={"freezing": True})
+            self._compiled_states = TensorStates(weights)
+        return self._compiled
 
     def decode(self, decode: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call a prompt-side function (prompt encoder + mask decoder): float32 at every precision, compiled on
