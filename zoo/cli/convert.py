@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from zoo.hub.convert import convert
 from zoo.errors import CheckpointError
 
 
@@ -51,12 +49,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Convert; expected errors (bad checkpoint, existing output, missing file) reach ``zoo``'s one-line handler."""
+    from zoo.hub.convert import convert
+
+    
     try:
-        conversion = convert(
-            args.src, args.dst, args.model, overwrite=args.overwrite, seed=args.seed, **parse_overrides(args.overrides)
-        )
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, TypeError) as err:
-        print(f"zoo convert: error: {err}", file=sys.stderr)
-        return 1
+        overrides = parse_overrides(args.overrides)
+    except ValueError as err:
+        raise CheckpointError(args.src, str(err)) from None
+    conversion = convert(args.src, args.dst, args.model, overwrite=args.overwrite, seed=args.seed, **overrides)
     print(conversion.summary())
     return 0
