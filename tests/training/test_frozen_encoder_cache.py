@@ -48,3 +48,15 @@ def test_the_cache_is_cleared_when_a_fit_starts() -> None:
     module.on_fit_start()
     module._encode(images)
     assert calls == [1, 1]
+
+
+def test_only_the_new_images_of_a_batch_are_encoded_and_repeats_once() -> None:
+    torch.manual_seed(0)
+    module = PromptableSegmentationModule(model="sam_med2d_b", model_overrides=TINY_2D, freeze=["image_encoder.*"])
+    calls = _counting(module)
+    known, new = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    module._encode(known)
+    mixed = module._encode(torch.cat([known, new, new]))
+    assert calls == [1, 1]  # the known image from the cache, the repeated new one encoded once
+    with torch.no_grad():
+        assert torch.allclose(mixed, module.net.encode_image(torch.cat([known, new, new])), atol=1e-6)

@@ -114,14 +114,17 @@ class PromptableSegmentationModule(L.LightningModule):
             return self.net.encode_image(images)
         cache = self.__dict__.setdefault("_encodings", {})
         keys = [hashlib.sha1(image.detach().cpu().numpy().tobytes()).hexdigest() for image in images]
-        if all(key in cache for key in keys):
-            return _stack([cache[key] for key in keys])
-        with torch.no_grad():
-            fresh = self.net.encode_image(images)
-        for row, key in enumerate(keys):
-            if key not in cache and len(cache) < self.encoding_cache_limit:
+        missing = list(dict.fromkeys(key for key in keys if key not in cache))  # each distinct new image once
+        if missing and len(cache) + len(missing) > self.encoding_cache_limit:
+            with torch.no_grad():  # no room: this batch is encoded without caching
+                return self.net.encode_image(images)
+        if missing:
+            rows = [keys.index(key) for key in missing]
+            with torch.no_grad():
+                fresh = self.net.encode_image(images[rows])
+            for row, key in enumerate(missing):
                 cache[key] = _one(fresh, row)
-        return fresh
+        return _stack([cache[key] for key in keys])
 
     def on_fit_start(self) -> None:
         self.__dict__.pop("_encodings", None)
