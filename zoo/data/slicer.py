@@ -12,7 +12,7 @@ Slicing happens on the volume reoriented to RAS by axis permutation and flips on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal

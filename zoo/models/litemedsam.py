@@ -9,8 +9,7 @@ from dataclasses import dataclass, replace
 from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.tiny_vit import TinyViT, stage_resolutions
-from zoo.models.components.transformer import TwoWayTransformer
-from zoo.models.sam import SegmentAnythingModel
+from zoo.models.sam import SegmentAnythingModel, build_mask_decoder, build_prompt_encoder_2d
 from zoo.registry import register_family, register_model
 
 SPATIAL_DIMS = 2
@@ -77,32 +76,7 @@ def build_litemedsam_parts(c: LiteMedSAMConfig) -> tuple[TinyViT, PromptEncoder,
         drop_rate=c.drop_rate,
         drop_path_rate=c.drop_path_rate,
     )
-    prompt_encoder = PromptEncoder(
-        spatial_dims=SPATIAL_DIMS,
-        embed_dim=c.prompt_embed_dim,
-        image_embedding_size=(c.grid_size,) * SPATIAL_DIMS,
-        input_image_size=(c.image_size,) * SPATIAL_DIMS,
-        mask_in_chans=c.mask_in_chans,
-        num_point_embeddings=4,  # negative, positive, box top-left, box bottom-right
-        fourier_layout=("sin", "cos"),
-        point_axis_order=(1, 0),  # points are (x, y)
-        dense_axis_order=(1, 0),
-    )
-    mask_decoder = MaskDecoder(
-        spatial_dims=SPATIAL_DIMS,
-        transformer_dim=c.prompt_embed_dim,
-        transformer=TwoWayTransformer(
-            depth=c.decoder_depth,
-            embedding_dim=c.prompt_embed_dim,
-            num_heads=c.decoder_num_heads,
-            mlp_dim=c.decoder_mlp_dim,
-            attention_downsample_rate=c.attention_downsample_rate,
-        ),
-        num_multimask_outputs=c.num_multimask_outputs,
-        iou_head_depth=c.iou_head_depth,
-        iou_head_hidden_dim=c.iou_head_hidden_dim,
-    )
-    return image_encoder, prompt_encoder, mask_decoder
+    return image_encoder, build_prompt_encoder_2d(c, c.grid_size), build_mask_decoder(c, SPATIAL_DIMS)
 
 
 @register_family("litemedsam")

@@ -7,7 +7,46 @@ from torch import Tensor, nn
 from zoo.models.base import PromptableSegmenter
 from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
+from zoo.models.components.transformer import TwoWayTransformer
 from zoo.models.outputs import MaskPrediction
+
+
+def build_two_way_transformer(c: Any) -> TwoWayTransformer:
+    """SAM's decoder transformer from a config's ``prompt_embed_dim`` and ``decoder_*`` fields."""
+    return TwoWayTransformer(
+        depth=c.decoder_depth,
+        embedding_dim=c.prompt_embed_dim,
+        num_heads=c.decoder_num_heads,
+        mlp_dim=c.decoder_mlp_dim,
+        attention_downsample_rate=c.attention_downsample_rate,
+    )
+
+
+def build_mask_decoder(c: Any, spatial_dims: int) -> MaskDecoder:
+    """SAM's mask decoder (multimask tokens and IoU head) from a config's decoder fields."""
+    return MaskDecoder(
+        spatial_dims=spatial_dims,
+        transformer_dim=c.prompt_embed_dim,
+        transformer=build_two_way_transformer(c),
+        num_multimask_outputs=c.num_multimask_outputs,
+        iou_head_depth=c.iou_head_depth,
+        iou_head_hidden_dim=c.iou_head_hidden_dim,
+    )
+
+
+def build_prompt_encoder_2d(c: Any, grid_size: int) -> PromptEncoder:
+    """SAM's 2D prompt encoder: ``(x, y)`` points, box corners, mask prompts at 4x the ``grid_size`` embedding."""
+    return PromptEncoder(
+        spatial_dims=2,
+        embed_dim=c.prompt_embed_dim,
+        image_embedding_size=(grid_size, grid_size),
+        input_image_size=(c.image_size, c.image_size),
+        mask_in_chans=c.mask_in_chans,
+        num_point_embeddings=4,  # negative, positive, box top-left, box bottom-right
+        fourier_layout=("sin", "cos"),
+        point_axis_order=(1, 0),  # points are (x, y)
+        dense_axis_order=(1, 0),
+    )
 
 
 class SegmentAnythingModel(PromptableSegmenter):

@@ -2,11 +2,9 @@
 
 from dataclasses import dataclass, field
 
-from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
-from zoo.models.components.transformer import TwoWayTransformer
 from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for
-from zoo.models.sam import SegmentAnythingModel
+from zoo.models.sam import SegmentAnythingModel, build_mask_decoder
 from zoo.registry import register_family, register_model
 
 SPATIAL_DIMS = 3
@@ -112,20 +110,7 @@ class SamMed3D(
             point_axis_order=(0, 1, 2),
             dense_axis_order=(1, 0, 2),  # upstream swaps the first two grid axes in the dense PE
         )
-        self.mask_decoder = MaskDecoder(
-            spatial_dims=SPATIAL_DIMS,
-            transformer_dim=c.prompt_embed_dim,
-            transformer=TwoWayTransformer(
-                depth=c.decoder_depth,
-                embedding_dim=c.prompt_embed_dim,
-                num_heads=c.decoder_num_heads,
-                mlp_dim=c.decoder_mlp_dim,
-                attention_downsample_rate=c.attention_downsample_rate,
-            ),
-            num_multimask_outputs=c.num_multimask_outputs,
-            iou_head_depth=c.iou_head_depth,
-            iou_head_hidden_dim=c.iou_head_hidden_dim,
-        )
+        self.mask_decoder = build_mask_decoder(c, SPATIAL_DIMS)
 
 
 @register_model("sam_med3d_turbo")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from zoo.models.base import PromptableSegmenter
+from zoo.models.sam import build_prompt_encoder_2d, build_two_way_transformer
 from zoo.models.components.conv_branch import (
     RESNET_VARIANTS,
     STAGE_STRIDES,
@@ -34,8 +35,6 @@ from zoo.models.components.conv_branch import (
     resampling_steps,
 )
 from zoo.models.components.fusion_decoder import SingleTokenMaskDecoder, upscale_x4
-from zoo.models.components.prompt_encoder import PromptEncoder
-from zoo.models.components.transformer import TwoWayTransformer
 from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for, released_global_attn_indexes
 from zoo.models.outputs import MaskPrediction
 from zoo.registry import register_family, register_model
@@ -223,27 +222,8 @@ class SamUNet(
             window_size=c.window_size,
             global_attn_indexes=c.global_attn_indexes,
         )
-        self.prompt_encoder = PromptEncoder(
-            spatial_dims=SPATIAL_DIMS,
-            embed_dim=c.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(c.image_size, c.image_size),
-            mask_in_chans=c.mask_in_chans,
-            num_point_embeddings=4,  # negative, positive, box top-left, box bottom-right
-            fourier_layout=("sin", "cos"),
-            point_axis_order=(1, 0),  # points are (x, y)
-            dense_axis_order=(1, 0),
-        )
-        self.mask_decoder = SingleTokenMaskDecoder(
-            c.prompt_embed_dim,
-            TwoWayTransformer(
-                depth=c.decoder_depth,
-                embedding_dim=c.prompt_embed_dim,
-                num_heads=c.decoder_num_heads,
-                mlp_dim=c.decoder_mlp_dim,
-                attention_downsample_rate=c.attention_downsample_rate,
-            ),
-        )
+        self.prompt_encoder = build_prompt_encoder_2d(c, grid)
+        self.mask_decoder = SingleTokenMaskDecoder(c.prompt_embed_dim, build_two_way_transformer(c))
         self.resnet = build_resnet_stages(c.resnet, c.resnet_layers)
         self.adapters_in = nn.ModuleList(
             ConvToTokens(c.image_size // stride, channels, grid, c.embed_dim)

@@ -31,7 +31,7 @@ from zoo.geometry.image2d import (
 from zoo.geometry.index_map import IndexMap
 from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig
 from zoo.processors.images import rgb_uint8
-from zoo.processors.sam_med2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD, place_masks
+from zoo.processors.sam_med2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from zoo.processors.sam_style_2d import SamStyle2DProcessor
 from zoo.prompts.types import Prompts
 

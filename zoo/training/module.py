@@ -178,7 +178,6 @@ class PromptableSegmentationModule(L.LightningModule):
         schedule = self.train_prompts
         generator = self._generator("train", batch_idx)
         rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
-        spatial = tuple(target.shape[2:])
         target_mask = target[:, 0].bool()
         mask_only = set()
         if schedule.mask_only_iteration_range is not None:
@@ -258,7 +257,6 @@ class PromptableSegmentationModule(L.LightningModule):
         spacing = getattr(self.trainer.datamodule, "spacing", None) if self._trainer is not None else None
         generator = torch.Generator().manual_seed(protocol.seed + batch_idx)
         features = self._per_target(self._encode(images), image_index)
-        spatial = tuple(target.shape[2:])
 
         def record(name: str, logits: Tensor) -> None:
             pred = self.processor.binarize(logits)
@@ -276,14 +274,15 @@ class PromptableSegmentationModule(L.LightningModule):
             state = ClickState()
             points = first_click_random_foreground(target_mask, generator)
             for n in range(1, protocol.clicks[-1] + 1):
-                if n > 1:
-                    points = next_click_random_error(processor.binarize(logits)[:, 0], target_mask, 1, generator)
                 state, decoded = processor.click(
                     self.net, features, state, points, use_mask_feedback=protocol.mask_feedback
                 )
                 logits = processor.upsample(decoded.low_res_logits)
                 if n in protocol.clicks:
                     record(f"{n}pt", logits)
+                if n < protocol.clicks[-1]:
+                    predicted = processor.binarize(logits)[:, 0]
+                    points = next_click_random_error(predicted, target_mask, 1, generator)
         if protocol.box:
             boxes = processor.boxes_from_masks(target_mask, jitter="none")
             decoded = processor.decode(self.net, features, Prompts(boxes=boxes))
