@@ -51,10 +51,17 @@ def _is_sam_for_adapter_model(model: nn.Module, state_dict: StateDict) -> bool:
     return wants_adapters and is_plain_sam(state_dict)
 
 
+#: Families that share one network layout (SAM's ViT, prompt encoder and decoder); adapters or not is then a
+#: matter of keys, which the strict load reports.
+_SAME_LAYOUT = {"sam": "sam_2d", "sam_med2d": "sam_2d"}
+
+
 def _refuse_other_family(model: nn.Module, state_dict: StateDict, source_name: str) -> None:
     family = getattr(model, "family", None)
     kind = detect_checkpoint(state_dict)
     if family is None or kind is None or kind.family == family:
+        return
+    if _SAME_LAYOUT.get(kind.family, kind.family) == _SAME_LAYOUT.get(family, family):
         return
     raise CheckpointError(
         source_name,
