@@ -6,8 +6,9 @@ tensor; one test per call group runs it chained (our own upstream results) and i
 and compares every output under the case's tolerance.
 
 A missing fixture root fails under ``CI=true`` (a clone without fixtures must not go green) and is skipped with
-its reason elsewhere. A pending case whose runner exists runs like any other; one without a runner is reported
-as an expected failure ("no runner yet"), never dropped.
+its reason elsewhere; an empty parity root fails, an empty pending root is fine (nothing waits). A pending case whose
+runner exists runs like any other; one without a runner is reported as an expected failure ("no runner yet"), never
+dropped.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def test_fixture_root_holds_cases(root: FixtureRoot):
         if in_ci():
             pytest.fail(f"{reason}; under CI=true the fixtures must be present")
         pytest.skip(reason)
+    if root.pending:
+        return  # nothing pending is fine: cases join the parity root once they pass
     assert any(case.root == root.path for case in CASES), f"{root.path} exists but holds no */case.json"
 
 

@@ -115,7 +115,8 @@ def propagate_box(
         raise PromptError(f"a 3D box is (x_min, y_min, z_min, x_max, y_max, z_max), got {list(box3d)!r}", source)
     x_min, y_min, z_min, x_max, y_max, z_max = (float(v) for v in box3d)
     if not (float(int(z_min)) == z_min and float(int(z_max)) == z_max and 0 <= z_min <= z_max < depth):
-        raise PromptError(f"the box's slices z_min={z_min:g}, z_max={z_max:g} must be indices in [0, {depth - 1}]", source)
+        problem = f"the box's slices z_min={z_min:g}, z_max={z_max:g} must be indices in [0, {depth - 1}]"
+        raise PromptError(problem, source)
     z_min_i, z_max_i = int(z_min), int(z_max)
     if z_min_i == z_max_i and not include_ends:
         raise PromptError(

@@ -31,7 +31,7 @@ EXACT = Expect("exact")
 
 
 def build_model(case: Case) -> nn.Module:
-    """The model ``constructor.zoo_equivalent`` names, with the case's weights (see ``harness.build_zoo_equivalent``)."""
+    """The model ``constructor.zoo_equivalent`` names, with the case's weights (``harness.build_zoo_equivalent``)."""
     return build_zoo_equivalent(case)
 
 
@@ -110,7 +110,9 @@ def mode_kinds(mode: str) -> tuple[str, ...]:
     return kinds
 
 
-def check_listed_prompts(case: Case, kinds: tuple[str, ...], values: Mapping[str, Tensor], names: Mapping[str, str]) -> None:
+def check_listed_prompts(
+    case: Case, kinds: tuple[str, ...], values: Mapping[str, Tensor], names: Mapping[str, str]
+) -> None:
     """The stored original-pixel prompts must be the ones case.json ``inputs`` lists."""
     inputs = case.spec["inputs"]
     listed = {
@@ -137,7 +139,9 @@ def user_prompts(kinds: tuple[str, ...], values: Mapping[str, Tensor], names: Ma
     return kwargs
 
 
-def zoo_predict_prompts(kinds: tuple[str, ...], values: Mapping[str, Tensor], names: Mapping[str, str]) -> dict[str, Any]:
+def zoo_predict_prompts(
+    kinds: tuple[str, ...], values: Mapping[str, Tensor], names: Mapping[str, str]
+) -> dict[str, Any]:
     """The same prompts as ``PromptedImagesDataModule`` init arguments (pixels ``[x, y]``, box ``[x0, y0, x1, y1]``)."""
     prompts = user_prompts(kinds, values, names)
     out: dict[str, Any] = {}

@@ -260,7 +260,8 @@ def _plan_processor(case: Case, plan: Plan, feedback: str | None) -> None:
     if known("infer3d_segs") and known("volume") and known("box3d"):
         labels = [refs["infer3d_segs"]] if "infer3d_segs" in refs else []
         rule = case.tolerance.rule("infer3d_segs")
-        plan.add("propagate_3d", ["volume", "box3d", *labels], {"infer3d_segs": Expect("binary", rule=rule)}, _propagate(labels))
+        outputs = {"infer3d_segs": Expect("binary", rule=rule)}
+        plan.add("propagate_3d", ["volume", "box3d", *labels], outputs, _propagate(labels))
 
 
 def _processor(ctx: StepContext) -> LiteMedSAMProcessor:

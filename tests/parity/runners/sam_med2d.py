@@ -247,7 +247,9 @@ def _previous_prediction(case: Case) -> str:
     match = re.fullmatch(r"lowres_(?P<mode>\w+)_multi", source[0]) if source else None
     name = f"pred_{match['mode']}_lowres" if match else None
     if name is None or not case.knows(name):
-        raise ValueError("a predictor mode with a mask needs the previous prediction's low-res logits, which case.json does not name")
+        raise ValueError(
+            "a predictor mode with a mask needs the previous prediction's low-res logits; case.json does not name them"
+        )
     return name
 
 
@@ -430,7 +432,8 @@ def _model_space(inputs: Mapping[str, list[str]], values: Mapping[str, Tensor], 
         points = PointPrompts(coords.flip(-1).float().contiguous(), labels.to(torch.int64), shape)
     if "box" in inputs:
         box = values[inputs["box"][0]].float().reshape(-1, 4)
-        boxes = BoxPrompts(box[:, [1, 0]].contiguous(), box[:, [3, 2]].contiguous(), torch.ones(len(box), dtype=torch.bool), shape)
+        valid = torch.ones(len(box), dtype=torch.bool)
+        boxes = BoxPrompts(box[:, [1, 0]].contiguous(), box[:, [3, 2]].contiguous(), valid, shape)
     if "mask" in inputs:
         masks = MaskPrompts(values[inputs["mask"][0]])
     return Prompts(points, boxes, masks)

@@ -89,7 +89,8 @@ def _plan_mode(case: Case, p: Plan, mode: str, final) -> None:
     if stray:
         raise ValueError(f"{case.case_id}: tensors this runner cannot place: {stray}")
 
-    p.add(f"{mode}/map_prompts", ["raw_image_rgb", *originals], {name: FLOAT for name in mapped}, _map_prompts(kinds, n))
+    mapped_outputs = {name: FLOAT for name in mapped}
+    p.add(f"{mode}/map_prompts", ["raw_image_rgb", *originals], mapped_outputs, _map_prompts(kinds, n))
     network = ["image_embeddings", *mapped, *labels]
     p.add(
         f"{mode}/decoder_multimask",

@@ -186,7 +186,8 @@ def _plan_prompt_case(case: Case, plan: Plan, name: str, entry: Mapping[str, Any
             value: Expect("binary", logits=single["logits"]) if key == "masks" else FLOAT
             for key, value in stored.items()
         }
-        plan.add(f"{name}/processor", ["image", *prompt_inputs], outputs, _processor_path(point_inputs, mask_name, stored))
+        step = _processor_path(point_inputs, mask_name, stored)
+        plan.add(f"{name}/processor", ["image", *prompt_inputs], outputs, step)
 
 
 def _check_listed_points(name: str, listed: Mapping[str, Any], coords: Tensor, labels: Tensor) -> None:
@@ -224,7 +225,8 @@ def _postprocess(low_res: str, upsampled: str, binary: str, outputs: list[str]):
     def run(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
         processor = _processor(ctx)
         if tuple(values["image"].shape[-SPATIAL_DIMS:]) != processor.input_shape:
-            raise AssertionError(f"the processor upsamples to {processor.input_shape}, the image is {values['image'].shape}")
+            shape = tuple(values["image"].shape)
+            raise AssertionError(f"the processor upsamples to {processor.input_shape}, the image is {shape}")
         logits = processor.upsample(values[low_res])
         produced = {upsampled: logits, binary: processor.binarize(logits)}
         return {name: produced[name] for name in outputs}

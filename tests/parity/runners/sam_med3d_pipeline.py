@@ -12,7 +12,7 @@ calls:
   ``binarize``, ``segment``, ``to_original``);
 * the resampled grid through the processor's plan (:func:`zoo.geometry.grid3d.plan_resample`, which
   ``SamMed3DProcessor.prepare`` calls), the world point through ``zoo predict``'s own conversion
-  (:func:`zoo.io.prompt_files.world_to_voxel`).
+  (:func:`zoo.data.prompt_files.world_to_voxel`).
 
 Each component also runs on the authors' own inputs (encoder on ``model_input``, decoder on ``image_embeddings``
 and ``click_crop``, ``to_original`` on ``low_res_logits`` and ``roi_affine``).
@@ -44,7 +44,7 @@ from zoo.geometry.grid3d import crop_window, plan_resample, resample, resampled_
 from zoo.geometry.index_map import IndexMap
 from zoo.inference.predictor import Predictor
 from zoo.io.nifti import load_stored
-from zoo.io.prompt_files import world_to_voxel
+from zoo.data.prompt_files import world_to_voxel
 from zoo.processors import ImageFrame, SamMed3DProcessor
 from zoo.prompts.types import PointPrompts, Prompts
 
@@ -214,7 +214,8 @@ def _encoder(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor
 def _decode(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The family's inference rule on the model grid: one click, all-zero logits as its mask prompt."""
     proc = _processor(ctx)
-    points = PointPrompts(values["click_crop"].to(torch.float32), values["click_label"].to(torch.int64), proc.input_shape)
+    coords, labels = values["click_crop"].to(torch.float32), values["click_label"].to(torch.int64)
+    points = PointPrompts(coords, labels, proc.input_shape)
     decoded = proc.segment(ctx.model, values["image_embeddings"], Prompts(points=points))
     return {"low_res_logits": decoded.low_res_logits, "iou_predictions": decoded.iou_predictions}
 

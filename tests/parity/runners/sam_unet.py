@@ -21,7 +21,7 @@ original image is the ``sam_unet_pipeline`` case's.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -121,7 +121,7 @@ def build_model(case: Case) -> nn.Module:
     if resnet_type not in RELEASED_MODELS:
         raise ValueError(f"{case.case_id}: no SAM-UNet variant with a ResNet-{resnet_type}")
     model = build_checked_model(RELEASED_MODELS[resnet_type], args, CONSTRUCTOR, case.weights_path)
-    # The harness compares tensors that keep their name; ours are renamed, so compare through the key mapping.
+    # The harness checks that every tensor of the file arrived; here also that the model holds no tensor the file lacks.
     loaded = model.state_dict()
     renamed = model.adapt_official_state_dict(load_file(case.weights_path))
     differ = [key for key, value in renamed.items() if not torch.equal(loaded[key], value)]

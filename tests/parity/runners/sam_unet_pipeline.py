@@ -59,7 +59,7 @@ def plan(case: Case) -> Plan:
     listed = case.spec["inputs"].get("modes") or []
     kinds = tuple(kind for mode in listed for kind in mode_kinds(mode))
     if kinds != ("box",):
-        raise ValueError(f"{case.case_id}: this runner reads box-prompt cases (SAM-UNet's protocol), got modes {listed}")
+        raise ValueError(f"{case.case_id}: this runner reads box-prompt cases (SAM-UNet's protocol), not {listed}")
     p = Plan(not_understood=[name for name in case.tensor_names if name not in KNOWN])
     final = final_mask_expect(case)
     features = {"image_embeddings": FLOAT, "multi_scale_feature": FLOAT}
@@ -101,7 +101,8 @@ def _resize(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]
 def _normalise_and_pad(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     config = _processor(ctx).config
     resized = values["resized_image"].permute(1, 2, 0).numpy()
-    return {"preprocessed_image": normalise_and_pad(resized, config.image_size, config.pixel_mean, config.pixel_std)[None]}
+    padded = normalise_and_pad(resized, config.image_size, config.pixel_mean, config.pixel_std)
+    return {"preprocessed_image": padded[None]}
 
 
 def _map_box(ctx: StepContext, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
