@@ -1,76 +1,28 @@
-"""Name -> builder registry for released model variants (timm-style)."""
+"""``zoo.create_model``: a registered network with its family's processor, or with its released weights."""
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-_FAMILIES: dict[str, type[nn.Module]] = {}
-
-
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``builder(**overrides) -> nn.Module`` under ``name``."""
-
-    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BUILDERS:
-            raise ValueError(f"model name {name!r} is already registered")
-        _BUILDERS[name] = builder
-        return builder
-
-    return wrap
-
-
-def register_family(family: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Register the model class that ``config.json``'s ``family`` field names."""
-
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        _FAMILIES[family] = cls
-        return cls
-
-    return wrap
-
-
-def _ensure_loaded() -> None:
-    # Importing the model package runs the @register_model decorators.
-    import zoo.models  # noqa: F401
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a glob ``pattern``, sorted."""
-    _ensure_loaded()
-    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
+from zoo.models.registry import build_network, family_class, list_families, list_models
 
 
 def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
     """Build the registered variant ``name``; ``overrides`` replace config fields.
 
-    ``pretrained=True`` returns it with its released weights, in eval mode, where they are reachable without a
+    The model carries its family's processor config (``zoo.processors.processor_for`` builds the processor from
+    it). ``pretrained=True`` returns it with its released weights, in eval mode, where they are reachable without a
     download (``zoo.hub.pretrained.released_weights_folder``); otherwise it raises ``CheckpointError`` at once.
     """
-    _ensure_loaded()
-    if name not in _BUILDERS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     if pretrained:
-        from zoo.hub.pretrained import pretrained_model  # the hub layer, imported only when weights are asked for
+        from zoo.hub.pretrained import pretrained_model
 
         return pretrained_model(name, **overrides)
-    from zoo.processors import attach_default_processor  # the processor layer sits above the models
+    from zoo.processors import attach_default_processor
 
-    return attach_default_processor(_BUILDERS[name](**overrides))
-
-
-def family_class(family: str) -> type[nn.Module]:
-    """The model class registered for ``family``."""
-    _ensure_loaded()
-    if family not in _FAMILIES:
-        raise KeyError(f"unknown model family {family!r}; known families: {', '.join(sorted(_FAMILIES))}")
-    return _FAMILIES[family]
+    return attach_default_processor(build_network(name, **overrides))
 
 
-def list_families() -> list[str]:
-    _ensure_loaded()
-    return sorted(_FAMILIES)
+__all__ = ["build_network", "create_model", "family_class", "list_families", "list_models"]

@@ -1,6 +1,6 @@
 """Images with user prompts and no label, for ``zoo predict``: every image and prompt goes through the model's processor.
 
-Prompts come from a JSON file (or the same content as a dict; schema in :mod:`zoo.io.prompt_files`), or, for a
+Prompts come from a JSON file (or the same content as a dict; schema in :mod:`zoo.data.prompt_files`), or, for a
 single image, from init arguments. Every prompt is checked in :meth:`PromptedImagesDataModule.setup`, before any
 model runs, by the processor's one validator (inside the image, a kind the model takes); a 3D object whose
 points do not fit one crop is refused when its item loads.
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.errors import DataError, PromptError
 from zoo.io.nifti import load_stored, read_header
 from zoo.io.png import read_image
-from zoo.io.prompt_files import (
+from zoo.data.prompt_files import (
     ObjectSpec,
     check_name,
     find_images,
@@ -143,7 +143,7 @@ class PromptedImagesDataModule(pl.LightningDataModule):
     Args:
         images: image files (a list), a folder (its NIfTI / 2D image files) or a glob pattern. Optional with a
             ``prompts`` file or dict: then its keys are the images.
-        prompts: prompts JSON file, or its content as a dict (schema in :mod:`zoo.io.prompt_files`).
+        prompts: prompts JSON file, or its content as a dict (schema in :mod:`zoo.data.prompt_files`).
         points, point_labels, box, coordinate_space, object_name: prompts for a single image given directly
             (one object), instead of ``prompts``; same meaning as the JSON fields.
         processor: the model's processor (a :class:`~zoo.processors.Processor`, a processor config dict, or a

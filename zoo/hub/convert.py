@@ -15,7 +15,8 @@ from zoo.hub.loading import load_official_state_dict, state_dict_mismatches
 from zoo.hub.registry_cards import weight_set
 from zoo.hub.sam_init import InitReport, init_from_sam_state_dict
 from zoo.hub.state_dict import StateDict, read_state_dict
-from zoo.registry import create_model, list_models
+from zoo.models.registry import build_network, list_models
+from zoo.processors import attach_default_processor
 
 #: The files a conversion writes; ``overwrite`` replaces exactly these.
 OUTPUT_FILES = ("config.json", "model.safetensors", "README.md")
@@ -68,7 +69,7 @@ def convert(
         raise CheckpointError(source_name, f"model {name!r} is not available; known models: {', '.join(list_models())}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        network = create_model(name, **config_overrides)
+        network = attach_default_processor(build_network(name, **config_overrides))
 
     init_report = None
     if _is_sam_initialisation(network, state_dict):
@@ -93,7 +94,7 @@ def load_converted(src: str | Path, model: str | None = None, **config_overrides
     name = model or _infer_model_name(kind, source_name)
     if name not in list_models():
         raise CheckpointError(source_name, f"model {name!r} is not available; known models: {', '.join(list_models())}")
-    network = create_model(name, **config_overrides)
+    network = attach_default_processor(build_network(name, **config_overrides))
     load_official_state_dict(network, state_dict, source_name)
     return network.eval()
 

@@ -25,7 +25,7 @@ def from_pretrained(path_or_repo_id: str | Path, revision: str | None = None, **
     A zoo model name (``zoo.list_models()``) that is not a local folder loads that model's released weights
     where they are reachable offline (:func:`released_weights_folder`), and otherwise fails at once saying so.
     """
-    from zoo.registry import family_class, list_models
+    from zoo.models.registry import family_class, list_models
 
     if not os.path.isdir(path_or_repo_id) and str(path_or_repo_id) in list_models():
         path_or_repo_id = released_weights_folder(str(path_or_repo_id))
@@ -45,7 +45,7 @@ def hub_model_description(path_or_repo_id: str | Path, revision: str | None = No
     from types import SimpleNamespace
 
     from zoo.models.base import config_from_dict, read_processor_config
-    from zoo.registry import family_class, list_models
+    from zoo.models.registry import family_class, list_models
 
     if not os.path.isdir(path_or_repo_id) and str(path_or_repo_id) in list_models():
         path_or_repo_id = released_weights_folder(str(path_or_repo_id))
@@ -93,13 +93,14 @@ def pretrained_model(name: str, **overrides: Any) -> nn.Module:
     weights are loaded strictly.
     """
     from zoo.models.loading import load_state_dict_strictly
-    from zoo.registry import create_model
+    from zoo.models.registry import build_network
+    from zoo.processors import attach_default_processor
 
     folder = released_weights_folder(name)
     released = from_pretrained(folder)
     if not overrides:
         return released
-    model = create_model(name, **overrides)
+    model = attach_default_processor(build_network(name, **overrides))
     load_state_dict_strictly(model, released.state_dict(), folder)
     model.processor_config = getattr(released, "processor_config", None)
     model.weights_origin = released.weights_origin

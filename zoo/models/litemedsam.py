@@ -10,7 +10,7 @@ from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.tiny_vit import TinyViT, stage_resolutions
 from zoo.models.sam import SegmentAnythingModel, build_mask_decoder, build_prompt_encoder_2d
-from zoo.registry import register_family, register_model
+from zoo.models.registry import register_family, register_model
 
 SPATIAL_DIMS = 2
 

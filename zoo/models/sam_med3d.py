@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for
 from zoo.models.sam import SegmentAnythingModel, build_mask_decoder
-from zoo.registry import register_family, register_model
+from zoo.models.registry import register_family, register_model
 
 SPATIAL_DIMS = 3
 

@@ -37,7 +37,7 @@ from zoo.models.components.conv_branch import (
 from zoo.models.components.fusion_decoder import SingleTokenMaskDecoder, upscale_x4
 from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for, released_global_attn_indexes
 from zoo.models.outputs import MaskPrediction
-from zoo.registry import register_family, register_model
+from zoo.models.registry import register_family, register_model
 
 SPATIAL_DIMS = 2
 NUM_CONV_STAGES = len(STAGE_STRIDES)
