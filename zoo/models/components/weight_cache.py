@@ -14,6 +14,9 @@ Kept tensors are state a user cannot see, so they travel nowhere and never outli
   submodule, on ``load_state_dict``, on every device or dtype move and on ``train()`` / ``eval()``;
 * :func:`drop_derived_weights` frees them explicitly.
 
+The drops override ``nn.Module``'s private ``_apply`` and ``_load_from_state_dict``; should a torch stop calling
+them, kept tensors would outlive a move or a load (memory), while the checks above would still keep results right.
+
 Nothing is kept while autograd records the parameters (the derived tensor must be in the graph), for inference
 tensors (they have no version counter), while ``torch.compile`` traces (the derivation is traced into the graph),
 inside ``reference_computation()``, or where this torch's version counters do not behave as relied on here
