@@ -87,64 +87,32 @@ def data_root(requested: str | None) -> Path:
     raise FileNotFoundError(f"no bundled data ({CT_VOLUME}, {SLICE_IMAGE}) under {', '.join(map(str, candidates))}")
 
 
-def ct_crop_and_click(root: Path) -> tuple[Tensor, Tensor]:
-    """The liver of the bundled CT, preprocessed as SAM-Med3D's inference does, and a click inside it."""
-    from monai.data import MetaTensor
-
-    from zoo.io.nifti import load_image, load_label
-    from zoo.data.transforms3d import IMAGE_KEY, LABEL_KEY, build_transforms_3d
-
-    image, label = load_image(root / CT_VOLUME), load_label(root / CT_LABELS)
-    affine = torch.from_numpy(image.affine)
-    sample = build_transforms_3d(train=False)(
-        {
-            IMAGE_KEY: MetaTensor(torch.from_numpy(image.array)[None], affine=affine),
-            LABEL_KEY: MetaTensor(torch.from_numpy(label.array == LIVER).to(torch.uint8)[None], affine=affine.clone()),
-        }
-    )
-    crop = sample[IMAGE_KEY].as_tensor().float()[None]  # 1 x 1 x 128^3
-    return crop, _click_inside(sample[LABEL_KEY].as_tensor()[0] > 0.5)[None]  # 1 x 3
-
-
-def slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor, Tensor]:
-    """The bundled CT slice preprocessed as SAM-Med2D's predictor does, and an (x, y) click on its liver."""
+def prepared_inputs(model: nn.Module, family: str, root: Path) -> tuple[Tensor, dict[str, Any]]:
+    """The bundled CT (3D) or CT slice (2D) and a prompt on its liver, through the model's own processor: the model
+    input ``1 x C x *S`` and the prompt side's keyword arguments (a click; LiteMedSAM: its training prompt, a box)."""
+    from zoo.io.nifti import load_label
     from zoo.io.png import read_image, read_mask
-    from zoo.inference.preprocess2d import preprocess_for_predictor, scale_coords
+    from zoo.processors import processor_for
+    from zoo.prompts.types import PointPrompts, Prompts
 
-    image = read_image(root / SLICE_IMAGE)
-    row, col = _click_inside(torch.from_numpy(read_mask(root / SLICE_MASK))).tolist()
-    coords = scale_coords(np.array([[col, row]], dtype=np.float32), image.shape[:2], image_size)
-    return preprocess_for_predictor(image, image_size, mean, std), coords.reshape(1, 2)
-
-
-def unet_slice_and_click(root: Path, image_size: int, mean, std) -> tuple[Tensor, Tensor]:
-    """The bundled CT slice preprocessed as SAM-UNet does (resize longest side, normalise, pad) and a click."""
-    from zoo.io.png import read_image, read_mask
-    from zoo.inference import sam_unet_processing as unet
-
-    image = read_image(root / SLICE_IMAGE)
-    row, col = _click_inside(torch.from_numpy(read_mask(root / SLICE_MASK))).tolist()
-    resized = torch.from_numpy(unet.resize_longest_side(image, image_size)).permute(2, 0, 1)
-    coords = unet.scale_coords(torch.tensor([[col, row]]), image.shape[:2], image_size)
-    return unet.preprocess(resized, image_size, mean, std)[None], coords
-
-
-def litemedsam_slice_and_box(root: Path, image_size: int) -> tuple[Tensor, Tensor]:
-    """The bundled CT slice preprocessed as LiteMedSAM's inference does (longest side to ``image_size`` with
-    INTER_AREA, min-max to [0, 1], zero-padded) and its liver's box, scaled by truncation as the authors do."""
-    from zoo.geometry.area_resize import longest_side_size, resize_area
-    from zoo.io.png import read_image, read_mask
-
-    image = read_image(root / SLICE_IMAGE)
-    height, width = longest_side_size(*image.shape[:2], image_size)
-    resized = resize_area(image, height, width).astype(np.float32)
-    resized = (resized - resized.min()) / max(float(resized.max() - resized.min()), 1e-8)
-    padded = np.zeros((image_size, image_size, 3), dtype=np.float32)
-    padded[:height, :width] = resized
-    rows, cols = np.nonzero(read_mask(root / SLICE_MASK))
-    scale = image_size / max(image.shape[:2])
-    box = [int(c * scale) for c in (cols.min(), rows.min(), cols.max(), rows.max())]
-    return torch.from_numpy(padded).permute(2, 0, 1)[None], torch.tensor([box], dtype=torch.float32)
+    processor = processor_for(model)
+    if processor.spatial_dims == 3:
+        liver = torch.from_numpy(load_label(root / CT_LABELS).array == LIVER)
+        click = _click_inside(liver)
+        original = Prompts(points=PointPrompts(click[None, None], torch.ones(1, 1, dtype=torch.int64), tuple(liver.shape)))
+        frame = processor.prepare(root / CT_VOLUME, original)
+    else:
+        image, liver = read_image(root / SLICE_IMAGE), torch.from_numpy(read_mask(root / SLICE_MASK))
+        frame = processor.prepare(image)
+        if family == "litemedsam":
+            original = Prompts(boxes=processor.boxes_from_masks(liver[None]))
+        else:
+            click = _click_inside(liver)
+            original = Prompts(points=PointPrompts(click[None, None], torch.ones(1, 1, dtype=torch.int64), tuple(liver.shape)))
+    on_model = processor.to_model_space(original, frame)
+    first_mask = processor.first_mask(1, model, "cpu")
+    kwargs = processor.model_kwargs(Prompts(on_model.points, on_model.boxes, first_mask))
+    return frame.model_input[None], kwargs
 
 
 def _click_inside(mask: Tensor) -> Tensor:
@@ -236,31 +204,10 @@ class Bench:
             randomise_positions(model)
         self.model = model.eval().to(self.device)
         root = data_root(args.data)
-        config = model.config
-        box = None
-        if family.startswith("sam_med3d"):
-            image, click = ct_crop_and_click(root)
-            self.mask_prompt: Tensor | None = torch.zeros(1, 1, *model.prompt_encoder.mask_input_size)
-            self.out_size = (config.image_size,) * 3
-        elif family.startswith("sam_unet"):
-            image, click = unet_slice_and_click(root, config.image_size, config.pixel_mean, config.pixel_std)
-            self.mask_prompt = None
-            self.out_size = (config.image_size,) * 2
-        elif family == "litemedsam":
-            image, box = litemedsam_slice_and_box(root, config.image_size)
-            self.mask_prompt = None
-            self.out_size = (config.image_size,) * 2
-        else:
-            image, click = slice_and_click(root, config.image_size, config.pixel_mean, config.pixel_std)
-            self.mask_prompt = None
-            self.out_size = (config.image_size,) * 2
+        image, prompts = prepared_inputs(model, family, root)
         self.image = image.to(self.device)
-        self.boxes = None if box is None else box.to(self.device)
-        self.points = None
-        if box is None:
-            self.points = (click[None].to(self.device), torch.ones(1, 1, dtype=torch.int64, device=self.device))
-        if self.mask_prompt is not None:
-            self.mask_prompt = self.mask_prompt.to(self.device)
+        self.prompts = {key: _to_device(value, self.device) for key, value in prompts.items()}
+        self.out_size = tuple(model.input_size)
 
     def encode(self, runtime: ModelRuntime) -> Any:
         """The prompt-independent image side: embeddings (SAM-UNet: embeddings and multi-scale features)."""
@@ -269,12 +216,18 @@ class Bench:
     def decode(self, runtime: ModelRuntime, embedding: Any) -> Tensor:
         """One click (LiteMedSAM: one box) on a cached embedding: prompt encoder + mask decoder, as the predictors
         run it."""
-        prediction = runtime.decode(self.model.decode, embedding, self.points, self.boxes, masks=self.mask_prompt)
+        prediction = runtime.decode(self.model.decode, embedding, **self.prompts)
         return prediction.low_res_logits
 
     def binary_mask(self, low_res_logits: Tensor) -> Tensor:
         mode = "trilinear" if len(self.out_size) == 3 else "bilinear"
         return F.interpolate(low_res_logits.float(), self.out_size, mode=mode, align_corners=False) > 0
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, tuple):
+        return tuple(item.to(device) for item in value)
+    return None if value is None else value.to(device)
 
 
 def computation(path: str) -> AbstractContextManager:

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from zoo.geometry.area_resize import longest_side_size, resize_area
+from zoo.geometry.area_resize import resize_area
+from zoo.geometry.image2d import longest_side_shape as longest_side_size
 
 
 def _image(rng: np.random.Generator, height: int, width: int, channels: int) -> np.ndarray:

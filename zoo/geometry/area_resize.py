@@ -23,12 +23,6 @@ _COEF_BITS = 11  # INTER_RESIZE_COEF_BITS
 _COEF_SCALE = 1 << _COEF_BITS
 
 
-def longest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
-    """``(new_height, new_width)`` with the longest side ``target``: ``int(x * target / max(h, w) + 0.5)`` each."""
-    scale = target * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
 def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """``cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)`` for a uint8 ``H x W`` or ``H x W x C``."""
     image = np.asarray(image)
