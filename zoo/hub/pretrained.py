@@ -44,7 +44,7 @@ def hub_model_description(path_or_repo_id: str | Path, revision: str | None = No
     (the config dataclass) and ``processor_config`` (its ``processor_config.json``, or None)."""
     from types import SimpleNamespace
 
-    from zoo.models.base import config_from_dict, read_processor_config
+    from zoo.models.base import HubFile, config_from_dict, read_processor_config
     from zoo.models.registry import family_class, list_models
 
     if not os.path.isdir(path_or_repo_id) and str(path_or_repo_id) in list_models():
@@ -54,7 +54,7 @@ def hub_model_description(path_or_repo_id: str | Path, revision: str | None = No
     if not family:
         raise ValueError(f"{path_or_repo_id}: {CONFIG_NAME} has no 'family' field; it was not written by zoo")
     config_class = typing.get_type_hints(family_class(family).__init__)["config"]
-    processor_config = read_processor_config(str(path_or_repo_id), revision, None, False, None, False)
+    processor_config = read_processor_config(str(path_or_repo_id), HubFile(revision))
     return SimpleNamespace(
         family=family, config=config_from_dict(config_class, config, family=family), processor_config=processor_config
     )

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from zoo.errors import PromptError
+from zoo.inference.large_objects import LargeObjects, crop_start, follow_mask
 from zoo.inference.runtime import ModelRuntime
-from zoo.io.nifti import StoredVolume, Volume, load_stored
+from zoo.io.nifti import Volume, load_stored
 from zoo.processors import ImageFrame, Processor, processor_for
 from zoo.prompts.types import MaskPrompts, PointPrompts, Prompts
 from zoo.prompts.validate import boxes_from_user, check_kinds, points_from_user
@@ -33,12 +34,19 @@ class Prediction:
         iou_predictions: ``K`` predicted IoU of each mask (``None`` for models without an IoU head).
         low_res_logits: ``K x *low_res`` decoder logits; pass ``low_res_logits[i:i+1]`` back as ``mask_input`` on
             the next call (the processor feeds it as the family's authors do: probabilities for SAM-Med2D).
+            With several crops (3D, ``"follow_mask"``), the first crop's.
+        strategy: 3D: the large-object strategy that ran (:mod:`zoo.inference.large_objects`); None for 2D.
+        crops: 3D: the first voxel of each crop on the resampled grid, in the order they ran.
+        complete: False when the large-object strategy stopped at its size limit with the mask still at a border.
     """
 
     masks: Tensor
     logits: Tensor | None
     iou_predictions: Tensor | None
     low_res_logits: Tensor
+    strategy: str | None = None
+    crops: list[tuple[int, int, int]] | None = None
+    complete: bool = True
 
 
 class Predictor:
@@ -51,7 +59,9 @@ class Predictor:
     crop (and for several points replays them as clicks, as its authors' inference does).
 
     ``precision``, ``compile_encoder`` and ``compile_decoder`` choose how the networks run
-    (:class:`zoo.inference.runtime.ModelRuntime`).
+    (:class:`zoo.inference.runtime.ModelRuntime`). ``large_object`` (3D): ``"single_crop"`` (the authors' one
+    crop, the default) or ``"follow_mask"`` / a :class:`~zoo.inference.large_objects.LargeObjects` (further crops
+    where the mask reaches a crop's border, blended; the result says which ran).
 
     Example::
 
@@ -69,11 +79,13 @@ class Predictor:
         precision: str = "fp32",
         compile_encoder: bool = False,
         compile_decoder: bool = False,
+        large_object: str | LargeObjects | None = None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor if processor is not None else processor_for(model)
         self.processor.check_model(self.model)
         self.runtime = ModelRuntime(self.model, precision, compile_encoder, compile_decoder)
+        self.large_object = LargeObjects.of(large_object)
         warn_if_random(self.model)
         self.reset_image()
 
@@ -87,6 +99,7 @@ class Predictor:
         self.source = "image"
         self.frame: ImageFrame | None = None
         self.features: Any = None
+        self.crop_cache: dict[tuple[int, int, int], tuple[ImageFrame, Any]] = {}  # 3D: encoded crops by position
 
     @property
     def is_image_set(self) -> bool:
@@ -103,7 +116,7 @@ class Predictor:
         """Take an image (2D array) or a volume (NIfTI path or ``Volume``) and, for 2D models, embed it now."""
         self.reset_image()  # a failure below leaves no image set, never the previous image's embedding
         if self.processor.spatial_dims == 3:
-            volume = image if isinstance(image, (StoredVolume, Volume)) else load_stored(Path(image))
+            volume = image if isinstance(image, Volume) else load_stored(Path(image))
             self.image, self.source = volume, source or str(volume.path)
             return
         frame = self.processor.prepare(image, source=source or "image")
@@ -162,6 +175,12 @@ class Predictor:
         if sets > 1:  # several boxes: the points and mask prompt are shared by every box
             on_model = _broadcast(on_model, sets)
         decoded = processor.segment(self.model, self.features, on_model.to(self.device), self._decoder)
+        if processor.spatial_dims == 3:
+            large = follow_mask(processor, self.image, self.frame, decoded.low_res_logits, prompts.points,
+                                self._run_crop, self.large_object, self.source)
+            iou = None if decoded.iou_predictions is None else decoded.iou_predictions[:, 0]
+            return Prediction(large.mask[None], None, iou, decoded.low_res_logits[:, 0], large.strategy, large.crops,
+                              large.complete)
         results = [processor.to_original(decoded.low_res_logits[i : i + 1], self.frame) for i in range(sets)]
         logits = None if results[0].logits is None else torch.cat([r.logits[:, 0] for r in results])
         masks = torch.cat([r.mask.reshape(1, *r.mask.shape[-processor.spatial_dims :]) for r in results])
@@ -180,8 +199,22 @@ class Predictor:
         if self.frame is not None and _inside(prompts.points, self.frame):
             return
         frame = self.processor.prepare(self.image, prompts, self.source)
-        self.features = self._encode(frame)
-        self.frame = frame
+        self.frame, self.features = self._cached_crop(frame)
+
+    def _cached_crop(self, frame: ImageFrame) -> tuple[ImageFrame, Any]:
+        """3D: a crop's frame and encoding, encoded once per crop position (the last 16 positions are kept)."""
+        key = crop_start(frame)
+        if key not in self.crop_cache:
+            if len(self.crop_cache) >= 16:
+                self.crop_cache.pop(next(iter(self.crop_cache)))
+            self.crop_cache[key] = (frame, self._encode(frame))
+        return self.crop_cache[key]
+
+    def _run_crop(self, frame: ImageFrame, prompts: Prompts) -> Tensor:
+        """A further crop of a large object: its (cached) encoding, the prompts decoded by the family's rule."""
+        frame, features = self._cached_crop(frame)
+        on_model = self.processor.to_model_space(prompts, frame, self.source)
+        return self.processor.segment(self.model, features, on_model.to(self.device), self._decoder).low_res_logits
 
 
 class RandomWeightsWarning(UserWarning):

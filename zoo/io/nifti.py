@@ -5,6 +5,7 @@ Files are only ever read; nothing on disk is modified.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,11 @@ DEFAULT_AFFINE_TOLERANCE = 1e-3
 
 @dataclass(frozen=True)
 class Volume:
-    """One 3D volume as stored: ``array`` in the file's voxel order and its index-to-world (RAS mm) ``affine``."""
+    """One 3D volume: ``array`` in the file's voxel order and its index-to-world (RAS mm) ``affine``.
+
+    :func:`load_image` gives float32 intensities; :func:`load_stored` the voxel type SimpleITK/torchio read (what
+    SAM-Med3D's authors resample: integers stay integers, uint16 widened to int32, scaled integers as float32).
+    """
 
     array: np.ndarray
     affine: np.ndarray
@@ -74,13 +79,21 @@ def read_header(path: str | Path) -> VolumeHeader:
     return VolumeHeader(_spatial_shape(tuple(image.shape), file), _checked_affine(image, file), file)
 
 
-def _read_voxels(image: SpatialImage, path: Path, as_float: bool) -> np.ndarray:
+def _read_voxels(image: SpatialImage, path: Path, read: Callable[[], np.ndarray]) -> np.ndarray:
     try:
-        data = image.get_fdata(dtype=np.float32) if as_float else np.asarray(image.dataobj)
+        data = read()
     except Exception as exc:  # truncated gzip streams raise EOFError, zlib.error, OSError, ValueError...
         problem = f"cannot read voxel data; the file is truncated or corrupt ({type(exc).__name__}: {exc})"
         raise DataError(path, problem) from exc
     return data.reshape(_spatial_shape(tuple(data.shape), path))
+
+
+def _finite(data: np.ndarray, path: Path) -> np.ndarray:
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise DataError(path, f"{bad} voxels are NaN or infinite")
+    return data
 
 
 def load_image(path: str | Path) -> Volume:
@@ -88,29 +101,11 @@ def load_image(path: str | Path) -> Volume:
     file = Path(path)
     image = _open(file)
     affine = _checked_affine(image, file)
-    data = _read_voxels(image, file, as_float=True)
-    bad = int(np.count_nonzero(~np.isfinite(data)))
-    if bad:
-        raise DataError(file, f"{bad} voxels are NaN or infinite")
-    return Volume(data, affine, file)
+    return Volume(_finite(_read_voxels(image, file, lambda: image.get_fdata(dtype=np.float32)), file), affine, file)
 
 
-@dataclass(frozen=True)
-class StoredVolume:
-    """A 3D volume in the voxel type SimpleITK/torchio read it as (what SAM-Med3D's authors resample): integers
-    stay integers (uint16 widened to int32), scaled integers (``scl_slope``/``scl_inter``) become float32."""
-
-    array: np.ndarray
-    affine: np.ndarray
-    path: Path
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
-
-
-def load_stored(path: str | Path) -> StoredVolume:
-    """A volume as :class:`StoredVolume` (the raw header scaling applied as ITK applies it); NaN or infinite
+def load_stored(path: str | Path) -> Volume:
+    """A volume in the voxel type torchio holds (the raw header scaling applied as ITK applies it); NaN or infinite
     intensities are an error."""
     from zoo.geometry.grid3d import torchio_voxels
 
@@ -122,17 +117,8 @@ def load_stored(path: str | Path) -> StoredVolume:
         slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
     except (KeyError, ValueError, TypeError):
         slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
-    try:
-        data = torchio_voxels(np.asanyarray(image.dataobj.get_unscaled()), slope, inter)
-    except Exception as exc:  # truncated gzip streams raise EOFError, zlib.error, OSError, ValueError...
-        problem = f"cannot read voxel data; the file is truncated or corrupt ({type(exc).__name__}: {exc})"
-        raise DataError(file, problem) from exc
-    data = data.reshape(_spatial_shape(tuple(data.shape), file))
-    if np.issubdtype(data.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        if bad:
-            raise DataError(file, f"{bad} voxels are NaN or infinite")
-    return StoredVolume(np.ascontiguousarray(data), affine, file)
+    data = _read_voxels(image, file, lambda: torchio_voxels(np.asanyarray(image.dataobj.get_unscaled()), slope, inter))
+    return Volume(np.ascontiguousarray(_finite(data, file)), affine, file)
 
 
 def load_label(path: str | Path) -> Volume:
@@ -140,7 +126,7 @@ def load_label(path: str | Path) -> Volume:
     file = Path(path)
     image = _open(file)
     affine = _checked_affine(image, file)
-    data = _read_voxels(image, file, as_float=False)
+    data = _read_voxels(image, file, lambda: np.asarray(image.dataobj))
     if not np.issubdtype(data.dtype, np.integer):
         if not np.isfinite(data).all():
             raise DataError(file, "label contains NaN or infinite values")

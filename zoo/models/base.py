@@ -5,6 +5,7 @@ Keep ``from __future__ import annotations`` out of modules that define subclasse
 """
 
 import dataclasses
+from dataclasses import dataclass
 import inspect
 import json
 import os
@@ -252,62 +253,59 @@ class PromptableSegmenter(
         from safetensors.torch import load_file
 
         model = cls(**model_kwargs)
-        if os.path.isdir(model_id):
-            weights_file = os.path.join(model_id, SAFETENSORS_SINGLE_FILE)
-            if not os.path.isfile(weights_file):
-                raise FileNotFoundError(f"{model_id}: no {SAFETENSORS_SINGLE_FILE} in this folder")
-        else:
-            weights_file = hf_hub_download(
-                repo_id=model_id,
-                filename=SAFETENSORS_SINGLE_FILE,
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                token=token,
-                local_files_only=local_files_only,
-            )
+        download = HubFile(revision, cache_dir, force_download, token, local_files_only)
+        weights_file = download(model_id, SAFETENSORS_SINGLE_FILE)
+        if weights_file is None:
+            raise FileNotFoundError(f"{model_id}: no {SAFETENSORS_SINGLE_FILE} in this folder")
         state_dict = load_file(weights_file, device="cpu")
         if strict:
             load_state_dict_strictly(model, state_dict, weights_file)
         else:
             model.load_state_dict(state_dict, strict=False)
-        model.processor_config = read_processor_config(
-            model_id, revision, cache_dir, force_download, token, local_files_only
-        )
+        model.processor_config = read_processor_config(model_id, download)
         model.weights_origin = str(model_id)
         return model.to(map_location).eval()
 
 
-def read_processor_config(
-    model_id: str,
-    revision: str | None,
-    cache_dir: str | Path | None,
-    force_download: bool,
-    token: str | bool | None,
-    local_files_only: bool,
-) -> dict[str, Any] | None:
-    """``processor_config.json`` of a Hub folder or repo as a dict, or None when the folder has none."""
-    if os.path.isdir(model_id):
-        path = Path(model_id) / PROCESSOR_CONFIG_NAME
-        if not path.is_file():
-            return None
-    else:
+@dataclass(frozen=True)
+class HubFile:
+    """Finds one file of a Hub-format folder or Hub repo with the caller's download options."""
+
+    revision: str | None = None
+    cache_dir: str | Path | None = None
+    force_download: bool = False
+    token: str | bool | None = None
+    local_files_only: bool = False
+
+    def __call__(self, model_id: str, filename: str, optional: bool = False) -> str | None:
+        """The local path of ``filename``; None when a folder lacks it (or, with ``optional``, a repo lacks it)."""
+        if os.path.isdir(model_id):
+            path = os.path.join(model_id, filename)
+            return path if os.path.isfile(path) else None
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
-            path = Path(
-                hf_hub_download(
-                    repo_id=model_id,
-                    filename=PROCESSOR_CONFIG_NAME,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    force_download=force_download,
-                    token=token,
-                    local_files_only=local_files_only,
-                )
+            return hf_hub_download(
+                repo_id=model_id,
+                filename=filename,
+                revision=self.revision,
+                cache_dir=self.cache_dir,
+                force_download=self.force_download,
+                token=self.token,
+                local_files_only=self.local_files_only,
             )
         except (EntryNotFoundError, LocalEntryNotFoundError):
-            return None
+            if optional:
+                return None
+            raise
+
+
+def read_processor_config(model_id: str, download: HubFile | None = None) -> dict[str, Any] | None:
+    """``processor_config.json`` of a Hub folder or repo as a dict, or None when it has none."""
+    found = (download or HubFile())(str(model_id), PROCESSOR_CONFIG_NAME, optional=True)
+    if found is None:
+        return None
+    path = Path(found)
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:

@@ -9,14 +9,19 @@ from dataclasses import dataclass, replace
 from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.tiny_vit import TinyViT, stage_resolutions
-from zoo.models.sam import SegmentAnythingModel, build_mask_decoder, build_prompt_encoder_2d
+from zoo.models.sam import (
+    MaskDecoderFields,
+    SegmentAnythingModel,
+    build_mask_decoder,
+    build_prompt_encoder_2d,
+)
 from zoo.models.registry import register_family, register_model
 
 SPATIAL_DIMS = 2
 
 
 @dataclass
-class LiteMedSAMConfig:
+class LiteMedSAMConfig(MaskDecoderFields):
     """LiteMedSAM hyper-parameters; the defaults are the released ``lite_medsam.pth``."""
 
     family: str = "litemedsam"
@@ -31,15 +36,6 @@ class LiteMedSAMConfig:
     local_conv_size: int = 3
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    prompt_embed_dim: int = 256
-    mask_in_chans: int = 16
-    decoder_depth: int = 2
-    decoder_num_heads: int = 8
-    decoder_mlp_dim: int = 2048
-    attention_downsample_rate: int = 2
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 256
 
     def __post_init__(self) -> None:
         for name in ("embed_dims", "depths", "num_heads", "window_sizes"):

@@ -1,5 +1,6 @@
 """The SAM-style model shared by SAM-Med3D, SAM-Med2D, SAM and LiteMedSAM: image encoder, prompt encoder, mask decoder."""
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -9,6 +10,29 @@ from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.transformer import TwoWayTransformer
 from zoo.models.outputs import MaskPrediction
+
+
+@dataclass
+class PromptDecoderFields:
+    """Config fields of SAM's prompt encoder and decoder transformer, shared by every family's config."""
+
+    # Width of the image embedding, the prompt embeddings and the decoder transformer.
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    # Upstream hard-codes the decoder transformer inside its mask decoders; they are fields here.
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+
+
+@dataclass
+class MaskDecoderFields(PromptDecoderFields):
+    """:class:`PromptDecoderFields` plus SAM's multimask tokens and IoU head (every family but SAM-UNet)."""
+
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
 
 
 def build_two_way_transformer(c: Any) -> TwoWayTransformer:

@@ -9,14 +9,19 @@ from dataclasses import dataclass
 from zoo.models.components.mask_decoder import MaskDecoder
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for
-from zoo.models.sam import SegmentAnythingModel, build_mask_decoder, build_prompt_encoder_2d
+from zoo.models.sam import (
+    MaskDecoderFields,
+    SegmentAnythingModel,
+    build_mask_decoder,
+    build_prompt_encoder_2d,
+)
 from zoo.models.registry import register_family, register_model
 
 SPATIAL_DIMS = 2
 
 
 @dataclass
-class SamMed2DConfig:
+class SamMed2DConfig(MaskDecoderFields):
     """SAM-Med2D hyper-parameters; the defaults are the released sam-med2d_b model.
 
     ``global_attn_indexes`` left unset (``None``) follows ``depth``: the last block of each quarter, as in the
@@ -41,15 +46,6 @@ class SamMed2DConfig:
     use_rel_pos: bool = True
     adapter: bool = True
     adapter_mlp_ratio: float = 0.25
-    prompt_embed_dim: int = 256
-    mask_in_chans: int = 16
-    decoder_depth: int = 2
-    decoder_num_heads: int = 8
-    decoder_mlp_dim: int = 2048
-    attention_downsample_rate: int = 2
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 256
     # ImageNet RGB statistics x255, applied by the processor (zoo.processors), not inside the network.
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)

@@ -4,14 +4,14 @@ from dataclasses import dataclass, field
 
 from zoo.models.components.prompt_encoder import PromptEncoder
 from zoo.models.components.vit_encoder import ImageEncoderViT, global_blocks_for
-from zoo.models.sam import SegmentAnythingModel, build_mask_decoder
+from zoo.models.sam import MaskDecoderFields, SegmentAnythingModel, build_mask_decoder
 from zoo.models.registry import register_family, register_model
 
 SPATIAL_DIMS = 3
 
 
 @dataclass
-class SamMed3DConfig:
+class SamMed3DConfig(MaskDecoderFields):
     """SAM-Med3D hyper-parameters; the defaults are the released sam_med3d / sam_med3d_turbo model.
 
     ``global_attn_indexes`` left unset (``None``) follows ``depth``: the last block of each quarter, as in the
@@ -34,17 +34,8 @@ class SamMed3DConfig:
     qkv_bias: bool = True
     use_abs_pos: bool = True
     use_rel_pos: bool = True
-    # Width of the image embedding, the prompt embeddings and the decoder transformer.
+    # Width of the image embedding, the prompt embeddings and the decoder (the 2D families: 256).
     prompt_embed_dim: int = 384
-    mask_in_chans: int = 16
-    # Upstream hard-codes the decoder transformer inside MaskDecoder3D; they are fields here.
-    decoder_depth: int = 2
-    decoder_num_heads: int = 8
-    decoder_mlp_dim: int = 2048
-    attention_downsample_rate: int = 2
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 256
     # Preprocessing the released weights expect (used by the data and inference layers, not by the network).
     target_spacing_mm: tuple[float, ...] = field(default=(1.5, 1.5, 1.5))
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from zoo.models.base import PromptableSegmenter
-from zoo.models.sam import build_prompt_encoder_2d, build_two_way_transformer
+from zoo.models.sam import PromptDecoderFields, build_prompt_encoder_2d, build_two_way_transformer
 from zoo.models.components.conv_branch import (
     RESNET_VARIANTS,
     STAGE_STRIDES,
@@ -44,7 +44,7 @@ NUM_CONV_STAGES = len(STAGE_STRIDES)
 
 
 @dataclass
-class SamUNetConfig:
+class SamUNetConfig(PromptDecoderFields):
     """SAM-UNet hyper-parameters; the defaults are upstream's ``res34_sam_unet``.
 
     ``global_attn_indexes`` and ``conv_injection_blocks`` left unset (``None``) follow ``depth``: the last block of
@@ -75,13 +75,6 @@ class SamUNetConfig:
     # conv_injection_blocks[i]: the ViT block whose INPUT receives ResNet stage i+1 (stride 4 * 2**i). Bridges
     # tap the outputs of the first three of these blocks. Upstream hard-codes (2, 5, 8, 11); None: by depth.
     conv_injection_blocks: tuple[int, ...] | None = None
-    # Width of the neck output, prompt embeddings and decoder (upstream hard-codes 256).
-    prompt_embed_dim: int = 256
-    mask_in_chans: int = 16
-    decoder_depth: int = 2
-    decoder_num_heads: int = 8
-    decoder_mlp_dim: int = 2048
-    attention_downsample_rate: int = 2
     # ImageNet RGB statistics x255, applied by the processor (zoo.processors), not inside the network.
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)

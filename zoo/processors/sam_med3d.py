@@ -13,6 +13,7 @@ previous low-res logits as mask prompt (all-zero logits on the first click), sin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from zoo.errors import DataError, PromptError
 from zoo.geometry.index_map import IndexMap
-from zoo.io.nifti import StoredVolume, Volume, load_stored
+from zoo.io.nifti import Volume, load_stored
 from zoo.processors.base import (
     ClickState,
     Decoded,
@@ -34,7 +35,7 @@ from zoo.processors.base import (
     Processor,
     ProcessorConfig,
 )
-from zoo.processors.volume3d import crop_around_points, paste_back_nearest, plan_for
+from zoo.processors.volume3d import Crop, crop_around_points, crop_at, paste_back_nearest, plan_for
 from zoo.prompts.types import PointPrompts, Prompts
 from zoo.prompts.validate import check_kinds
 
@@ -81,8 +82,8 @@ class SamMed3DProcessor(Processor):
     def prepare(self, image: Any, prompts: Prompts | None = None, source: str = "image") -> ImageFrame:
         """The ``1 x S^3`` crop around ``prompts``' points (voxel indices of the file, tensor-index order).
 
-        ``image`` is a NIfTI path, a :class:`zoo.io.nifti.StoredVolume` (voxels as stored, what the authors
-        resample) or a :class:`zoo.io.nifti.Volume` (float intensities). The points are checked against the
+        ``image`` is a NIfTI path (read with :func:`zoo.io.nifti.load_stored`, the voxel type the authors resample
+        in) or a :class:`zoo.io.nifti.Volume`. The points are checked against the
         volume first (the one validator).
         """
         volume = _stored(image)
@@ -92,11 +93,25 @@ class SamMed3DProcessor(Processor):
         self.validate(prompts, volume.shape, source)
         plan = plan_for(volume, self.config.target_spacing_mm, self.config.max_resampled_bytes)
         crop = crop_around_points(volume, plan, prompts.points, self.input_shape, source)
+        return self._frame(volume, crop, source)
+
+    def prepare_window(self, image: Any, start: Sequence[int], source: str = "image") -> ImageFrame:
+        """The ``S^3`` crop of the resampled, reoriented volume whose first voxel is ``start`` (canonical indices;
+        outside the volume is padding, as in :meth:`prepare`). :meth:`prepare` places the authors' crop around the
+        points; this places the further crops of an object larger than one crop
+        (:mod:`zoo.inference.large_objects`)."""
+        volume = _stored(image)
+        source = str(volume.path) if volume.path is not None else source
+        plan = plan_for(volume, self.config.target_spacing_mm, self.config.max_resampled_bytes)
+        return self._frame(volume, crop_at(volume, plan, start, self.input_shape), source)
+
+    def _frame(self, volume: Volume, crop: Crop, source: str) -> ImageFrame:
         model_input = normalise_crop(torch.from_numpy(crop.array), self.config.normalization, source)
         to_model = IndexMap.from_affines(volume.affine, crop.affine, volume.shape, self.input_shape)
         meta = {
             "crop_affine": torch.as_tensor(crop.affine, dtype=torch.float64),
             "original_affine": torch.as_tensor(volume.affine, dtype=torch.float64),
+            "crop_start": crop.start,
         }
         return ImageFrame(model_input[None], volume.shape, to_model, meta)
 
@@ -150,12 +165,8 @@ class SamMed3DProcessor(Processor):
         return OriginalGridResult(None, mask)
 
 
-def _stored(image: Any) -> StoredVolume:
-    if isinstance(image, StoredVolume):
-        return image
-    if isinstance(image, Volume):
-        return StoredVolume(image.array, image.affine, image.path)
-    return load_stored(Path(image))
+def _stored(image: Any) -> Volume:
+    return image if isinstance(image, Volume) else load_stored(Path(image))
 
 
 def normalise_crop(crop: Tensor, mode: Normalization, source: str) -> Tensor:

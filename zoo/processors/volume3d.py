@@ -16,20 +16,22 @@ from nibabel.affines import apply_affine
 from torch import Tensor
 
 from zoo.errors import PromptError
-from zoo.geometry.grid3d import ResamplePlan, crop_window, paste_back_nearest as paste_back, plan_resample, resample
-from zoo.io.nifti import StoredVolume
+from zoo.geometry.grid3d import CropWindow, ResamplePlan, crop_window, paste_back_nearest as paste_back, plan_resample, resample
+from zoo.io.nifti import Volume
 from zoo.prompts.types import PointPrompts
 
 
 @dataclass(frozen=True)
 class Crop:
-    """The model-input crop (raw intensities, the dtype torchio resamples in) and its index-to-world affine."""
+    """The model-input crop (raw intensities, the dtype torchio resamples in), its index-to-world affine and its
+    first voxel on the resampled, reoriented (canonical) grid."""
 
     array: np.ndarray
     affine: np.ndarray
+    start: tuple[int, int, int] = (0, 0, 0)
 
 
-def plan_for(volume: StoredVolume, spacing: Sequence[float], max_bytes: int) -> ResamplePlan:
+def plan_for(volume: Volume, spacing: Sequence[float], max_bytes: int) -> ResamplePlan:
     """The resampling plan of ``volume`` (sizes checked before any voxel is allocated)."""
     return plan_resample(
         volume.shape, volume.affine, tuple(spacing), path=volume.path, itemsize=volume.array.dtype.itemsize,
@@ -38,7 +40,7 @@ def plan_for(volume: StoredVolume, spacing: Sequence[float], max_bytes: int) -> 
 
 
 def crop_around_points(
-    volume: StoredVolume, plan: ResamplePlan, points: PointPrompts, size: Sequence[int], source: str
+    volume: Volume, plan: ResamplePlan, points: PointPrompts, size: Sequence[int], source: str
 ) -> Crop:
     """The ``size`` window of the resampled volume centred on the resampled voxels under the points."""
     real = points.coords[0][~points.is_padding[0]].to(torch.float64).numpy()
@@ -57,7 +59,15 @@ def crop_around_points(
             source,
         )
     roi = resample(volume.array, plan, "linear", window)
-    return Crop(roi, window.affine(plan.canonical.affine))
+    return Crop(roi, window.affine(plan.canonical.affine), window.start)
+
+
+def crop_at(volume: Volume, plan: ResamplePlan, start: Sequence[int], size: Sequence[int]) -> Crop:
+    """The ``size`` window of the resampled volume whose first voxel is canonical index ``start``."""
+    first = (int(start[0]), int(start[1]), int(start[2]))
+    window = CropWindow(first, (int(size[0]), int(size[1]), int(size[2])), plan.canonical.shape)
+    roi = resample(volume.array, plan, "linear", window)
+    return Crop(roi, window.affine(plan.canonical.affine), first)
 
 
 def paste_back_nearest(

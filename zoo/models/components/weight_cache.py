@@ -11,7 +11,8 @@ Kept tensors are state a user cannot see, so they travel nowhere and never outli
 * they are not buffers: not in ``state_dict``, not moved by ``.to()``;
 * a deep copy or an unpickled copy (``torch.save(model)``) of a module starts with nothing kept;
 * a module that owns kernels with kept tensors (:class:`DropsDerivedWeights`) drops them, for itself and every
-  submodule, on ``load_state_dict``, on every device or dtype move and on ``train()`` / ``eval()``;
+  submodule, on ``load_state_dict``, on every device or dtype move and on ``train()`` (not on ``eval()``, which
+  evaluation loops call again and again);
 * :func:`drop_derived_weights` frees them explicitly.
 
 The drops override ``nn.Module``'s private ``_apply`` and ``_load_from_state_dict``; should a torch stop calling
@@ -188,10 +189,11 @@ def drop_derived_weights(module: nn.Module) -> None:
 class DropsDerivedWeights(nn.Module):
     """Base for a module whose fast kernels keep derived tensors on it or its submodules: they are dropped when
     its state is loaded (``load_state_dict``), moved or cast (``.to()``, ``.cuda()``, ``.double()``, ...) and when
-    it is switched to training or evaluation (``train()``, ``eval()``)."""
+    it is put in training mode (``train()``)."""
 
     def train(self, mode: bool = True) -> DropsDerivedWeights:
-        drop_derived_weights(self)
+        if mode:
+            drop_derived_weights(self)
         return super().train(mode)
 
     def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> DropsDerivedWeights:
