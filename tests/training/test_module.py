@@ -105,7 +105,7 @@ def test_training_clicks_replay_for_the_same_step():
 
 def test_evaluation_reports_dice_per_click_count_and_class():
     lit = module(
-        "sam_med2d_b", TINY_2D, eval_prompts=EvaluationProtocol(clicks=[1, 3], box=True),
+        "sam_med2d_b", TINY_2D, eval_prompts=EvaluationProtocol(grid="model", clicks=[1, 3], box=True),
         class_names=["liver", "spleen"],
     )
     lit.setup("validate")
@@ -141,7 +141,7 @@ def evaluate(lit: PromptableSegmentationModule, batch: dict) -> dict:
 
 
 def test_sam_med2d_evaluation_feeds_the_best_candidate_back_as_probabilities():
-    protocol = EvaluationProtocol(clicks=[1, 3])
+    protocol = EvaluationProtocol(grid="model", clicks=[1, 3])
     lit = module("sam_med2d_b", TINY_2D, eval_prompts=protocol, class_names=["liver", "spleen"])
     calls = record_decodes(lit.net)
     evaluate(lit, batch_2d())
@@ -154,7 +154,7 @@ def test_sam_med2d_evaluation_feeds_the_best_candidate_back_as_probabilities():
 
 
 def test_sam_med3d_evaluation_starts_from_zero_logits_and_feeds_logits_back():
-    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(clicks=[2]), class_names=["liver"])
+    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(grid="model", clicks=[2]), class_names=["liver"])
     calls = record_decodes(lit.net)
     evaluate(lit, batch_3d())
     assert len(calls) == 2 and not any(call["multimask_output"] for call in calls)
@@ -166,7 +166,7 @@ def test_sam_med3d_evaluation_starts_from_zero_logits_and_feeds_logits_back():
     ("model", "overrides", "batch"), [("sam_med2d_b", TINY_2D, batch_2d), ("sam_med3d_turbo", TINY_3D, batch_3d)]
 )
 def test_evaluation_without_mask_feedback_gives_no_click_a_mask_prompt(model, overrides, batch):
-    protocol = EvaluationProtocol(clicks=[3], mask_feedback=False)
+    protocol = EvaluationProtocol(grid="model", clicks=[3], mask_feedback=False)
     lit = module(model, overrides, eval_prompts=protocol, class_names=["liver", "spleen"])
     calls = record_decodes(lit.net)
     evaluate(lit, batch())
@@ -174,7 +174,7 @@ def test_evaluation_without_mask_feedback_gives_no_click_a_mask_prompt(model, ov
 
 
 def test_the_protocol_can_override_the_processors_multimask_choice():
-    protocol = EvaluationProtocol(clicks=[1], multimask_output=False)
+    protocol = EvaluationProtocol(grid="model", clicks=[1], multimask_output=False)
     lit = module("sam_med2d_b", TINY_2D, eval_prompts=protocol, class_names=["liver", "spleen"])
     calls = record_decodes(lit.net)
     evaluate(lit, batch_2d())
@@ -183,7 +183,7 @@ def test_the_protocol_can_override_the_processors_multimask_choice():
 
 
 def test_the_box_protocol_boxes_each_target_as_sam_med2d_does():
-    protocol = EvaluationProtocol(clicks=[], box=True)
+    protocol = EvaluationProtocol(grid="model", clicks=[], box=True)
     lit = module("sam_med2d_b", TINY_2D, eval_prompts=protocol, class_names=["liver", "spleen"])
     calls = record_decodes(lit.net)
     logged = evaluate(lit, batch_2d())
@@ -194,7 +194,7 @@ def test_the_box_protocol_boxes_each_target_as_sam_med2d_does():
 
 def test_nsd_needs_the_crop_spacing():
     lit = module(
-        "sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(clicks=[1], nsd_tolerance_mm=1.5),
+        "sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(grid="model", clicks=[1], nsd_tolerance_mm=1.5),
         class_names=["liver"],
     )
     lit.setup("validate")
@@ -203,7 +203,7 @@ def test_nsd_needs_the_crop_spacing():
 
 
 def test_unknown_class_in_a_batch_is_an_error_naming_it():
-    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(clicks=[1]), class_names=["spleen"])
+    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(grid="model", clicks=[1]), class_names=["spleen"])
     lit.setup("validate")
     with pytest.raises(KeyError, match="liver"):
         lit.validation_step(batch_3d(), 0)

@@ -14,27 +14,32 @@ key                           type / shape                 meaning
 ``crop_affine``               float64 ``B x 4 x 4``        crop voxel index -> world (RAS mm)
 ``original_affine``           float64 ``B x 4 x 4``        file voxel index -> world (RAS mm)
 ``original_shape``            int64 ``B x 3``              file grid shape
+``frame``                     list[ImageFrame]             evaluation: what maps the crop back (processor's
+                                                           ``to_original``)
+``original_masks``            list of bool ``1 x *file``   evaluation: the target on the file's grid
 ============================  ===========================  ==================================================
 
-Invert with :func:`~zoo.data.transforms3d.restore_to_original` (masks) and
+Batches are made by :func:`collate_3d` (``frame`` and ``original_masks`` stay lists). Invert with :func:`~zoo.data.transforms3d.restore_to_original` (masks) and
 :func:`~zoo.data.transforms3d.crop_to_original_map` (prompts), one sample at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from zoo.errors import DataError
 from zoo.data.layout3d import TargetRecord
 from zoo.io.nifti import check_same_grid, load_label, load_stored
-from zoo.data.sampling import SEED_BOUND, ItemKey
+from zoo.data.sampling import SEED_BOUND, ItemKey, derive_seed
+from zoo.geometry.index_map import IndexMap
+from zoo.processors import ImageFrame
 from zoo.data.transforms3d import IMAGE_KEY, LABEL_KEY, PATH_KEY
 
 
@@ -63,17 +68,43 @@ def _data_error_in(exc: BaseException) -> DataError | None:
     return None
 
 
+#: Keys that stay lists in a batch (their shapes differ between cases, or they are not tensors).
+RAGGED_KEYS_3D = frozenset({"frame", "original_masks"})
+
+
+def collate_3d(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` of the samples, with ``frame`` and ``original_masks`` kept as lists."""
+    ragged = {key: [sample[key] for sample in samples] for key in RAGGED_KEYS_3D if key in samples[0]}
+    batch = default_collate([{k: v for k, v in sample.items() if k not in RAGGED_KEYS_3D} for sample in samples])
+    batch.update(ragged)
+    return batch
+
+
 class TargetDataset(Dataset[Sample3D]):
     """Loads, checks and preprocesses one :class:`~zoo.data.layout3d.TargetRecord` per index.
 
     Indexed with an :class:`~zoo.data.sampling.ItemKey` (what :class:`~zoo.data.sampling.SeededSampler` yields),
     the random transforms are seeded with the key's seed, so an item's crop and flips depend only on
     ``(seed, epoch, index)``. A plain ``int`` index seeds them from torch's global generator instead.
+
+    ``min_crop_voxels``: SAM-Med3D's ``data_loader.py`` rule: an item whose target has at most this many voxels
+    INSIDE its crop is replaced by another item drawn at random (deterministically from the key's seed here).
+    ``keep_original``: add ``frame`` and ``original_masks`` (evaluation on the file's grid).
     """
 
-    def __init__(self, targets: Sequence[TargetRecord], transform: Compose) -> None:
+    #: Redraws before an item is refused (every target of the set would have to be small for this to happen).
+    max_redraws = 100
+
+    def __init__(
+        self,
+        targets: Sequence[TargetRecord],
+        transform: Compose,
+        min_crop_voxels: float | None = None,
+        keep_original: bool = False,
+    ) -> None:
         self.targets = list(targets)
         self.transform = transform
+        self.min_crop_voxels, self.keep_original = min_crop_voxels, keep_original
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -83,6 +114,22 @@ class TargetDataset(Dataset[Sample3D]):
             index, seed = key
         else:
             index, seed = key, int(torch.randint(0, SEED_BOUND, ()).item())
+        sample = self._load(index, seed)
+        if self.min_crop_voxels is None:
+            return sample
+        for attempt in range(self.max_redraws):
+            if int(sample["target"].sum()) > self.min_crop_voxels:
+                return sample
+            redraw = derive_seed("redraw", seed, attempt)
+            sample = self._load(redraw % len(self.targets), derive_seed("redraw-item", seed, attempt))
+        if int(sample["target"].sum()) > self.min_crop_voxels:
+            return sample
+        raise DataError(
+            self.targets[index].label_path,
+            f"{self.max_redraws} redraws found no target with more than {self.min_crop_voxels:g} voxels in its crop",
+        )
+
+    def _load(self, index: int, seed: int) -> Sample3D:
         record = self.targets[index]
         image = load_stored(record.image_path)  # the voxel type the authors resample in
         label = load_label(record.label_path)
@@ -105,7 +152,7 @@ class TargetDataset(Dataset[Sample3D]):
                 raise found from exc
             raise
         processed_image, processed_label = out[IMAGE_KEY], out[LABEL_KEY]
-        return Sample3D(
+        sample = Sample3D(
             image=processed_image.as_tensor().to(torch.float32).contiguous(),
             target=(processed_label.as_tensor() > 0.5).contiguous(),
             class_id=record.class_id,
@@ -117,3 +164,11 @@ class TargetDataset(Dataset[Sample3D]):
             original_affine=affine.clone(),
             original_shape=torch.tensor(image.shape, dtype=torch.int64),
         )
+        if self.keep_original:
+            crop_affine = sample["crop_affine"]
+            crop_shape = tuple(sample["image"].shape[1:])
+            to_model = IndexMap.from_affines(affine.numpy(), crop_affine.numpy(), image.shape, crop_shape)
+            meta = {"crop_affine": crop_affine, "original_affine": affine.clone()}
+            sample["frame"] = ImageFrame(sample["image"], image.shape, to_model, meta)  # type: ignore[typeddict-unknown-key]
+            sample["original_masks"] = binary.bool()[None]  # type: ignore[typeddict-unknown-key]
+        return sample

@@ -22,7 +22,7 @@ key                    type / shape                 meaning
 ``image_path``         list[str]                    source image
 ``original_size``      int64 ``B x 2``              ``(H, W)`` of the original image
 ``frame``              list[ImageFrame]             what maps each input back to its original image
-``original_masks``     list of bool ``N x H x W``   evaluation only: masks at the original size (for metrics)
+``original_masks``     list of bool ``N x H x W``   the masks at the original size (metrics; SAM-UNet's boxes)
 =====================  ===========================  =============================================================
 """
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -114,11 +114,26 @@ def load_image_with_masks(image_path: Path, mask_paths: Sequence[Path]) -> tuple
     return image, masks
 
 
+ChannelOrder = Literal["rgb", "bgr"]
+
+
 def make_sample_2d(
-    image_path: Path, mask_paths: Sequence[Path], processor: Processor, keep_original_masks: bool
+    image_path: Path,
+    mask_paths: Sequence[Path],
+    processor: Processor,
+    keep_original_masks: bool,
+    channel_order: ChannelOrder = "rgb",
 ) -> dict[str, Any]:
-    """One sample in the documented format from files on disk, prepared by ``processor``'s training geometry."""
+    """One sample in the documented format from files on disk, prepared by ``processor``'s training geometry.
+
+    ``channel_order="bgr"`` hands the processor the channels reversed, as SAM-Med2D's ``DataLoader.py`` reads images
+    with ``cv2.imread`` (BGR) and normalises them with SAM's RGB mean and std (identical for grey images).
+    """
+    if channel_order not in ("rgb", "bgr"):
+        raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     image, masks = load_image_with_masks(image_path, mask_paths)
+    if channel_order == "bgr":
+        image = np.ascontiguousarray(image[..., ::-1])
     frame, prepared = processor.prepare_with_masks(image, masks, source=str(image_path))
     sample = sample_dict_2d(frame, prepared, str(image_path), [str(p) for p in mask_paths])
     if keep_original_masks:
@@ -174,11 +189,12 @@ class ImageMasksDataset(Dataset[dict[str, Any]]):
         processor: Processor,
         masks_per_image: int = 5,
         path_root: str | Path | None = None,
+        channel_order: ChannelOrder = "rgb",
     ) -> None:
         if masks_per_image < 1:
             raise ValueError(f"masks_per_image must be >= 1, got {masks_per_image}")
         self.items = read_image2label(json_path, path_root)
-        self.masks_per_image, self.processor = masks_per_image, processor
+        self.masks_per_image, self.processor, self.channel_order = masks_per_image, processor, channel_order
 
     def __len__(self) -> int:
         return len(self.items)
@@ -194,7 +210,8 @@ class ImageMasksDataset(Dataset[dict[str, Any]]):
         generator = torch.Generator().manual_seed(seed)
         draws = torch.randint(0, len(mask_paths), (self.masks_per_image,), generator=generator)
         chosen = [mask_paths[i] for i in draws]
-        sample = make_sample_2d(image_path, chosen, self.processor, keep_original_masks=False)
+        # The original masks travel too: SAM-UNet's authors box the original mask (the processor decides).
+        sample = make_sample_2d(image_path, chosen, self.processor, True, self.channel_order)
         sample["class_name"] = [class_name_of(image_path, mask) for mask in chosen]
         return sample
 
@@ -202,9 +219,15 @@ class ImageMasksDataset(Dataset[dict[str, Any]]):
 class MaskImageDataset(Dataset[dict[str, Any]]):
     """SAM-Med2D evaluation samples: one per mask of a ``label2image`` JSON, with the original-size mask."""
 
-    def __init__(self, json_path: str | Path, processor: Processor, path_root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        json_path: str | Path,
+        processor: Processor,
+        path_root: str | Path | None = None,
+        channel_order: ChannelOrder = "rgb",
+    ) -> None:
         self.items = read_label2image(json_path, path_root)
-        self.processor = processor
+        self.processor, self.channel_order = processor, channel_order
 
     def __len__(self) -> int:
         return len(self.items)
@@ -217,7 +240,7 @@ class MaskImageDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, key: int | ItemKey) -> dict[str, Any]:
         index, _ = _key_parts(key)
         image_path, mask_path = self.items[index]
-        sample = make_sample_2d(image_path, [mask_path], self.processor, keep_original_masks=True)
+        sample = make_sample_2d(image_path, [mask_path], self.processor, True, self.channel_order)
         sample["class_name"] = class_name_of(image_path, mask_path)
         return sample
 
@@ -237,6 +260,8 @@ class SAMed2DDataModule(pl.LightningDataModule):
         image_size: model input size; None keeps the processor's (256 for the released models).
         processor: the model's processor (type name, config dict or processor; ``zoo fit`` links it to the model),
             whose training geometry prepares images and masks.
+        channel_order: ``bgr`` reverses the image channels before the processor, as SAM-Med2D's ``DataLoader.py``
+            (``cv2.imread``, then SAM's RGB mean); ``rgb`` for every other family (SAM-UNet converts to RGB).
         seed: seed of the training order and of the masks drawn per image.
     """
 
@@ -252,9 +277,13 @@ class SAMed2DDataModule(pl.LightningDataModule):
         batch_size: int = 2,
         eval_batch_size: int = 1,
         num_workers: int = 0,
+        channel_order: ChannelOrder = "rgb",
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        self.channel_order = channel_order
         self.root = Path(root)
         self.train_json, self.eval_json, self.path_root = train_json, eval_json, path_root
         self.masks_per_image, self.image_size = masks_per_image, image_size
@@ -280,11 +309,13 @@ class SAMed2DDataModule(pl.LightningDataModule):
         root = self.path_root if self.path_root is not None else self.root
         train_file = self.root / self.train_json
         train_set = (
-            ImageMasksDataset(train_file, self.processor, self.masks_per_image, root) if train_file.exists() else None
+            ImageMasksDataset(train_file, self.processor, self.masks_per_image, root, self.channel_order)
+            if train_file.exists()
+            else None
         )
         if stage in (None, "fit"):
             self.train_set = train_set
-        self.eval_set = MaskImageDataset(self.root / self.eval_json, self.processor, root)
+        self.eval_set = MaskImageDataset(self.root / self.eval_json, self.processor, root, self.channel_order)
         train_names = train_set.class_names if train_set is not None else []
         self._class_names = sorted({*self.eval_set.class_names, *train_names})
 

@@ -146,6 +146,9 @@ class CropOrPadAroundTargetd(Randomizable, MapTransform):
 class NormalizeIntensityd(MapTransform):
     """Intensity normalisation of the (cropped) image, optionally after clipping to ``clip_range``.
 
+    ``clip_path_pattern``: clip only images whose path contains it (SAM-Med3D's ``data_loader.py`` clamps
+    images whose path contains ``"/ct_"`` to (-1000, 1000)).
+
     ``zscore_positive``: SAM-Med3D's ``tio.ZNormalization(masking_method=lambda x: x > 0)``: mean and unbiased
     std over voxels > 0 only, applied to every voxel. ``ct_window``: clip to ``ct_window`` (HU) and scale to
     [0, 1]. ``none``: leave as is.
@@ -157,8 +160,10 @@ class NormalizeIntensityd(MapTransform):
         mode: Normalization = "zscore_positive",
         ct_window: tuple[float, float] = (-1000.0, 1000.0),
         clip_range: tuple[float, float] | None = None,
+        clip_path_pattern: str | None = None,
     ) -> None:
         super().__init__(keys)
+        self.clip_path_pattern = clip_path_pattern
         if mode not in ("zscore_positive", "ct_window", "none"):
             raise ValueError(f"unknown normalization {mode!r}; expected 'zscore_positive', 'ct_window' or 'none'")
         self.mode, self.clip_range = mode, clip_range
@@ -169,7 +174,8 @@ class NormalizeIntensityd(MapTransform):
         out = dict(data)
         for key in self.key_iterator(out):
             image = out[key]
-            if self.clip_range is not None:
+            path = str(out.get(PATH_KEY, ""))
+            if self.clip_range is not None and (self.clip_path_pattern is None or self.clip_path_pattern in path):
                 image = image.clamp(*self.clip_range)
             if self.mode == "zscore_positive":
                 image = self._zscore_positive(image, str(out.get(PATH_KEY, "?")))
@@ -195,6 +201,7 @@ def build_transforms_3d(
     ct_window: tuple[float, float] = (-1000.0, 1000.0),
     clip_range: tuple[float, float] | None = None,
     flips: bool = True,
+    clip_path_pattern: str | None = None,
 ) -> Compose:
     """The pipeline for ``{"image": MetaTensor 1xXxYxZ, "label": MetaTensor 1xXxYxZ (binary target)}``.
 
@@ -206,11 +213,25 @@ def build_transforms_3d(
     steps: list[Any] = [
         ResampleLikeAuthorsd(IMAGE_KEY, LABEL_KEY, as_triple(spacing, "spacing")),
         CropOrPadAroundTargetd(keys, LABEL_KEY, sizes, crop_center or ("random_foreground" if train else "label_bbox")),
-        NormalizeIntensityd([IMAGE_KEY], normalization, ct_window, clip_range),
+        NormalizeIntensityd([IMAGE_KEY], normalization, ct_window, clip_range, clip_path_pattern),
     ]
     if train and flips:
         steps += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
     return Compose(steps, log_stats=False)
+
+
+def zscore_positive_pooled(images: Tensor) -> Tensor:
+    """SAM-Med3D's training normalisation (``train.py``: ``tio.ZNormalization(masking_method=lambda x: x > 0)``
+    applied to the micro-batch squeezed to ``B x D x H x W``): ONE mean and unbiased std over the voxels > 0 of all
+    the batch's crops, applied to every voxel, in float32."""
+    images = images.to(torch.float32)
+    values = images[images > 0]
+    if values.numel() < 2:
+        raise DataError("batch", f"cannot z-normalise the batch: only {values.numel()} voxels are > 0")
+    mean, std = values.mean(), values.std()
+    if not bool(std > 0):
+        raise DataError("batch", "cannot z-normalise the batch: the voxels > 0 all have the same intensity")
+    return (images - mean) / std
 
 
 def crop_to_original_map(

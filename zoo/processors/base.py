@@ -276,6 +276,22 @@ class Processor:
         the last index."""
         return boxes_from_masks(masks, jitter, generator)
 
+    def target_boxes(
+        self,
+        masks: Tensor,
+        jitter: str = "none",
+        generator: torch.Generator | None = None,
+        frames: Sequence[ImageFrame] | None = None,
+        original_masks: Sequence[Tensor] | None = None,
+    ) -> BoxPrompts:
+        """Box prompts of training and evaluation targets (``B x *spatial`` masks on the model grid; each target's
+        frame and original-grid mask when the batch has them), where the family's authors derive them.
+
+        Default: from the model-grid masks (:meth:`boxes_from_masks`; SAM-Med2D's ``train.py`` and ``test.py`` box
+        the 256 x 256 mask). Families whose authors box the original mask and scale the box override this.
+        """
+        return self.boxes_from_masks(masks, jitter, generator)
+
     def box_from_previous_mask(self, mask: Tensor, frame: ImageFrame, margin: int = 3) -> BoxPrompts | None:
         """Slice propagation's box for the next slice from the previous slice's mask (``H x W`` bool on the original
         grid), on the model grid of ``frame``; None when the mask is empty (the caller falls back to its first box).

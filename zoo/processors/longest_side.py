@@ -13,6 +13,7 @@ size (SAM's ``postprocess_masks``); masks are ``logits > 0``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +30,12 @@ from zoo.geometry.image2d import (
     stretch_map,
 )
 from zoo.geometry.index_map import IndexMap
-from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig
+from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig, map_box_corners
 from zoo.processors.images import rgb_uint8
 from zoo.processors.sam_med2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from zoo.processors.sam_style_2d import SamStyle2DProcessor
-from zoo.prompts.types import Prompts
+from zoo.prompts.simulate import boxes_from_masks
+from zoo.prompts.types import BoxPrompts, Prompts
 
 
 def longest_side_frame_map(original: tuple[int, int], resized: tuple[int, int], size: int) -> IndexMap:
@@ -141,11 +143,49 @@ class SamUNetProcessorConfig(LongestSideProcessorConfig):
 
 
 class SamUNetProcessor(LongestSideProcessor):
+    """SAM-UNet's geometry (upstream ``dataset.py``): masks resized like the image (``ResizeLongestSide.apply_image``,
+    PIL bilinear on the 0/1 mask) and padded; boxes drawn on the original mask, then scaled."""
+
     processor_type = "sam_unet"
     config_class = SamUNetProcessorConfig
     family = "sam_unet"
     model_name = "SAM-UNet"
     prompt_kinds = frozenset({"points", "boxes", "masks"})
+
+    def prepare_with_masks(self, image: Any, masks: list[np.ndarray] | Tensor, source: str = "image"):
+        """The image and its ``N`` masks on the padded grid; each mask resized as a 0/1 uint8 image with PIL's
+        bilinear filter, as the image (upstream ``dataset.py``: ``transforms.apply_image(image=pre_mask)``)."""
+        frame = self.prepare(image, source=source)
+        size = self.config.image_size
+        arrays = [np.asarray(m.cpu() if isinstance(m, Tensor) else m).astype(np.uint8) for m in masks]
+        resized = [torch.from_numpy(resize_longest_side_bilinear(a, size) > 0) for a in arrays]
+        if not resized:
+            return frame, torch.zeros(0, 1, size, size, dtype=torch.bool)
+        height, width = frame.meta["input_size"]
+        stacked = torch.stack(resized)[:, None]
+        return frame, F.pad(stacked, (0, size - width, 0, size - height))
+
+    def target_boxes(
+        self,
+        masks: Tensor,
+        jitter: str = "none",
+        generator: torch.Generator | None = None,
+        frames: Sequence[ImageFrame] | None = None,
+        original_masks: Sequence[Tensor] | None = None,
+    ) -> BoxPrompts:
+        """Upstream ``dataset.py``: the box of the largest component of the ORIGINAL mask, jittered there
+        (``get_boxes_from_mask``: at most 5 original pixels; none in testing), then scaled to the resized frame
+        (``apply_boxes_torch``). Without original masks, the model-grid masks are boxed instead."""
+        if frames is None or original_masks is None:
+            return self.boxes_from_masks(masks, jitter, generator)
+        boxes = []
+        for frame, mask in zip(frames, original_masks):
+            original = boxes_from_masks(mask.reshape(frame.original_shape)[None].cpu(), jitter, generator)
+            boxes.append(map_box_corners(original, frame.to_model))
+        valid = torch.cat([b.valid for b in boxes]).to(masks.device)
+        lo = torch.cat([b.lo for b in boxes]).to(masks.device)
+        hi = torch.cat([b.hi for b in boxes]).to(masks.device)
+        return BoxPrompts(lo, hi, valid, tuple(masks.shape[1:]))
 
 
 __all__ = [

@@ -92,6 +92,20 @@ def first_click_random_foreground(target: Tensor, generator: torch.Generator | N
     return _to_points(index, labels, tuple(target.shape[1:]))
 
 
+def centre_click(target: Tensor) -> PointPrompts:
+    """A foreground click (label 1) at the centre element ``S // 2`` of every axis, one per sample.
+
+    The SAM-Med3D paper's evaluation crops its patch around the first point (Sec. 4.3): with the crop centred on a
+    random foreground voxel, that voxel lies at the crop's centre element.
+    """
+    _check_masks(target)
+    spatial_shape = tuple(target.shape[1:])
+    coords = torch.tensor([s // 2 for s in spatial_shape], dtype=torch.float32, device=target.device)
+    coords = coords.expand(target.shape[0], 1, len(spatial_shape)).clone()
+    labels = torch.full((target.shape[0], 1), FOREGROUND_LABEL, dtype=torch.int64, device=target.device)
+    return PointPrompts(coords, labels, spatial_shape)
+
+
 def first_click_interior(target: Tensor) -> PointPrompts:
     """Deterministic first click: the interior-most element of the largest connected component (label 1).
 

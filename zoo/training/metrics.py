@@ -16,9 +16,13 @@ def dice_per_sample(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def surface_dice_per_sample(
-    pred: Tensor, target: Tensor, tolerance_mm: float, spacing_mm: Sequence[float]
+    pred: Tensor, target: Tensor, tolerance_mm: float, spacing_mm: Sequence[float], surfels: bool = False
 ) -> Tensor:
-    """Normalised surface Dice (NSD) at ``tolerance_mm`` of binary ``B x 1 x *spatial`` masks, ``B`` values."""
+    """Normalised surface Dice (NSD) at ``tolerance_mm`` of binary ``B x 1 x *spatial`` masks, ``B`` values.
+
+    ``surfels=True`` weighs each boundary element by its surface area as DeepMind's ``surface_distance`` does
+    (SAM-Med3D's ``metric_utils.py``; MONAI's ``use_subvoxels``); otherwise every boundary voxel counts once.
+    """
     return compute_surface_dice(
         y_pred=pred.float(),
         y=target.float(),
@@ -26,12 +30,12 @@ def surface_dice_per_sample(
         include_background=True,
         distance_metric="euclidean",
         spacing=list(spacing_mm),
-        use_subvoxels=False,
+        use_subvoxels=surfels,
     )[:, 0]
 
 
 class PerClassMean(Metric):
-    """Mean of a per-sample score for each of ``num_classes`` classes (NaN scores are skipped)."""
+    """Mean of a per-sample score for each of ``num_classes`` classes, and over all masks (NaN scores are skipped)."""
 
     full_state_update = False
 
@@ -51,3 +55,7 @@ class PerClassMean(Metric):
     def compute(self) -> Tensor:
         """Per-class means (NaN for classes never seen)."""
         return self.total / self.count
+
+    def mask_mean(self) -> Tensor:
+        """The mean over every scored mask, whatever its class (the 2D authors' ``test.py`` average)."""
+        return self.total.sum() / self.count.sum()

@@ -2,7 +2,7 @@
 
 import hashlib
 import random
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import lightning as L
@@ -11,7 +11,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from zoo.processors import ClickState, Processor, attach_default_processor, processor_for, select_best_mask
-from zoo.prompts.simulate import first_click_random_foreground, next_click_random_error
+from zoo.prompts.simulate import (
+    centre_click,
+    first_click_random_foreground,
+    next_click_random_error,
+    sam_med2d_points,
+)
 from zoo.prompts.types import BoxPrompts, MaskPrompts, PointPrompts, Prompts
 from zoo.training.losses import SegmentationLoss
 from zoo.training.metrics import PerClassMean, dice_per_sample, surface_dice_per_sample
@@ -64,6 +69,8 @@ class PromptableSegmentationModule(L.LightningModule):
         self.seed = seed
         self.class_names = list(class_names or [])
         self.metrics = nn.ModuleDict()
+        # SAM-Med2D's per-pass stepping is manual optimisation; the summed losses use Lightning's own loop.
+        self.automatic_optimization = self.train_prompts.optimizer_step != "per_pass"
 
     def setup(self, stage: str) -> None:
         """Take the class list from the DataModule (unless the recipe fixed it) and build the metrics."""
@@ -126,9 +133,6 @@ class PromptableSegmentationModule(L.LightningModule):
                 cache[key] = _one(fresh, row)
         return _stack([cache[key] for key in keys])
 
-    def on_fit_start(self) -> None:
-        self.__dict__.pop("_encodings", None)
-
     @staticmethod
     def _per_target(features: Any, image_index: Tensor) -> Any:
         """Image features for each target: a tensor indexed along batch, or a dataclass of such tensors."""
@@ -161,7 +165,8 @@ class PromptableSegmentationModule(L.LightningModule):
 
     def _generator(self, stage: str, batch_idx: int) -> torch.Generator:
         """A generator seeded by (seed, stage, step, rank): clicks replay exactly after a resume."""
-        step = self.global_step if stage == "train" else batch_idx
+        # Training: the optimiser step and the batch (so the batches of one accumulation window differ).
+        step = f"{self.global_step}/{batch_idx}" if stage == "train" else batch_idx
         key = f"{self.seed}/{stage}/{step}/{self.global_rank}".encode()
         return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
@@ -173,120 +178,263 @@ class PromptableSegmentationModule(L.LightningModule):
         return select_best_mask(low_res, iou)
 
     # ---------------------------------------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def on_fit_start(self) -> None:
+        self.__dict__.pop("_encodings", None)
+        self.__dict__.pop("_window", None)
+        if self.train_prompts.optimizer_step == "per_pass" and self.trainer.world_size > 1:
+            raise RuntimeError(
+                "optimizer_step='per_pass' runs a backward pass per prompt pass, which DDP allows only once per "
+                "forward; train on one device (SAM-Med2D's train.py is single-GPU) or use optimizer_step='summed'"
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if self.train_prompts.optimizer_step == "per_pass":
+            return self._training_step_per_pass(batch, batch_idx)
+        rollout = self._start_rollout(batch, batch_idx)
+        total = rollout.images.new_zeros(())
+        for it in range(self.train_prompts.iterations):
+            total = total + self._run_pass(rollout, it)
+        # Per step for the progress bar, and the epoch mean ("train/loss_epoch") for schedulers that step on it.
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=rollout.size)
+        return total
+
+    def _training_step_per_pass(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """SAM-Med2D's ``train.py``: backward and an optimiser step after every pass (manual optimisation); with
+        ``accumulate_batches = k`` the passes of ``k`` batches run in lockstep, one step per pass."""
+        schedule = self.train_prompts
+        scale = 1.0 / schedule.accumulate_batches
+        optimizer = self.optimizers()
+        rollout = self._start_rollout(batch, batch_idx)
+        first = self._run_pass(rollout, 0)
+        self.manual_backward(first * scale)
+        rollout.features = _detached(rollout.features)  # later passes use the embeddings of the first, detached
+        rollout.total = first.detach()
+        window = self.__dict__.setdefault("_window", [])
+        window.append(rollout)
+        closes = (batch_idx + 1) % schedule.accumulate_batches == 0 or bool(self.trainer.is_last_batch)
+        if not closes:
+            return None
+        self._optimizer_step(optimizer)
+        for it in range(1, schedule.iterations):
+            for item in window:
+                loss = self._run_pass(item, it)
+                self.manual_backward(loss * scale)
+                item.total = item.total + loss.detach()
+            self._optimizer_step(optimizer)
+        total = torch.stack([item.total for item in window]).mean()
+        size = sum(item.size for item in window)
+        window.clear()
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        return None
+
+    def _optimizer_step(self, optimizer: Any) -> None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=self.train_prompts.zero_grad == "none")
+
+    def on_train_epoch_end(self) -> None:
+        """Manual optimisation steps epoch-interval schedulers itself (Lightning does so only automatically)."""
+        if self.automatic_optimization or self.scheduler_factory is None:
+            return
+        scheduler = self.lr_schedulers()
+        monitor = getattr(scheduler, "monitor", None)
+        if monitor is not None:
+            value = self.trainer.callback_metrics.get(monitor)
+            if value is not None:
+                scheduler.step(value)
+        elif scheduler is not None:
+            scheduler.step()
+
+    def _start_rollout(self, batch: dict[str, Any], batch_idx: int) -> "_Rollout":
         images, target, image_index, _ = self._unpack(batch)
         schedule = self.train_prompts
         generator = self._generator("train", batch_idx)
         rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=generator)))
-        target_mask = target[:, 0].bool()
-        mask_only = set()
-        if schedule.mask_only_iteration_range is not None:
-            mask_only.add(rng.randint(*schedule.mask_only_iteration_range))
-        if schedule.mask_only_last and schedule.iterations > 1:
-            mask_only.add(schedule.iterations - 1)
-
-        features = self._per_target(self._encode(images), image_index)
         low_res = None
         if schedule.zero_mask_first:
             low_res = torch.zeros(target.shape[0], 1, *self.net.mask_input_size, device=self.device)
-        points = boxes = None
-        prediction = torch.zeros_like(target_mask)
-        total = images.new_zeros(())
-        for it in range(schedule.iterations):
-            if it == 0:
-                points, boxes = self._first_training_prompt(target_mask, rng, generator)
-            else:
-                clicks = next_click_random_error(
-                    prediction, target_mask, rng.choice(schedule.clicks_per_iteration), generator
-                )
-                points = points.cat(clicks) if schedule.accumulate_clicks and points is not None else clicks
-                boxes = None
-            fed_points, fed_boxes = (None, None) if it in mask_only else (points, boxes)
-            prompts = self._model_kwargs(fed_points, fed_boxes, low_res, schedule.mask_prompt)
-            if it > 0 and schedule.decoder_only_after_first:
-                with torch.no_grad():
-                    sparse, dense = self.net.embed_prompts(**prompts)
-                detached = features.detach() if isinstance(features, Tensor) else features
-                out = self.net.decode_embeddings(detached, sparse, dense, schedule.multimask_output)
-            else:
-                out = self.net.decode(features, **prompts, multimask_output=schedule.multimask_output)
-            step_low_res, iou = self._best_mask(out.low_res_logits, out.iou_predictions)
-            logits = self.processor.upsample(step_low_res)
-            total = total + self.loss(logits, target.to(logits.dtype), iou)
-            low_res = step_low_res.detach()
-            prediction = (logits.detach() > schedule.click_threshold)[:, 0]
-        # Per step for the progress bar, and the epoch mean ("train/loss_epoch") for schedulers that step on it.
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=target.shape[0])
-        return total
+        return _Rollout(
+            images=images,
+            target=target,
+            features=self._per_target(self._encode(images), image_index),
+            generator=generator,
+            rng=rng,
+            mask_only=schedule.mask_only_passes(rng),
+            low_res=low_res,
+            prediction=torch.zeros_like(target[:, 0]),
+            originals=self._originals(batch, image_index),
+        )
 
-    def _first_training_prompt(self, target: Tensor, rng: random.Random, generator: torch.Generator):
+    def _run_pass(self, rollout: "_Rollout", it: int) -> Tensor:
+        """Pass ``it`` of a batch's interactive loop: its prompts, the decoder, its loss; the rollout moves on."""
+        schedule = self.train_prompts
+        target_mask = rollout.target[:, 0]
+        if it == 0:
+            rollout.points, rollout.boxes = self._first_training_prompt(
+                target_mask, rollout.rng, rollout.generator, rollout.originals
+            )
+        else:
+            clicks = next_click_random_error(
+                rollout.prediction, target_mask, rollout.rng.choice(schedule.clicks_per_iteration), rollout.generator
+            )
+            previous = rollout.points
+            rollout.points = previous.cat(clicks) if schedule.accumulate_clicks and previous is not None else clicks
+            rollout.boxes = None
+        fed_points, fed_boxes = (None, None) if it in rollout.mask_only else (rollout.points, rollout.boxes)
+        prompts = self._model_kwargs(fed_points, fed_boxes, rollout.low_res, schedule.mask_prompt)
+        if it > 0 and schedule.decoder_only_after_first:
+            with torch.no_grad():
+                sparse, dense = self.net.embed_prompts(**prompts)
+            out = self.net.decode_embeddings(_detached(rollout.features), sparse, dense, schedule.multimask_output)
+        else:
+            out = self.net.decode(rollout.features, **prompts, multimask_output=schedule.multimask_output)
+        step_low_res, iou = self._best_mask(out.low_res_logits, out.iou_predictions)
+        logits = self.processor.upsample(step_low_res)
+        loss = self.loss(logits, rollout.target.to(logits.dtype), iou)
+        rollout.low_res = step_low_res.detach() if schedule.detach_mask_feedback else step_low_res
+        rollout.prediction = (logits.detach() > schedule.click_threshold)[:, 0]
+        return loss
+
+    def _first_training_prompt(
+        self,
+        target: Tensor,
+        rng: random.Random,
+        generator: torch.Generator,
+        originals: tuple[list[Any], list[Tensor]] | None = None,
+    ) -> tuple[PointPrompts | None, BoxPrompts | None]:
         schedule = self.train_prompts
         use_box = schedule.first_prompt == "box" or (
             schedule.first_prompt == "box_or_point" and rng.random() < schedule.box_probability
         )
         if use_box:
-            boxes = self.processor.boxes_from_masks(target, jitter=schedule.box_jitter, generator=generator)
+            frames, masks = originals if originals is not None else (None, None)
+            boxes = self.processor.target_boxes(target, schedule.box_jitter, generator, frames, masks)
             if bool(boxes.valid.all()):
                 return None, boxes
         return first_click_random_foreground(target, generator), None
 
-    # -------------------------------------------------------------------------------------------- evaluation
-    def _metric_keys(self, stage: str) -> list[str]:
-        protocol = self.eval_prompts
-        keys = [f"{stage}/dice/{n}pt" for n in protocol.clicks]
-        if protocol.box:
-            keys.append(f"{stage}/dice/box")
-        if protocol.nsd_tolerance_mm is not None:
-            keys += [f"{stage}/nsd/{n}pt" for n in protocol.clicks]
-            if protocol.box:
-                keys.append(f"{stage}/nsd/box")
-        return [k.replace("/", "__") for k in keys]  # ModuleDict keys cannot contain dots; slashes read badly
+    @staticmethod
+    def _originals(batch: dict[str, Any], image_index: Tensor) -> tuple[list[Any], list[Tensor]] | None:
+        """Each target's frame and its mask on the original grid, when the batch carries them (``frame`` and
+        ``original_masks``, one entry per image: ``N x *original`` masks in the order of ``_unpack``)."""
+        frames, masks = batch.get("frame"), batch.get("original_masks")
+        if frames is None or masks is None:
+            return None
+        per_image = [m.reshape(-1, *m.shape[-len(frames[0].original_shape):]) for m in masks]
+        counts = [len(m) for m in per_image]
+        flat_frames = [frame for frame, count in zip(frames, counts) for _ in range(count)]
+        flat_masks = [mask.bool() for image in per_image for mask in image]
+        if len(flat_masks) != image_index.numel():
+            raise ValueError(f"the batch has {image_index.numel()} targets but {len(flat_masks)} original masks")
+        return flat_frames, flat_masks
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    # -------------------------------------------------------------------------------------------- evaluation
+    def _protocol_names(self) -> list[str]:
+        protocol = self.eval_prompts
+        names = [f"{n}pt" for n in protocol.clicks] + [f"{n}pt_simultaneous" for n in protocol.simultaneous_points]
+        return names + (["box"] if protocol.box else [])
+
+    def _metric_keys(self, stage: str) -> list[str]:
+        metrics = ["dice"] + (["nsd"] if self.eval_prompts.nsd_tolerance_mm is not None else [])
+        # ModuleDict keys cannot contain dots; slashes read badly
+        return [f"{stage}__{metric}__{name}" for metric in metrics for name in self._protocol_names()]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")
 
     @torch.no_grad()
-    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
+    def _evaluate(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         protocol = self.eval_prompts
         images, target, image_index, names = self._unpack(batch)
         target_mask = target[:, 0]
         class_index = self._class_indices(names)
-        spacing = getattr(self.trainer.datamodule, "spacing", None) if self._trainer is not None else None
+        originals = self._originals(batch, image_index) if protocol.grid == "original" else None
+        if protocol.grid == "original" and originals is None:
+            raise KeyError(
+                "scoring on the original grid needs 'frame' and 'original_masks' in the batch (the zoo DataModules "
+                "give them to evaluation batches); set eval_prompts.grid='model' to score on the model grid"
+            )
         generator = torch.Generator().manual_seed(protocol.seed + batch_idx)
         features = self._per_target(self._encode(images), image_index)
 
-        def record(name: str, logits: Tensor) -> None:
-            pred = self.processor.binarize(logits)
-            self.metrics[f"{stage}__dice__{name}"].update(dice_per_sample(pred, target), class_index)
-            if protocol.nsd_tolerance_mm is not None:
-                if spacing is None:
-                    raise ValueError("NSD needs the crop spacing: the DataModule has no 'spacing' attribute")
-                nsd = surface_dice_per_sample(pred, target, protocol.nsd_tolerance_mm, list(spacing))
+        def record(name: str, low_res: Tensor) -> None:
+            dice, nsd = self._scores(processor, low_res, target, originals)
+            self.metrics[f"{stage}__dice__{name}"].update(dice, class_index)
+            if nsd is not None:
                 self.metrics[f"{stage}__nsd__{name}"].update(nsd, class_index)
 
         processor = self.processor
         if protocol.multimask_output is not None and protocol.multimask_output != processor.policy.multimask_output:
-            processor = type(processor)(replace(processor.config, decode=replace(processor.policy, multimask_output=protocol.multimask_output)))
+            policy = replace(processor.policy, multimask_output=protocol.multimask_output)
+            processor = type(processor)(replace(processor.config, decode=policy))
         if protocol.clicks:
             state = ClickState()
-            points = first_click_random_foreground(target_mask, generator)
+            if protocol.first_click == "crop_centre":
+                points = centre_click(target_mask)
+            else:
+                points = first_click_random_foreground(target_mask, generator)
             for n in range(1, protocol.clicks[-1] + 1):
                 state, decoded = processor.click(
                     self.net, features, state, points, use_mask_feedback=protocol.mask_feedback
                 )
-                logits = processor.upsample(decoded.low_res_logits)
                 if n in protocol.clicks:
-                    record(f"{n}pt", logits)
+                    record(f"{n}pt", decoded.low_res_logits)
                 if n < protocol.clicks[-1]:
-                    predicted = processor.binarize(logits)[:, 0]
+                    predicted = processor.binarize(processor.upsample(decoded.low_res_logits))[:, 0]
                     points = next_click_random_error(predicted, target_mask, 1, generator)
+        for n in protocol.simultaneous_points:
+            decoded = processor.decode(self.net, features, Prompts(points=sam_med2d_points(target_mask, n, generator)))
+            record(f"{n}pt_simultaneous", decoded.low_res_logits)
         if protocol.box:
-            boxes = processor.boxes_from_masks(target_mask, jitter="none")
+            frames, masks = originals if originals is not None else (None, None)
+            boxes = processor.target_boxes(target_mask, "none", None, frames, masks)
             decoded = processor.decode(self.net, features, Prompts(boxes=boxes))
-            record("box", processor.upsample(decoded.low_res_logits))
+            record("box", decoded.low_res_logits)
+
+    def _scores(
+        self,
+        processor: Processor,
+        low_res: Tensor,
+        target: Tensor,
+        originals: tuple[list[Any], list[Tensor]] | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Dice (and NSD) of each target's decoded mask: on the model grid, or back on the original grid through
+        the processor's inverse (``to_original``), against the original mask."""
+        protocol = self.eval_prompts
+        tolerance = protocol.nsd_tolerance_mm
+        surfels = protocol.nsd_boundary == "surfels"
+        if originals is None:
+            pred = processor.binarize(processor.upsample(low_res))
+            dice = dice_per_sample(pred, target)
+            if tolerance is None:
+                return dice, None
+            return dice, surface_dice_per_sample(pred, target, tolerance, self._model_grid_spacing(), surfels)
+        frames, masks = originals
+        dice, nsd = [], []
+        for row, (frame, truth) in enumerate(zip(frames, masks)):
+            pred = processor.to_original(low_res[row : row + 1].float(), frame).mask.reshape(truth.shape)
+            pred, truth = pred[None, None].to(truth.device), truth[None, None]
+            dice.append(dice_per_sample(pred, truth))
+            if tolerance is not None:
+                nsd.append(surface_dice_per_sample(pred, truth, tolerance, self._original_spacing(frame), surfels))
+        dice_values = torch.cat(dice).to(self.device)
+        return dice_values, torch.cat(nsd).to(self.device) if tolerance is not None else None
+
+    def _model_grid_spacing(self) -> list[float]:
+        spacing = getattr(self.trainer.datamodule, "spacing", None) if self._trainer is not None else None
+        if spacing is None:
+            raise ValueError("NSD needs the crop spacing: the DataModule has no 'spacing' attribute")
+        return [float(s) for s in spacing]
+
+    def _original_spacing(self, frame: Any) -> list[float]:
+        """The original grid's voxel size in mm: the column norms of the file's affine (the NIfTI zooms upstream
+        reads); 2D frames without an affine fall back to the DataModule's ``spacing``."""
+        affine = frame.meta.get("original_affine")
+        if affine is None:
+            return self._model_grid_spacing()
+        return torch.linalg.norm(torch.as_tensor(affine, dtype=torch.float64)[:3, :3], dim=0).tolist()
 
     def on_train_epoch_start(self) -> None:
         train_mode(self.net)  # models come from from_pretrained in eval mode; frozen parts stay in eval mode
@@ -303,15 +451,22 @@ class PromptableSegmentationModule(L.LightningModule):
         self._log_metrics("test")
 
     def _log_metrics(self, stage: str) -> None:
+        """Per protocol: the headline (``eval_prompts.headline``), the mean over all masks, the mean of per-class
+        means, and each class's mean."""
+        headline = self.eval_prompts.headline
         for key, metric in self.metrics.items():
             if not key.startswith(f"{stage}__") or not bool((metric.count > 0).any()):
                 continue
             per_class = metric.compute().reshape(-1)
-            name = key.replace("__", "/")
-            self.log(name, torch.nanmean(per_class).float(), prog_bar=name.endswith("/1pt") or name.endswith("/box"))
+            _, measure, name = key.split("__")
+            means = {"class_mean": torch.nanmean(per_class).float(), "mask_mean": metric.mask_mean().float()}
+            shown = name in ("1pt", "box")
+            self.log(f"{stage}/{measure}/{name}", means[headline], prog_bar=shown)
+            for kind, value in means.items():
+                self.log(f"{stage}/{measure}_{kind}/{name}", value)
             for class_name, value in zip(self.class_names, per_class):
                 if not torch.isnan(value):
-                    self.log(f"{name}/{class_name}", value.float())
+                    self.log(f"{stage}/{measure}/{name}/{class_name}", value.float())
             metric.reset()
 
     # ------------------------------------------------------------------------------------------- optimisers
@@ -346,3 +501,32 @@ def _stack(encodings: list[Any]) -> Any:
     if isinstance(first, Tensor):
         return torch.cat(encodings)
     return replace(first, **{f.name: torch.cat([getattr(e, f.name) for e in encodings]) for f in fields(first)})
+
+
+@dataclass
+class _Rollout:
+    """Where one batch's interactive training loop stands between passes."""
+
+    images: Tensor
+    target: Tensor
+    features: Any
+    generator: torch.Generator
+    rng: random.Random
+    mask_only: set[int]
+    low_res: Tensor | None
+    prediction: Tensor
+    originals: tuple[list[Any], list[Tensor]] | None = None
+    points: PointPrompts | None = None
+    boxes: BoxPrompts | None = None
+    total: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.target.shape[0])
+
+
+def _detached(features: Any) -> Any:
+    """Image features without their graph (a tensor or a dataclass of tensors)."""
+    if isinstance(features, Tensor):
+        return features.detach()
+    return replace(features, **{f.name: getattr(features, f.name).detach() for f in fields(features)})
