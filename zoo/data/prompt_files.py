@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import DataError, PromptError
+from zoo.io.coordinates import world_to_voxel
 from zoo.io.json_files import read_json
 from zoo.prompts.types import Prompts
 from zoo.prompts.validate import boxes_from_user, points_from_user
@@ -183,13 +184,6 @@ def match_prompts(
     if missing:
         raise DataError(where, f"no prompts for image(s) {missing}")
     return matched
-
-
-def world_to_voxel(points: np.ndarray, affine: np.ndarray, space: str) -> np.ndarray:
-    """``N x 3`` world points (RAS, or LPS for ``world_lps``) -> continuous voxel indices of the file."""
-    ras = points * np.array([-1.0, -1.0, 1.0]) if space == "world_lps" else points
-    homogeneous = np.concatenate([ras, np.ones((len(ras), 1))], axis=1)
-    return np.linalg.solve(affine, homogeneous.T).T[:, :3]
 
 
 def output_names(stem: str, objects: list[ObjectSpec], spatial_dims: int, where: Path | str) -> list[str]:

@@ -8,10 +8,13 @@ only when all were written; a failure removes the staged files, so a rerun finds
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -22,16 +25,19 @@ from zoo.errors import DataError
 STAGING_PREFIX = ".zoo-staging-"
 
 
-def nifti_like(source_path: Path, mask: np.ndarray, expected_affine: np.ndarray | None = None) -> nib.Nifti1Image:
-    """A uint8 image of ``mask`` with the source file's affine, shape and header (no intensity scaling)."""
+def nifti_like(
+    source_path: Path, mask: np.ndarray, expected_affine: np.ndarray | None = None, dtype: type = np.uint8
+) -> nib.Nifti1Image:
+    """An integer image of ``mask`` (uint8 by default; a label map may need uint16) with the source file's affine,
+    shape and header (no intensity scaling; display range 0 .. max(1, largest value))."""
     source = nib.load(str(source_path))
     if expected_affine is not None and not np.allclose(np.asarray(source.affine, dtype=np.float64), expected_affine):
         raise DataError(source_path, "the file's affine changed since it was read for prediction")
     header = source.header.copy()
-    header.set_data_dtype(np.uint8)
+    header.set_data_dtype(dtype)
     header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0.0, 1.0
-    return type(source)(mask.astype(np.uint8).reshape(source.shape), source.affine, header)
+    header["cal_min"], header["cal_max"] = 0.0, float(max(1, int(mask.max(initial=0))))
+    return type(source)(mask.astype(dtype).reshape(source.shape), source.affine, header)
 
 
 def save_mask(path: Path, mask: np.ndarray, source_image: Path) -> None:
@@ -40,6 +46,23 @@ def save_mask(path: Path, mask: np.ndarray, source_image: Path) -> None:
         nib.save(nifti_like(source_image, mask), str(path))
     else:
         Image.fromarray((mask.astype(np.uint8) * 255), mode="L").save(path, format="PNG")
+    _sync(path)
+
+
+def save_label_map(path: Path, labels: np.ndarray, source_image: Path) -> None:
+    """Write a label map (value ``k`` = the ``k``-th object, 0 background): ``.nii.gz`` with ``source_image``'s
+    geometry (uint8, uint16 above 255 objects), or a PNG holding the values themselves (8-bit, at most 255)."""
+    if path.name.endswith((".nii.gz", ".nii")):
+        dtype = np.uint8 if int(labels.max(initial=0)) <= 255 else np.uint16
+        nib.save(nifti_like(source_image, labels, dtype=dtype), str(path))
+    else:
+        if int(labels.max(initial=0)) > 255:
+            raise DataError(path, "a PNG label map holds at most 255 objects")
+        Image.fromarray(labels.astype(np.uint8), mode="L").save(path, format="PNG")
+    _sync(path)
+
+
+def _sync(path: Path) -> None:
     with open(path, "rb+") as stream:
         os.fsync(stream.fileno())
 
@@ -85,6 +108,28 @@ class MaskSet:
         if Path(file_name).name != file_name:
             raise ValueError(f"mask file name {file_name!r} must not contain a folder")
         save_mask(self._staging / file_name, mask, source_image)
+        self.staged.append(self._staging / file_name)
+        return self.output_dir / file_name
+
+    def add_labels(self, file_name: str, labels: np.ndarray, source_image: Path) -> Path:
+        """Stage one label map (:func:`save_label_map`); returns where it will appear."""
+        return self._stage(file_name, lambda path: save_label_map(path, labels, source_image))
+
+    def add_json(self, file_name: str, content: Any) -> Path:
+        """Stage one JSON file (e.g. a label table); returns where it will appear."""
+
+        def write(path: Path) -> None:
+            path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+            _sync(path)
+
+        return self._stage(file_name, write)
+
+    def _stage(self, file_name: str, write: Callable[[Path], None]) -> Path:
+        if self._staging is None:
+            raise RuntimeError("use MaskSet as a context manager")
+        if Path(file_name).name != file_name:
+            raise ValueError(f"output file name {file_name!r} must not contain a folder")
+        write(self._staging / file_name)
         self.staged.append(self._staging / file_name)
         return self.output_dir / file_name
 
