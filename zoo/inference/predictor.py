@@ -112,15 +112,16 @@ class Predictor:
         return tuple(self.image.shape[:2]) if self.processor.spatial_dims == 2 else tuple(self.image.shape)
 
     @torch.inference_mode()
-    def set_image(self, image: Any, source: str | None = None) -> None:
-        """Take an image (2D array) or a volume (NIfTI path or ``Volume``) and, for 2D models, embed it now."""
+    def set_image(self, image: Any, source: str | None = None, features: Any = None) -> None:
+        """Take an image (2D array) or a volume (NIfTI path or ``Volume``) and, for 2D models, embed it now
+        (``features``: an embedding of this image computed before, e.g. by a saved session, used instead)."""
         self.reset_image()  # a failure below leaves no image set, never the previous image's embedding
         if self.processor.spatial_dims == 3:
             volume = image if isinstance(image, Volume) else load_stored(Path(image))
             self.image, self.source = volume, source or str(volume.path)
             return
         frame = self.processor.prepare(image, source=source or "image")
-        self.features = self._encode(frame)
+        self.features = self._encode(frame) if features is None else features
         self.image = np.asarray(image) if not isinstance(image, Tensor) else image
         self.frame, self.source = frame, source or "image"
 
@@ -177,7 +178,7 @@ class Predictor:
         decoded = processor.segment(self.model, self.features, on_model.to(self.device), self._decoder)
         if processor.spatial_dims == 3:
             large = follow_mask(processor, self.image, self.frame, decoded.low_res_logits, prompts.points,
-                                self._run_crop, self.large_object, self.source)
+                                self.segment_crop, self.large_object, self.source)
             iou = None if decoded.iou_predictions is None else decoded.iou_predictions[:, 0]
             return Prediction(large.mask[None], None, iou, decoded.low_res_logits[:, 0], large.strategy, large.crops,
                               large.complete)
@@ -199,9 +200,9 @@ class Predictor:
         if self.frame is not None and _inside(prompts.points, self.frame):
             return
         frame = self.processor.prepare(self.image, prompts, self.source)
-        self.frame, self.features = self._cached_crop(frame)
+        self.frame, self.features = self.encoded_crop(frame)
 
-    def _cached_crop(self, frame: ImageFrame) -> tuple[ImageFrame, Any]:
+    def encoded_crop(self, frame: ImageFrame) -> tuple[ImageFrame, Any]:
         """3D: a crop's frame and encoding, encoded once per crop position (the last 16 positions are kept)."""
         key = crop_start(frame)
         if key not in self.crop_cache:
@@ -210,9 +211,9 @@ class Predictor:
             self.crop_cache[key] = (frame, self._encode(frame))
         return self.crop_cache[key]
 
-    def _run_crop(self, frame: ImageFrame, prompts: Prompts) -> Tensor:
+    def segment_crop(self, frame: ImageFrame, prompts: Prompts) -> Tensor:
         """A further crop of a large object: its (cached) encoding, the prompts decoded by the family's rule."""
-        frame, features = self._cached_crop(frame)
+        frame, features = self.encoded_crop(frame)
         on_model = self.processor.to_model_space(prompts, frame, self.source)
         return self.processor.segment(self.model, features, on_model.to(self.device), self._decoder).low_res_logits
 

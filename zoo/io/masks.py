@@ -113,7 +113,7 @@ class MaskSet:
 
     def add_labels(self, file_name: str, labels: np.ndarray, source_image: Path) -> Path:
         """Stage one label map (:func:`save_label_map`); returns where it will appear."""
-        return self._stage(file_name, lambda path: save_label_map(path, labels, source_image))
+        return self.add_file(file_name, lambda path: save_label_map(path, labels, source_image))
 
     def add_json(self, file_name: str, content: Any) -> Path:
         """Stage one JSON file (e.g. a label table); returns where it will appear."""
@@ -122,9 +122,10 @@ class MaskSet:
             path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
             _sync(path)
 
-        return self._stage(file_name, write)
+        return self.add_file(file_name, write)
 
-    def _stage(self, file_name: str, write: Callable[[Path], None]) -> Path:
+    def add_file(self, file_name: str, write: Callable[[Path], None]) -> Path:
+        """Stage one file written by ``write(path)``; returns where it will appear."""
         if self._staging is None:
             raise RuntimeError("use MaskSet as a context manager")
         if Path(file_name).name != file_name:
