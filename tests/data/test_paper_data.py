@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
-from PIL import Image
 from bundled_data import CT, KIDNEY_RIGHT, LABELS, make_nnunet
+from PIL import Image
 
 from zoo.data import NiftiDataModule3D, SAMed2DDataModule
 from zoo.data.transforms3d import zscore_positive_pooled
@@ -23,7 +23,8 @@ SMALL = dict(spacing=3.0, crop_size=32, flips=False)  # the bundled CT's own 3 m
 
 
 def first_train_batch(root: Path, **options) -> dict:
-    module = NiftiDataModule3D(root, val_fraction=0.0, batch_size=2, classes=[KIDNEY_RIGHT, GALLBLADDER], **SMALL, **options)
+    classes = [KIDNEY_RIGHT, GALLBLADDER]
+    module = NiftiDataModule3D(root, val_fraction=0.0, batch_size=2, classes=classes, **SMALL, **options)
     module.setup("fit")
     return next(iter(module.train_dataloader()))
 

@@ -154,7 +154,8 @@ def test_sam_med2d_evaluation_feeds_the_best_candidate_back_as_probabilities():
 
 
 def test_sam_med3d_evaluation_starts_from_zero_logits_and_feeds_logits_back():
-    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(grid="model", clicks=[2]), class_names=["liver"])
+    protocol = EvaluationProtocol(grid="model", clicks=[2])
+    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=protocol, class_names=["liver"])
     calls = record_decodes(lit.net)
     evaluate(lit, batch_3d())
     assert len(calls) == 2 and not any(call["multimask_output"] for call in calls)
@@ -203,7 +204,8 @@ def test_nsd_needs_the_crop_spacing():
 
 
 def test_unknown_class_in_a_batch_is_an_error_naming_it():
-    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=EvaluationProtocol(grid="model", clicks=[1]), class_names=["spleen"])
+    protocol = EvaluationProtocol(grid="model", clicks=[1])
+    lit = module("sam_med3d_turbo", TINY_3D, eval_prompts=protocol, class_names=["spleen"])
     lit.setup("validate")
     with pytest.raises(KeyError, match="liver"):
         lit.validation_step(batch_3d(), 0)

@@ -10,26 +10,35 @@ import random
 import sys
 from pathlib import Path
 
+import lightning as L
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
-import lightning as L
+from run_helpers import TINY_3D
 
 import zoo.training.module as module_file
 from zoo.data.sa_med2d import collate_2d, sample_dict_2d
-from zoo.processors import SamUNetProcessor, SamUNetProcessorConfig, processor_for, select_best_mask
+from zoo.processors import (
+    SamUNetProcessor,
+    SamUNetProcessorConfig,
+    processor_for,
+    select_best_mask,
+)
 from zoo.prompts.simulate import boxes_from_masks, next_click_error_interior
 from zoo.prompts.types import MaskPrompts, Prompts
 from zoo.training.losses import SegmentationLoss
 from zoo.training.metrics import PerClassMean
 from zoo.training.module import PromptableSegmentationModule
-from zoo.training.schedules import CyclicMultiStepLR, EvaluationProtocol, TrainingPromptSchedule
-from run_helpers import TINY_3D
+from zoo.training.schedules import (
+    CyclicMultiStepLR,
+    EvaluationProtocol,
+    TrainingPromptSchedule,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import mark_whole_input, write_volume  # noqa: E402
+from tiny_models import mark_whole_input, write_volume
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 TINY_2D = dict(
@@ -48,7 +57,10 @@ def batch_2d(images: int = 2, per_image: int = 2) -> dict:
 
 def deterministic_clicks(monkeypatch) -> None:
     """Error clicks without randomness (the deepest error voxel), so a hand-written loop can replay them."""
-    monkeypatch.setattr(module_file, "next_click_random_error", lambda pred, target, n, gen=None: next_click_error_interior(pred, target))
+    def click(prediction, target, num_points, generator=None):
+        return next_click_error_interior(prediction, target)
+
+    monkeypatch.setattr(module_file, "next_click_random_error", click)
 
 
 def fit_one_batch(lit: PromptableSegmentationModule, batches: list[dict]) -> L.Trainer:
@@ -71,7 +83,8 @@ PER_PASS = dict(
 def per_pass_module(step: str) -> PromptableSegmentationModule:
     torch.manual_seed(0)
     return PromptableSegmentationModule(
-        model="sam_med2d_b", model_overrides=TINY_2D, train_prompts=TrainingPromptSchedule(**PER_PASS, optimizer_step=step),
+        model="sam_med2d_b", model_overrides=TINY_2D,
+        train_prompts=TrainingPromptSchedule(**PER_PASS, optimizer_step=step),
         loss=SegmentationLoss(focal=20.0, dice=1.0, iou_mse=1.0), freeze=["image_encoder.*"],
         unfreeze=["image_encoder.blocks.*.Adapter.*"], optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
     )
@@ -174,7 +187,9 @@ def batch_3d() -> dict:
 @pytest.mark.parametrize("detach", [False, True])
 def test_undetached_feedback_carries_the_last_pass_gradient_to_the_first_pass(detach):
     torch.manual_seed(0)
-    schedule = TrainingPromptSchedule(iterations=3, zero_mask_first=True, click_threshold=0.5, detach_mask_feedback=detach)
+    schedule = TrainingPromptSchedule(
+        iterations=3, zero_mask_first=True, click_threshold=0.5, detach_mask_feedback=detach
+    )
     lit = PromptableSegmentationModule(model="sam_med3d_turbo", model_overrides=TINY_3D, train_prompts=schedule)
     calls = record_decodes(lit.net)
     lit.training_step(batch_3d(), 0)
@@ -223,9 +238,10 @@ def nnunet_case(root: Path, label: np.ndarray, spacing: float = 1.5) -> Path:
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     image = write_volume(root / "imagesTr" / "case_0000.nii.gz", shape=label.shape, spacing=spacing)
-    nib.save(nib.Nifti1Image(label.astype(np.uint8), nib.load(str(image)).affine), str(root / "labelsTr" / "case.nii.gz"))
-    labels = {"background": 0, "liver": 1, "cyst": 2}
-    (root / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz", "channel_names": {"0": "CT"}}))
+    affine = nib.load(str(image)).affine
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(root / "labelsTr" / "case.nii.gz"))
+    meta = {"labels": {"background": 0, "liver": 1, "cyst": 2}, "file_ending": ".nii.gz", "channel_names": {"0": "CT"}}
+    (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
 

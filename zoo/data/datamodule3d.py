@@ -189,7 +189,9 @@ class NiftiDataModule3D(pl.LightningDataModule):
         self.val_targets, _ = list_targets(val_cases, self.spacing, 0, self.val_classes or self.classes)
         test_cases = find_cases(self.root, self.layout, "Ts", self.channel)
         self.test_targets, _ = list_targets(test_cases, self.spacing, 0, self.val_classes or self.classes)
-        named = None if self.classes is None and self.val_classes is None else [*(train_classes or []), *(self.val_classes or [])]
+        named = None
+        if self.classes is not None or self.val_classes is not None:
+            named = [*(train_classes or []), *(self.val_classes or [])]
         named_cases = all_train_cases + test_cases + (val_cases if self.val_root is not None else [])
         self._class_names = self._names_of(named_cases, named)
 

@@ -19,8 +19,9 @@ key                           type / shape                 meaning
 ``original_masks``            list of bool ``1 x *file``   evaluation: the target on the file's grid
 ============================  ===========================  ==================================================
 
-Batches are made by :func:`collate_3d` (``frame`` and ``original_masks`` stay lists). Invert with :func:`~zoo.data.transforms3d.restore_to_original` (masks) and
-:func:`~zoo.data.transforms3d.crop_to_original_map` (prompts), one sample at a time.
+Batches are made by :func:`collate_3d` (``frame`` and ``original_masks`` stay lists). Invert with
+:func:`~zoo.data.transforms3d.restore_to_original` (masks) and :func:`~zoo.data.transforms3d.crop_to_original_map`
+(prompts), one sample at a time.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class TargetDataset(Dataset[Sample3D]):
             crop_shape = tuple(sample["image"].shape[1:])
             to_model = IndexMap.from_affines(affine.numpy(), crop_affine.numpy(), image.shape, crop_shape)
             meta = {"crop_affine": crop_affine, "original_affine": affine.clone()}
-            sample["frame"] = ImageFrame(sample["image"], image.shape, to_model, meta)  # type: ignore[typeddict-unknown-key]
+            frame = ImageFrame(sample["image"], image.shape, to_model, meta)
+            sample["frame"] = frame  # type: ignore[typeddict-unknown-key]
             sample["original_masks"] = binary.bool()[None]  # type: ignore[typeddict-unknown-key]
         return sample

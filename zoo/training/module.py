@@ -10,7 +10,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from zoo.processors import ClickState, Processor, attach_default_processor, processor_for, select_best_mask
+from zoo.processors import (
+    ClickState,
+    Processor,
+    attach_default_processor,
+    processor_for,
+    select_best_mask,
+)
 from zoo.prompts.simulate import (
     centre_click,
     first_click_random_foreground,
@@ -21,7 +27,13 @@ from zoo.prompts.types import BoxPrompts, MaskPrompts, PointPrompts, Prompts
 from zoo.training.losses import SegmentationLoss
 from zoo.training.metrics import PerClassMean, dice_per_sample, surface_dice_per_sample
 from zoo.training.model_source import build_model
-from zoo.training.optim import ParamGroup, apply_lr_scales, param_groups, set_trainable, train_mode
+from zoo.training.optim import (
+    ParamGroup,
+    apply_lr_scales,
+    param_groups,
+    set_trainable,
+    train_mode,
+)
 from zoo.training.schedules import EvaluationProtocol, TrainingPromptSchedule
 
 
@@ -213,7 +225,7 @@ class PromptableSegmentationModule(L.LightningModule):
         window.append(rollout)
         closes = (batch_idx + 1) % schedule.accumulate_batches == 0 or bool(self.trainer.is_last_batch)
         if not closes:
-            return None
+            return
         self._optimizer_step(optimizer)
         for it in range(1, schedule.iterations):
             for item in window:
@@ -225,7 +237,7 @@ class PromptableSegmentationModule(L.LightningModule):
         size = sum(item.size for item in window)
         window.clear()
         self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
-        return None
+        return
 
     def _optimizer_step(self, optimizer: Any) -> None:
         optimizer.step()
