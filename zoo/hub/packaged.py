@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 from zoo.errors import CheckpointError
 from zoo.hub.convert import convert, file_sha256
@@ -89,9 +90,9 @@ def packaged_model_folder(model: str) -> Path:
     record = PACKAGED_WEIGHTS[model]
     with packaged_file(record) as source:
         destination = cache_dir() / model / record.sha256
-        if all((destination / name).is_file() for name in _COMPLETE_FOLDER):
+        if is_complete_folder(destination):
             return destination
-        _convert_atomically(source, destination, record)
+        convert_into_cache(source, destination, model=record.model, sha256=record.sha256)
     return destination
 
 
@@ -138,12 +139,24 @@ def verify_file(path: Path, record: PackagedWeights) -> None:
         raise CheckpointError(str(path), f"has sha256 {digest}, but {release} ships {record.sha256}; {reinstall}")
 
 
-def _convert_atomically(source: Path, destination: Path, record: PackagedWeights) -> None:
+def is_complete_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds every file a conversion writes (a folder missing one is converted again)."""
+    return all((folder / name).is_file() for name in _COMPLETE_FOLDER)
+
+
+def convert_into_cache(
+    source: Path, destination: Path, *, model: str | None, sha256: str, **config_overrides: Any
+) -> None:
+    """Convert ``source`` (which must hash to ``sha256``) into the Hub folder ``destination`` of the zoo's cache.
+
+    The conversion is written into a temporary sibling folder and renamed into place, so ``destination`` is whole
+    or absent; an incomplete ``destination`` (a file of it deleted by hand) is replaced.
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
-        conversion = convert(source, staging, model=record.model, overwrite=True)
-        if conversion.source_sha256 != record.sha256:  # the file changed between the check and the conversion
+        conversion = convert(source, staging, model=model, overwrite=True, **config_overrides)
+        if conversion.source_sha256 != sha256:  # the file changed between the check and the conversion
             changed = f"changed while it was converted (sha256 now {conversion.source_sha256})"
             raise CheckpointError(str(source), changed)
         if destination.exists():
@@ -152,7 +165,7 @@ def _convert_atomically(source: Path, destination: Path, record: PackagedWeights
             staging.rename(destination)
         except OSError:
             # Another process finished the same conversion first; its folder holds the same weights.
-            if not all((destination / name).is_file() for name in _COMPLETE_FOLDER):
+            if not is_complete_folder(destination):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,5 +1,11 @@
 """Read the registry of published weights (``zoo/resources/weights/<model>.yaml``, linked as ``checkpoints/`` in a
-clone): one record per weight set."""
+clone): one record per weight set.
+
+Each card names the Hub repo ``zoo publish`` uses for the weight set (``hub_id``) and the revision
+``zoo.from_pretrained(hub_id)`` pins by default (``revision``; null until published), where the authors' file comes
+from (``source``: file name, URL, ``hf://`` address when the authors host it on the Hub, sha256), its licence, the
+preprocessing its processor does, and the parity cases the zoo's implementation passes (``parity``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,10 @@ import yaml
 
 #: Override the registry folder; default: the cards shipped in the package (``zoo/resources/weights``).
 REGISTRY_DIR_ENV = "ZOO_CHECKPOINTS_DIR"
-_REQUIRED = ("model", "family", "title", "license", "paper", "code", "input", "prompt_types")
+_REQUIRED = (
+    "model", "family", "title", "license", "paper", "code", "input", "prompt_types", "hub_id", "revision",
+    "preprocessing", "parity",
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,15 @@ class WeightSet:
     input_spec: dict[str, str] = field(default_factory=dict)
     prompt_types: tuple[str, ...] = ()
     notes: str | None = None
+    revision: str | None = None  #: what ``zoo.from_pretrained(hub_id)`` pins by default; None until published
+    source_hub: str | None = None  #: ``hf://owner/repo/file`` where the authors host their file on the Hub
+    preprocessing: str | None = None  #: what the processor saved beside the weights does, in one line
+    parity_cases: tuple[str, ...] = ()  #: parity fixture cases (tests/parity) the implementation passes
+
+    @property
+    def source_sha256_known(self) -> bool:
+        """Whether the card records the sha256 of the authors' file (not ``unknown``)."""
+        return self.source_sha256 != "unknown"
 
     def card_fields(self) -> dict[str, Any]:
         """Model-card template fields (``model_card_kwargs`` of ``save_pretrained``)."""
@@ -73,6 +91,29 @@ def weight_set(model: str) -> WeightSet:
     return _parse(path)
 
 
+def weight_sets() -> list[WeightSet]:
+    """Every record of the registry, sorted by name."""
+    return [_parse(path) for path in _registry_files()]
+
+
+def weight_set_for_hub_file(repo_id: str, filename: str) -> WeightSet | None:
+    """The record whose authors' file is ``filename`` in the Hub repo ``repo_id`` (its ``source.hub``), if any."""
+    address = f"hf://{repo_id}/{filename}"
+    return next((record for record in _weight_sets_or_none() if record.source_hub == address), None)
+
+
+def weight_set_for_repo(repo_id: str) -> WeightSet | None:
+    """The record published under the Hub repo ``repo_id`` (its ``hub_id``), if any."""
+    return next((record for record in _weight_sets_or_none() if record.hub_id == repo_id), None)
+
+
+def _weight_sets_or_none() -> list[WeightSet]:
+    try:
+        return weight_sets()
+    except FileNotFoundError:  # no registry folder (a custom ZOO_CHECKPOINTS_DIR that is gone): no cards
+        return []
+
+
 def _registry_files() -> list[Path]:
     folder = registry_dir()
     if not folder.is_dir():
@@ -107,4 +148,8 @@ def _parse(path: Path) -> WeightSet:
         input_spec={str(k): str(v) for k, v in record["input"].items()},
         prompt_types=tuple(record["prompt_types"]),
         notes=record.get("notes"),
+        revision=record.get("revision"),
+        source_hub=source.get("hub"),
+        preprocessing=record.get("preprocessing"),
+        parity_cases=tuple(record.get("parity") or ()),
     )
