@@ -19,7 +19,8 @@ from zoo.hub.model_card import read_benchmark_report
 from zoo.hub.packaged import CACHE_DIR_ENV
 from zoo.hub.publish import FOLDER_FILES, git_blob_id
 
-from .fake_hub import FakeHub, git_blob_id as hub_blob_id, hub_environment
+from .fake_hub import FakeHub, hub_environment
+from .fake_hub import git_blob_id as hub_blob_id
 from .tiny_configs import TINY_3D
 
 HERE = Path(__file__).parent
