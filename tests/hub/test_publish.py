@@ -141,3 +141,18 @@ def test_a_benchmark_report_without_numbers_is_refused_naming_the_file(tmp_path)
 def test_a_name_without_reachable_weights_says_so_at_once(capsys):
     assert main(["publish", "sam_med2d_b", "acme/x", "--dry-run"]) == 1
     assert "no copy of its released weights is reachable here" in capsys.readouterr().err
+
+
+def test_a_zoo_run_checkpoint_is_published_through_zoo_predicts_reader(tmp_path):
+    import zoo
+
+    torch.manual_seed(3)
+    net = zoo.create_model("sam_med3d_turbo", **TINY_3D)
+    hparams = {"model": "sam_med3d_turbo", "model_overrides": dict(TINY_3D)}
+    state = {f"net.{key}": value for key, value in net.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "run.ckpt")
+    assert main(["publish", str(tmp_path / "run.ckpt"), "acme/run", "--dry-run", "--output-dir", str(tmp_path / "out")]) == 0
+    published = zoo.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(published.state_dict()[k], v) for k, v in net.state_dict().items())
+    metadata = card_metadata((tmp_path / "out" / "README.md").read_bytes())
+    assert metadata["promptable_medseg_zoo"]["source_file"] == "run.ckpt"
