@@ -136,14 +136,13 @@ class Owner(DropsDerivedWeights):
     "change",
     [
         lambda owner: owner.train(),
-        lambda owner: owner.eval(),
         lambda owner: owner.double(),
         lambda owner: owner.to(torch.float32),
         lambda owner: owner.load_state_dict(owner.state_dict()),
         lambda owner: nn.Sequential(owner).load_state_dict(nn.Sequential(owner).state_dict()),
         drop_derived_weights,
     ],
-    ids=["train", "eval", "double", "to", "load_state_dict", "parent load_state_dict", "drop"],
+    ids=["train", "double", "to", "load_state_dict", "parent load_state_dict", "drop"],
 )
 def test_an_owner_drops_what_its_submodules_keep(change):
     owner = Owner().eval()
@@ -152,6 +151,16 @@ def test_an_owner_drops_what_its_submodules_keep(change):
     assert kept(owner.inner[0]) == 1
     change(owner)
     assert kept(owner.inner[0]) == 0
+
+
+def test_eval_keeps_what_evaluation_derived():
+    """Evaluation loops call eval() before every batch or volume: that must not throw the derived weights away."""
+    owner = Owner().eval()
+    with torch.no_grad():
+        first = owner()
+        owner.eval()
+        nn.Sequential(owner).eval()
+        assert owner() is first
 
 
 def test_dense_positional_encoding_follows_its_gaussian_matrix():
