@@ -2,9 +2,19 @@
 
 from typing import Any
 
-from zoo.registry import create_model, list_families, list_models
-
 __version__ = "0.1.0"
+
+# Imported on first use, so that the torch-free parts (zoo.geometry's numpy modules, zoo.io, zoo.deploy's ONNX
+# runtime) import without torch.
+_REGISTRY_NAMES = ("create_model", "list_families", "list_models")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REGISTRY_NAMES:
+        from zoo import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 
 def from_pretrained(path_or_repo_id: str, **kwargs: Any):

@@ -11,10 +11,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from zoo.geometry.index_map import IndexMap
+from zoo.geometry.pixels2d import (
+    letterbox_layout,
+    longest_side_shape,
+    nearest_indices,
+    resize_longest_side_bilinear,
+)
+
+__all__ = [
+    "Letterbox",
+    "as_tensor_image",
+    "longest_side_shape",
+    "nearest_source_indices",
+    "pad_bottom_right",
+    "resize_longest_side_bilinear",
+    "resize_nearest",
+    "stretch_map",
+    "upsample_bilinear",
+]
 
 ArrayLike = np.ndarray | Tensor
 
@@ -26,17 +43,9 @@ def as_tensor_image(image: ArrayLike) -> Tensor:
 
 # ------------------------------------------------------------------------------------------- nearest stretch
 def nearest_source_indices(src_size: int, dst_size: int) -> Tensor:
-    """Source index read by each destination index in OpenCV's ``INTER_NEAREST`` resize.
-
-    OpenCV computes ``scale = dst / src`` and ``inv = 1 / scale`` in double precision and reads
-    ``min(floor(i * inv), src - 1)``. Both divisions are kept as OpenCV does them, because
-    ``floor(i * src / dst)`` can differ by one where ``i * inv`` rounds just below an integer.
-    """
-    if src_size <= 0 or dst_size <= 0:
-        raise ValueError(f"sizes must be positive, got src={src_size}, dst={dst_size}")
-    inverse_scale = 1.0 / (float(dst_size) / float(src_size))
-    indices = torch.floor(torch.arange(dst_size, dtype=torch.float64) * inverse_scale).to(torch.int64)
-    return indices.clamp_(max=src_size - 1)
+    """Source index read by each destination index in OpenCV's ``INTER_NEAREST`` resize
+    (:func:`zoo.geometry.pixels2d.nearest_indices` as a tensor)."""
+    return torch.from_numpy(nearest_indices(src_size, dst_size))
 
 
 def resize_nearest(image: Tensor, size: tuple[int, int]) -> Tensor:
@@ -49,28 +58,6 @@ def resize_nearest(image: Tensor, size: tuple[int, int]) -> Tensor:
 def stretch_map(original_size: tuple[int, int], size: tuple[int, int]) -> IndexMap:
     """Index map of a stretch: ``c' = c * m / n`` per axis, how SAM's ``apply_coords`` scales prompts."""
     return IndexMap.resize(original_size, size, convention="nearest_floor")
-
-
-# ----------------------------------------------------------------------------------------- longest side
-def longest_side_shape(height: int, width: int, target: int) -> tuple[int, int]:
-    """``(h', w')`` after scaling the longer side to ``target`` (rounded half up, as SAM's ResizeLongestSide)."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height} x {width}")
-    scale = target * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def resize_longest_side_bilinear(image: np.ndarray, target: int) -> np.ndarray:
-    """Resize an ``H x W (x 3)`` uint8 image so its longer side is ``target`` with PIL's bilinear filter.
-
-    This is SAM's ``ResizeLongestSide.apply_image`` (torchvision's resize of a PIL image, which is PIL's
-    antialiased bilinear filter), used by SAM and SAM-UNet.
-    """
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"expected an H x W (x 3) uint8 image, got {image.dtype} of shape {image.shape}")
-    height, width = longest_side_shape(image.shape[0], image.shape[1], target)
-    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
-    return np.array(resized)  # a writable copy (PIL arrays are read-only)
 
 
 def pad_bottom_right(image: Tensor, size: int) -> Tensor:
@@ -100,9 +87,8 @@ class Letterbox:
     def for_size(cls, original_size: tuple[int, int], image_size: int) -> Letterbox:
         """Centred padding when BOTH sides are smaller than ``S``, otherwise a stretch."""
         height, width = (int(s) for s in original_size)
-        if height < image_size and width < image_size:
-            return cls((height, width), image_size, True, (image_size - height) // 2, (image_size - width) // 2)
-        return cls((height, width), image_size, False)
+        padded, top, left = letterbox_layout((height, width), image_size)
+        return cls((height, width), image_size, padded, top, left)
 
     def index_map(self) -> IndexMap:
         """Index map from the original ``H x W`` image to the ``S x S`` input (``.inverse()`` for back)."""

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from zoo.geometry.affine import crop_or_pad_matrix, resize_matrix
 
 
 def _as_matrix(matrix: Tensor | Sequence[Sequence[float]]) -> Tensor:
@@ -88,9 +89,7 @@ class IndexMap:
     @classmethod
     def crop_or_pad(cls, src_shape: Sequence[int], start: Sequence[int], dst_shape: Sequence[int]) -> IndexMap:
         """Take a ``dst_shape`` window whose first element sits at source index ``start`` (negative = padding)."""
-        matrix = torch.eye(len(src_shape) + 1, dtype=torch.float64)
-        matrix[:-1, -1] = -torch.as_tensor(list(start), dtype=torch.float64)
-        return cls(matrix, tuple(src_shape), tuple(dst_shape))
+        return cls(torch.from_numpy(crop_or_pad_matrix(start)), tuple(src_shape), tuple(dst_shape))
 
     @classmethod
     def resize(
@@ -106,15 +105,7 @@ class IndexMap:
         ``INTER_NEAREST`` (destination ``j`` reads source ``floor(j * n / m)``) and with how SAM-Med2D's predictor
         scales prompts.
         """
-        matrix = torch.eye(len(src_shape) + 1, dtype=torch.float64)
-        for axis, (n, m) in enumerate(zip(src_shape, dst_shape)):
-            scale = m / n
-            matrix[axis, axis] = scale
-            if convention == "align_corners_false":
-                matrix[axis, -1] = 0.5 * scale - 0.5
-            elif convention != "nearest_floor":
-                raise ValueError(f"unknown resize convention {convention!r}")
-        return cls(matrix, tuple(src_shape), tuple(dst_shape))
+        return cls(torch.from_numpy(resize_matrix(src_shape, dst_shape, convention)), tuple(src_shape), tuple(dst_shape))
 
     # Algebra --------------------------------------------------------------------------------------------
 

@@ -10,37 +10,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zoo.errors import DataError
+from zoo.geometry.model_input2d import rgb_uint8 as check_rgb_uint8
 
 
 def rgb_uint8(image: np.ndarray | Tensor, source: str = "image") -> np.ndarray:
-    """``image`` as a contiguous ``H x W x 3`` uint8 numpy array; refuses what it cannot take unchanged."""
-    array = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
-    if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating):
-            hint = (
-                "floating-point pixels are ambiguous (0..1 or 0..255?); convert explicitly, e.g. "
-                "(image * 255).round().astype(np.uint8) for 0..1 values"
-            )
-        elif np.issubdtype(array.dtype, np.integer):
-            hint = (
-                "window or rescale it to 0..255 first (for CT, a window such as [-160, 240] HU mapped to 0..255), "
-                "then .astype(np.uint8)"
-            )
-        else:
-            hint = "convert it to 8-bit RGB first"
-        raise DataError(source, f"expected 8-bit (uint8) pixels, got {array.dtype}; {hint}")
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise DataError(
-            source,
-            f"expected an H x W x 3 RGB or H x W grey image, got shape {tuple(array.shape)}"
-            + ("; drop the alpha channel first (image[..., :3])" if array.ndim == 3 and array.shape[2] == 4 else ""),
-        )
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise DataError(source, f"the image is empty (shape {tuple(array.shape)})")
-    return np.ascontiguousarray(array)
+    """``image`` as a contiguous ``H x W x 3`` uint8 numpy array; refuses what it cannot take unchanged
+    (:func:`zoo.geometry.model_input2d.rgb_uint8`, which the ONNX runtime calls too)."""
+    return check_rgb_uint8(image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image), source)
 
 
 def normalize(image: np.ndarray | Tensor, mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> Tensor:

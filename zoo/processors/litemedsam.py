@@ -21,15 +21,14 @@ import torch
 from torch import Tensor
 
 from zoo.geometry.area_resize import resize_area
-from zoo.geometry.image2d import longest_side_shape, pad_bottom_right
+from zoo.geometry.index_map import IndexMap
+from zoo.geometry.model_input2d import litemedsam_box, litemedsam_input
 from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig
 from zoo.processors.images import rgb_uint8
-from zoo.processors.longest_side import crop_and_resize_logits, longest_side_frame_map
+from zoo.processors.longest_side import crop_and_resize_logits
 from zoo.processors.sam_style_2d import SamStyle2DProcessor
 from zoo.prompts.simulate import boxes_from_masks
 from zoo.prompts.types import BoxPrompts, Prompts
-
-MINMAX_EPSILON = 1e-8
 
 
 @dataclass
@@ -58,16 +57,11 @@ class LiteMedSAMProcessor(SamStyle2DProcessor):
         return self.input_shape
 
     def prepare(self, image: Any, prompts: Prompts | None = None, source: str = "image") -> ImageFrame:
-        pixels = rgb_uint8(image, source)
         size = self.config.image_size
-        original = (int(pixels.shape[0]), int(pixels.shape[1]))
-        input_size = longest_side_shape(*original, size)
-        # Min-max in float64 as the authors' numpy code, then float32 as their torch.tensor(...).float().
-        resized = torch.from_numpy(resize_area(pixels, *input_size)).to(torch.float64)
-        low, high = resized.min(), resized.max()
-        scaled = ((resized - low) / torch.clamp(high - low, min=MINMAX_EPSILON)).to(torch.float32)
-        model_input = pad_bottom_right(scaled.permute(2, 0, 1).contiguous(), size)
-        return ImageFrame(model_input, original, longest_side_frame_map(original, input_size, size), {"input_size": input_size})
+        prepared = litemedsam_input(rgb_uint8(image, source), size)
+        to_model = IndexMap(torch.from_numpy(prepared.to_model), prepared.original_shape, (size, size))
+        meta = {"input_size": prepared.input_size}
+        return ImageFrame(torch.from_numpy(prepared.model_input), prepared.original_shape, to_model, meta)
 
     def _map_prompts(self, prompts: Prompts, frame: ImageFrame) -> Prompts:
         points = None if prompts.points is None else prompts.points.mapped(frame.to_model)
@@ -76,11 +70,9 @@ class LiteMedSAMProcessor(SamStyle2DProcessor):
 
     def scale_box(self, boxes: BoxPrompts, original_shape: tuple[int, ...]) -> BoxPrompts:
         """The authors' ``resize_box_to_256``: every corner ``int(c * 256 / max(H, W))`` (truncated, in float64)."""
-        factor = self.config.image_size / max(int(s) for s in original_shape)
-        lo = boxes.lo.to(torch.float64) * factor
-        hi = boxes.hi.to(torch.float64) * factor
-        lo, hi = torch.trunc(lo).to(torch.float32), torch.trunc(hi).to(torch.float32)
-        return BoxPrompts(lo, hi, boxes.valid, self.input_shape)
+        lo, hi = litemedsam_box(boxes.lo.cpu().numpy(), boxes.hi.cpu().numpy(), original_shape, self.config.image_size)
+        device = boxes.lo.device
+        return BoxPrompts(torch.from_numpy(lo).to(device), torch.from_numpy(hi).to(device), boxes.valid, self.input_shape)
 
     def boxes_from_masks(
         self, masks: Tensor, jitter: str = "none", generator: torch.Generator | None = None

@@ -22,14 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.geometry.image2d import (
-    longest_side_shape,
-    pad_bottom_right,
-    resize_longest_side_bilinear,
-    resize_nearest,
-    stretch_map,
-)
+from zoo.geometry.image2d import longest_side_shape, resize_longest_side_bilinear, resize_nearest
 from zoo.geometry.index_map import IndexMap
+from zoo.geometry.model_input2d import longest_side_input, longest_side_matrix
+from zoo.geometry.model_input2d import normalise_and_pad as numpy_normalise_and_pad
 from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig, map_box_corners
 from zoo.processors.images import rgb_uint8
 from zoo.processors.sam_med2d import SAM_PIXEL_MEAN, SAM_PIXEL_STD
@@ -39,16 +35,15 @@ from zoo.prompts.types import BoxPrompts, Prompts
 
 
 def longest_side_frame_map(original: tuple[int, int], resized: tuple[int, int], size: int) -> IndexMap:
-    """Original -> model input: scale each axis by ``resized / original``, then pad bottom/right to ``size``."""
-    return stretch_map(original, resized).then(IndexMap.crop_or_pad(resized, (0, 0), (size, size)))
+    """Original -> model input: scale each axis by ``resized / original``, then pad bottom/right to ``size``
+    (:func:`zoo.geometry.model_input2d.longest_side_matrix`)."""
+    return IndexMap(torch.from_numpy(longest_side_matrix(original, resized)), original, (size, size))
 
 
 def normalise_and_pad(resized: np.ndarray, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """``(x - mean) / std`` of a resized ``h x w x 3`` uint8 image in float32, zero-padded bottom/right: ``3 x S x S``."""
-    channels_first = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).to(torch.float32)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return pad_bottom_right((channels_first - mean_t) / std_t, size)
+    """``(x - mean) / std`` of a resized ``h x w x 3`` uint8 image in float32, zero-padded bottom/right: ``3 x S x S``
+    (:func:`zoo.geometry.model_input2d.normalise_and_pad`)."""
+    return torch.from_numpy(numpy_normalise_and_pad(resized, size, mean, std))
 
 
 def crop_and_resize_logits(full: Tensor, input_size: tuple[int, int], original: tuple[int, ...]) -> Tensor:
@@ -78,14 +73,11 @@ class LongestSideProcessor(SamStyle2DProcessor):
     config: LongestSideProcessorConfig
 
     def prepare(self, image: Any, prompts: Prompts | None = None, source: str = "image") -> ImageFrame:
-        pixels = rgb_uint8(image, source)
         size = self.config.image_size
-        original = (int(pixels.shape[0]), int(pixels.shape[1]))
-        resized = resize_longest_side_bilinear(pixels, size)
-        input_size = (int(resized.shape[0]), int(resized.shape[1]))
-        model_input = normalise_and_pad(resized, size, self.config.pixel_mean, self.config.pixel_std)
-        to_model = longest_side_frame_map(original, input_size, size)
-        return ImageFrame(model_input, original, to_model, {"input_size": input_size})
+        prepared = longest_side_input(rgb_uint8(image, source), size, self.config.pixel_mean, self.config.pixel_std)
+        to_model = IndexMap(torch.from_numpy(prepared.to_model), prepared.original_shape, (size, size))
+        meta = {"input_size": prepared.input_size}
+        return ImageFrame(torch.from_numpy(prepared.model_input), prepared.original_shape, to_model, meta)
 
     def prepare_with_masks(self, image: Any, masks: list[np.ndarray] | Tensor, source: str = "image"):
         """The image and its ``N`` masks (nearest, as upstream's datasets resize labels) on the padded grid."""

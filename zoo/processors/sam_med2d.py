@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from zoo.geometry.image2d import Letterbox, resize_nearest, stretch_map, upsample_bilinear
+from zoo.geometry.image2d import Letterbox, resize_nearest, upsample_bilinear
+from zoo.geometry.index_map import IndexMap
+from zoo.geometry.model_input2d import sam_med2d_input
 from zoo.processors.base import DecodePolicy, ImageFrame, OriginalGridResult, ProcessorConfig
-from zoo.processors.images import normalize, rgb_uint8
+from zoo.processors.images import rgb_uint8
 from zoo.processors.sam_style_2d import SamStyle2DProcessor
 from zoo.prompts.types import Prompts
 
@@ -75,20 +77,18 @@ class SamMed2DProcessor(SamStyle2DProcessor):
         self, image: Any, prompts: Prompts | None = None, source: str = "image", geometry: Geometry2D | None = None
     ) -> ImageFrame:
         """``3 x S x S`` model input of an ``H x W x 3`` uint8 RGB image, in ``geometry`` (default: the config's)."""
-        pixels = rgb_uint8(image, source)
         geometry = geometry or self.config.geometry
-        size = self.config.image_size
-        original = (int(pixels.shape[0]), int(pixels.shape[1]))
-        if geometry == "predictor":
-            normalised = normalize(pixels, self.config.pixel_mean, self.config.pixel_std, torch.float32)
-            resized = resize_nearest(normalised, (size, size))
-            return ImageFrame(_channels_first(resized), original, stretch_map(original, (size, size)), {"geometry": geometry})
-        if geometry != "test_script":
+        if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
-        letterbox = Letterbox.for_size(original, size)
-        normalised = normalize(pixels, self.config.pixel_mean, self.config.pixel_std, torch.float64)
-        frame_meta = {"geometry": geometry, "letterbox": letterbox}
-        return ImageFrame(_channels_first(letterbox.place(normalised)), original, letterbox.index_map(), frame_meta)
+        size = self.config.image_size
+        config = self.config
+        prepared = sam_med2d_input(rgb_uint8(image, source), size, config.pixel_mean, config.pixel_std, geometry)
+        original = prepared.original_shape
+        to_model = IndexMap(torch.from_numpy(prepared.to_model), original, (size, size))
+        meta: dict[str, Any] = {"geometry": geometry}
+        if geometry == "test_script":
+            meta["letterbox"] = Letterbox.for_size(original, size)
+        return ImageFrame(torch.from_numpy(prepared.model_input), original, to_model, meta)
 
     def prepare_with_masks(
         self, image: Any, masks: list[np.ndarray] | Tensor, source: str = "image"
@@ -120,6 +120,3 @@ def place_masks(masks: list[np.ndarray] | Tensor, frame: ImageFrame, image_size:
     placed = letterbox.place(hwn) if letterbox is not None else resize_nearest(hwn, (image_size, image_size))
     return placed.permute(2, 0, 1)[:, None].contiguous()
 
-
-def _channels_first(hwc: Tensor) -> Tensor:
-    return hwc.permute(2, 0, 1).to(torch.float32).contiguous()

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.errors import DataError, PromptError
+from zoo.errors import PromptError
+from zoo.geometry.crop3d import normalise_crop as normalise_crop_values
 from zoo.geometry.index_map import IndexMap
 from zoo.io.nifti import Volume, load_stored
 from zoo.processors.base import (
@@ -170,17 +171,7 @@ def _stored(image: Any) -> Volume:
 
 
 def normalise_crop(crop: Tensor, mode: Normalization, source: str) -> Tensor:
-    """SAM-Med3D's ``ZNormalization(masking_method=x > 0)``: mean and unbiased std over the crop's voxels > 0
-    (in float32, as torchio)."""
-    crop = crop.to(torch.float32)
-    if mode == "none":
-        return crop.to(torch.float32)
-    if mode == "ct_window":
-        return ((crop.clamp(-1000.0, 1000.0) + 1000.0) / 2000.0).to(torch.float32)
-    values = crop[crop > 0]
-    if values.numel() < 2:
-        raise DataError(source, f"cannot z-normalise the crop: only {values.numel()} voxels are > 0")
-    mean, std = values.mean(), values.std()
-    if not bool(std > 0):
-        raise DataError(source, "cannot z-normalise the crop: the voxels > 0 all have the same intensity")
-    return ((crop - mean) / std).to(torch.float32)
+    """SAM-Med3D's ``ZNormalization(masking_method=x > 0)`` (or another ``mode``), float32
+    (:func:`zoo.geometry.crop3d.normalise_crop`, which the ONNX runtime calls too)."""
+    values = normalise_crop_values(crop.detach().cpu().numpy(), mode, source)
+    return torch.from_numpy(values).to(crop.device)
