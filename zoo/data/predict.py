@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import nibabel as nib
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.errors import DataError, PromptError
-from zoo.io.nifti import load_stored, read_header
+from zoo.io.nifti import load_image, load_stored, read_header
 from zoo.io.png import read_image
 from zoo.data.prompt_files import (
     ObjectSpec,
@@ -45,7 +47,9 @@ from zoo.data.prompt_files import (
     read_prompts,
     spatial_dims_of,
 )
+from zoo.data.slicer import _PLANES, extract_slice, from_ras, insert_slice, to_ras, to_uint8
 from zoo.processors import Processor, processor_from_spec
+from zoo.prompts.types import Prompts
 from zoo.prompts.validate import check_kinds
 
 CoordinateSpace = str  # "voxel" | "pixel" | "world" | "world_lps"
@@ -247,6 +251,23 @@ class PromptedImagesDataModule(pl.LightningDataModule):
         """File names of every mask this run will write (after :meth:`setup`)."""
         return [obj.output_name for item in self.items for obj in item.objects]
 
+    def objects_by_image(self) -> list[tuple[Path, str, int, list[tuple[str | None, str, Prompts]]]]:
+        """After :meth:`setup`, per image in order: its path, file stem, spatial dims and objects as
+        ``(name, mask file name, prompts on the image's grid)`` (what :func:`zoo.inference.objects.predict_to_folder`
+        takes; 3D objects, one item each here, are grouped back by image)."""
+        grouped: dict[Path, list[PlannedObject]] = {}
+        dims: dict[Path, int] = {}
+        for item in self.items:
+            grouped.setdefault(item.path, []).extend(item.objects)
+            dims[item.path] = item.spatial_dims
+        out = []
+        for path, objects in grouped.items():
+            shape, affine = _image_shape(path, dims[path])
+            prompts = [(obj.spec.name, obj.output_name, object_prompts(obj.spec, shape, affine, obj.where))
+                       for obj in objects]
+            out.append((path, image_stem(path), dims[path], prompts))
+        return out
+
     def predict_dataset(self) -> PromptedImagesDataset:
         if not self.items:
             self.setup("predict")
@@ -263,3 +284,88 @@ class PromptedImagesDataModule(pl.LightningDataModule):
         )
 
 
+# ------------------------------------------------------------------------------------------ volumes for 2D models
+@dataclass(frozen=True)
+class VolumeSlices:
+    """A NIfTI volume as the 2D slices a 2D model segments, and the way back to the file's grid.
+
+    The slices are :mod:`zoo.data.slicer`'s: the volume reoriented to RAS by axis permutations and flips only (every
+    pixel is one voxel), shown in the radiological convention (axial: patient right on the image's left, anterior
+    at the top), 8-bit by :func:`~zoo.data.slicer.to_uint8` (MedSAM's rule: clip to the window, min-max of the
+    clipped volume, truncate; without a window the volume's 0.5 and 99.5 percentiles).
+
+    Attributes:
+        path: the NIfTI file.
+        plane: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+        images: ``D x H x W`` uint8, ``images[z]`` the ``z``-th slice along the plane's axis (inferior to superior,
+            posterior to anterior, right to left).
+        affine, shape: the file's affine and voxel shape.
+    """
+
+    path: Path
+    plane: str
+    images: np.ndarray
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+
+    def display_index(self, voxels: np.ndarray) -> np.ndarray:
+        """``N x 3`` voxel indices ``(i, j, k)`` of the file -> ``(column, row, slice)`` of :attr:`images`."""
+        transform = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(self.affine), nib.orientations.axcodes2ornt(("R", "A", "S"))
+        )
+        voxels = np.asarray(voxels, dtype=np.float64).reshape(-1, 3)
+        ras = np.zeros_like(voxels)
+        ras_shape = [0, 0, 0]
+        for axis, (target, flip) in enumerate(transform):
+            size = self.shape[axis]
+            ras[:, int(target)] = size - 1 - voxels[:, axis] if flip == -1 else voxels[:, axis]
+            ras_shape[int(target)] = size
+        sliced, row_axis, col_axis = _PLANES[self.plane]
+        rows = ras_shape[row_axis] - 1 - ras[:, row_axis]
+        cols = ras_shape[col_axis] - 1 - ras[:, col_axis]
+        return np.stack([cols, rows, ras[:, sliced]], axis=1)
+
+    def box_on_slices(self, box3d: Sequence[float]) -> tuple[float, ...]:
+        """A box of voxel indices of the file ``(i0, j0, k0, i1, j1, k1)`` (max inclusive) as
+        ``(x_min, y_min, z_min, x_max, y_max, z_max)`` of :attr:`images` (column, row, slice; max inclusive), the
+        3D box :func:`zoo.inference.propagate_box` takes."""
+        if len(box3d) != 6:
+            raise DataError(self.path, f"a 3D box is six numbers i0 j0 k0 i1 j1 k1, got {list(box3d)}")
+        lo, hi = np.asarray(box3d[:3], dtype=np.float64), np.asarray(box3d[3:], dtype=np.float64)
+        if (hi < lo).any() or (lo < 0).any() or (hi > np.asarray(self.shape) - 1).any():
+            raise DataError(self.path, f"the box {list(box3d)} is not inside the volume's voxels "
+                                       f"0..{self.shape[0] - 1}, 0..{self.shape[1] - 1}, 0..{self.shape[2] - 1}")
+        corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+        shown = self.display_index(corners)
+        low, high = np.floor(shown.min(axis=0) + 1e-6), np.ceil(shown.max(axis=0) - 1e-6)
+        return (*low.tolist(), *high.tolist())
+
+    def to_file(self, masks: np.ndarray) -> np.ndarray:
+        """``D x H x W`` slice masks back on the file's voxel grid (the exact inverse of the slicing)."""
+        ras = np.zeros(tuple(self._ras_shape()), dtype=np.asarray(masks).dtype)
+        for index, section in enumerate(np.asarray(masks)):
+            insert_slice(ras, self.plane, index, section)  # type: ignore[arg-type]
+        return from_ras(ras, self.affine)
+
+    def _ras_shape(self) -> list[int]:
+        transform = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(self.affine), nib.orientations.axcodes2ornt(("R", "A", "S"))
+        )
+        shape = [0, 0, 0]
+        for axis, (target, _) in enumerate(transform):
+            shape[int(target)] = self.shape[axis]
+        return shape
+
+
+def read_volume_slices(
+    path: str | Path, plane: str = "axial", window: tuple[float, float] | None = None
+) -> VolumeSlices:
+    """A NIfTI volume's slices for a 2D model (see :class:`VolumeSlices`); ``window`` in the file's units (CT: HU,
+    e.g. the abdomen window ``(-160, 240)``)."""
+    if plane not in _PLANES:
+        raise ValueError(f"unknown plane {plane!r}; expected one of {sorted(_PLANES)}")
+    volume = load_image(path)
+    grey = to_uint8(to_ras(volume), window, rule="medsam")
+    sliced_axis = _PLANES[plane][0]
+    images = np.stack([extract_slice(grey, plane, z) for z in range(grey.shape[sliced_axis])])  # type: ignore[arg-type]
+    return VolumeSlices(Path(path), plane, np.ascontiguousarray(images), volume.affine, volume.shape)

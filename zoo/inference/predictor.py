@@ -166,9 +166,19 @@ class Predictor:
         """
         if not self.is_image_set:
             raise RuntimeError("call set_image(...) before predict(...)")
-        prompts = self.prompts(point_coords, point_labels, box, mask_input)
+        return self.predict_prompts(self.prompts(point_coords, point_labels, box, mask_input))
+
+    @torch.inference_mode()
+    def predict_prompts(self, prompts: Prompts, new_crop: bool = False) -> Prediction:
+        """:meth:`predict` for prompt containers on the original grid (index order). ``new_crop`` (3D): crop
+        around these points even if the current crop holds them (each object of ``zoo predict`` gets the authors'
+        crop around its own points; an encoding at the same position is reused)."""
+        if not self.is_image_set:
+            raise RuntimeError("call set_image(...) before predict(...)")
         processor = self.processor
         if processor.spatial_dims == 3:
+            if new_crop:
+                self.frame, self.features = None, None
             self._ensure_crop(prompts)
         assert self.frame is not None
         on_model = processor.to_model_space(prompts, self.frame, self.source)

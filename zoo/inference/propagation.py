@@ -87,6 +87,7 @@ def propagate_box(
     margin: int = DEFAULT_MARGIN,
     include_ends: bool = True,
     source: str = "volume",
+    beyond_box: bool = False,
 ) -> Propagation:
     """Segment one object through ``slices`` from a 3D box, slice by slice (see the module docstring).
 
@@ -103,6 +104,10 @@ def propagate_box(
             revisions before May 2024, which leave them empty). A one-slice box (``z_min = z_max``, which the
             authors refuse) segments that slice; without ``include_ends`` it is refused.
         source: names the volume in error messages.
+        beyond_box: after the box's end slices, go on slice by slice upwards and downwards while the previous
+            slice's mask is not empty (its box by the same rule), stopping at the first empty mask or the volume's
+            end: a box drawn on one slice then follows the object (not the authors' protocol, whose 3D box bounds
+            the slices).
 
     Returns:
         :class:`Propagation`: ``D x H x W`` bool masks and what each slice got.
@@ -129,14 +134,32 @@ def propagate_box(
     model.eval()
     masks: Tensor | None = None
     result = Propagation(torch.zeros(0, dtype=torch.bool))
+
+    def order() -> Any:
+        """(slice, previous slice) in the protocol's order; beyond the box while the previous mask is not empty."""
+        for z in upwards:
+            yield z, z - 1
+        z = z_max_i + 1
+        while beyond_box and z < depth and masks is not None and bool(masks[z - 1].any()):
+            yield z, z - 1
+            z += 1
+        for z in downwards:
+            yield z, z + 1
+        z = z_min_i - 1
+        while beyond_box and z >= 0 and masks is not None and bool(masks[z + 1].any()):
+            yield z, z + 1
+            z -= 1
+
     try:
-        for z, previous in [(z, z - 1) for z in upwards] + [(z, z + 1) for z in downwards]:
+        for z, previous in order():
             frame = processor.prepare(stack[z], source=f"{source} slice {z}")
             if masks is None:
                 masks = torch.zeros((depth, *frame.original_shape), dtype=torch.bool)
             elif tuple(masks.shape[1:]) != frame.original_shape:
                 raise PromptError(f"slice {z} is {frame.original_shape}, the others {tuple(masks.shape[1:])}", source)
             box = None if z == middle else processor.box_from_previous_mask(masks[previous], frame, margin)
+            if box is None and not z_min_i <= z <= z_max_i:
+                continue  # beyond the box, an object that vanishes on the model grid ends that direction
             result.from_previous[z] = box is not None
             if box is None:
                 box = _middle_box(processor, frame, (x_min, y_min, x_max, y_max), f"{source} slice {z}")
