@@ -233,6 +233,14 @@ def _config_differences(checkpoint_net: nn.Module | None, net: nn.Module, shown:
     found, expected = getattr(checkpoint_net, "config", None), getattr(net, "config", None)
     if not dataclasses.is_dataclass(expected) or type(found) is not type(expected):
         return ""
-    names = [f.name for f in dataclasses.fields(expected) if getattr(found, f.name) != getattr(expected, f.name)]
+    own = list(vars(type(expected)).get("__annotations__", {}))  # the family's own fields first, then shared ones
+    order = {
+        name: (0, own.index(name)) if name in own else (1, i)
+        for i, name in enumerate(f.name for f in dataclasses.fields(expected))
+    }
+    names = sorted(
+        (f.name for f in dataclasses.fields(expected) if getattr(found, f.name) != getattr(expected, f.name)),
+        key=order.__getitem__,
+    )
     described = [f"{n} (checkpoint {getattr(found, n)!r}, configured {getattr(expected, n)!r})" for n in names]
     return ", ".join(described[:shown]) + (", ..." if len(described) > shown else "")
