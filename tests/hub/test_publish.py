@@ -156,3 +156,16 @@ def test_a_zoo_run_checkpoint_is_published_through_zoo_predicts_reader(tmp_path)
     assert all(torch.equal(published.state_dict()[k], v) for k, v in net.state_dict().items())
     metadata = card_metadata((tmp_path / "out" / "README.md").read_bytes())
     assert metadata["promptable_medseg_zoo"]["source_file"] == "run.ckpt"
+
+
+def test_a_zoo_benchmark_results_json_of_one_model_gives_means_per_dataset_protocol_and_step(tmp_path):
+    rows = [{"model": "litemedsam", "dataset": "ct", "case": "c", "target": t, "class": "liver", "protocol": "box",
+             "step": 0, "step_label": "box", "dice": dice, "nsd": 0.5} for t, dice in (("a", 0.8), ("b", 0.6))]
+    report = tmp_path / "results.json"
+    report.write_text(json.dumps({"benchmark": "b", "models": [{"name": "litemedsam"}], "rows": rows}))
+    results = {(r.metric, r.task): r.value for r in read_benchmark_report(report)}
+    assert results == {("dice", "box @ box"): pytest.approx(0.7), ("nsd", "box @ box"): 0.5}
+    rows.append({**rows[0], "model": "other"})
+    report.write_text(json.dumps({"rows": rows}))
+    with pytest.raises(ValueError, match=r"results\.json: holds the results of 2 models \(litemedsam, other\)"):
+        read_benchmark_report(report)

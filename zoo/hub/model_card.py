@@ -18,6 +18,10 @@ A benchmark report is a JSON file (written by a benchmark run, or by hand)::
 
 (a bare list of results is accepted too). Each result names its ``dataset`` and gives ``metric`` and ``value``, or
 a ``metrics`` object of name -> value; ``task``, ``name``, ``split`` and ``protocol`` are optional.
+
+The ``results.json`` of a zoo benchmark run (tidy ``rows``: one per model, case, target, protocol and step, with
+``dice`` and ``nsd``) is accepted as well when it holds one model: each metric's mean per dataset, protocol and
+step becomes one result.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ def read_benchmark_report(path: str | Path) -> list[BenchmarkResult]:
         raise FileNotFoundError(f"{path}: benchmark report not found") from None
     except ValueError as err:
         raise DataError(path, f"is not a JSON benchmark report ({err})") from None
+    if isinstance(content, dict) and isinstance(content.get("rows"), list):
+        return _results_of_benchmark_rows(content["rows"], path)
     entries = content.get("results") if isinstance(content, dict) else content
     if not isinstance(entries, list) or not entries:
         raise DataError(path, "holds no results: expected {\"results\": [{\"dataset\", \"metric\", \"value\"}, ...]}")
@@ -81,6 +87,26 @@ def read_benchmark_report(path: str | Path) -> list[BenchmarkResult]:
     for index, entry in enumerate(entries):
         results += _results_of(entry, f"results[{index}]", path)
     return results
+
+
+def _results_of_benchmark_rows(rows: list[Any], path: Path) -> list[BenchmarkResult]:
+    """Means per dataset, protocol and step of a zoo benchmark's tidy rows (one model)."""
+    models = sorted({str(row.get("model")) for row in rows if isinstance(row, dict)})
+    if len(models) != 1:
+        raise DataError(path, f"holds the results of {len(models)} models ({', '.join(models)}); publish needs one")
+    sums: dict[tuple[str, str, str, str], list[float]] = {}
+    for row in rows:
+        step = f"{row.get('protocol')} @ {row.get('step_label', row.get('step'))}"
+        for metric in ("dice", "nsd"):
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and value == value:  # NaN: not scored
+                sums.setdefault((str(row.get("dataset")), step, metric, str(row.get("protocol"))), []).append(value)
+    if not sums:
+        raise DataError(path, "holds no scored rows (dice/nsd)")
+    return [
+        BenchmarkResult(dataset, metric, sum(values) / len(values), task=step, name=f"mean {metric}")
+        for (dataset, step, metric, _), values in sums.items()
+    ]
 
 
 def _results_of(entry: Any, where: str, path: Path) -> list[BenchmarkResult]:

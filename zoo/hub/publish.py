@@ -172,6 +172,7 @@ def write_folder(
         written = sorted(p.name for p in staging.iterdir())
         if written != sorted(FOLDER_FILES):
             raise RuntimeError(f"the published folder would hold {written}, not {sorted(FOLDER_FILES)}")
+        staging.chmod(0o755)  # a folder the user asked for, not mkdtemp's private 0700
         if destination.exists():
             destination.rmdir()  # empty (checked above); rename needs the name free
         staging.rename(destination)
