@@ -6,8 +6,10 @@ cut at the crop's edge. Two strategies:
 * ``"single_crop"`` (the default): the authors' inference, one crop around the points, exact (the parity suite's).
 * ``"follow_mask"``: after the first crop (the authors' crop around the points), every face of a crop that the
   crop's mask touches (comes within one low-res cell of: 4 voxels), and beyond which the volume goes on, gets a
-  neighbour crop shifted by half a crop along that axis (50% overlap, the extension the paper describes in its Sec. 4.3; peers do the same: VISTA3D's point-centred
-  windows, nnInteractive's AutoZoom, SegVol's zoom-out/zoom-in). Each further crop goes through the processor
+  neighbour crop shifted by half a crop along that axis (50% overlap, the extension the paper describes in its
+  Sec. 4.3; peers do the same: VISTA3D's point-centred windows, nnInteractive's AutoZoom, SegVol's
+  zoom-out/zoom-in). Crop positions lie on one lattice per axis (the first crop's, every half crop, the outermost
+  moved onto the volume's ends), so crops never drift. Each further crop goes through the processor
   (:meth:`~zoo.processors.SamMed3DProcessor.prepare_window`: the same resampling, padding and z-normalisation of
   its own crop) and gets, as clicks replayed in order (the processor's ``segment``), a positive **seed** click on
   the voxel of the neighbouring crop's mask nearest to the new crop's centre, then the user's clicks that fall

@@ -40,7 +40,7 @@ from zoo.io.masks import MaskSet
 from zoo.io.png import read_image
 from zoo.io.session_files import file_sha256, read_session, write_session
 from zoo.processors import ClickState, ImageFrame, Processor
-from zoo.prompts.types import BoxPrompts, PointPrompts, Prompts
+from zoo.prompts.types import PointPrompts, Prompts
 from zoo.prompts.validate import boxes_from_user, check_kinds, points_from_user
 
 
@@ -210,8 +210,7 @@ class Session:
         point = self._prompts(action).points
         assert point is not None
         if previous is not None:
-            frame, features = self.predictor.crop_cache[previous.crop] if previous.crop in self.predictor.crop_cache \
-                else self.predictor.encoded_crop(processor.prepare_window(self.predictor.image, previous.crop, source))
+            frame, features = self._crop(previous.crop)
             if _inside(point, frame):  # the current crop holds the click: one decoder pass
                 on_model = processor.to_model_space(Prompts(points=point), frame, source).to(self.predictor.device)
                 state, decoded = processor.click(self.model, features, previous.state, on_model.points,
@@ -224,11 +223,21 @@ class Session:
         on_model = processor.to_model_space(Prompts(points=everything), frame, source).to(self.predictor.device)
         state, decoded = ClickState(), None
         for index in range(on_model.points.coords.shape[1]):
-            one = PointPrompts(on_model.points.coords[:, index : index + 1], on_model.points.labels[:, index : index + 1],
-                               on_model.points.spatial_shape)
+            points = on_model.points
+            one = PointPrompts(points.coords[:, index : index + 1], points.labels[:, index : index + 1],
+                               points.spatial_shape)
             state, decoded = processor.click(self.model, features, state, one, decoder=self._decoder)
         assert decoded is not None
         return _Step(action, crop_start(frame), state, _iou(decoded.iou_predictions))
+
+    def _crop(self, start: tuple[int, int, int] | None) -> tuple[ImageFrame, Any]:
+        """3D: the frame and encoding of the crop at ``start`` (cached; encoded again only if it was dropped)."""
+        assert start is not None
+        cached = self.predictor.crop_cache.get(start)
+        if cached is not None:
+            return cached
+        frame = self.processor.prepare_window(self.predictor.image, start, self.predictor.source)
+        return self.predictor.encoded_crop(frame)
 
     def _decoder(self, *args: Any, **kwargs: Any) -> Any:
         return self.predictor.runtime.decode(self.model.decode, *args, **kwargs)
@@ -239,7 +248,8 @@ class Session:
         if action.kind == "box":
             return Prompts(boxes=boxes_from_user(list(action.coords), self.shape, source))
         order = "xy" if self.processor.spatial_dims == 2 else "index"
-        return Prompts(points=points_from_user([list(action.coords)], [int(action.positive)], self.shape, order, source))
+        labels = [int(action.positive)]
+        return Prompts(points=points_from_user([list(action.coords)], labels, self.shape, order, source))
 
     def _points(self, clicks: list[Action]) -> PointPrompts:
         order = "xy" if self.processor.spatial_dims == 2 else "index"
@@ -258,8 +268,7 @@ class Session:
             back = processor.to_original(low_res, self.predictor.frame)
             logits = None if back.logits is None else back.logits.reshape(self.shape)
             return SessionResult(back.mask.reshape(self.shape), logits, step.iou, len(self._steps))
-        frame, _ = self.predictor.crop_cache.get(step.crop) or self.predictor.encoded_crop(
-            processor.prepare_window(self.predictor.image, step.crop, self.predictor.source))
+        frame, _ = self._crop(step.crop)
         clicks = self._points(self.actions)
         large = follow_mask(processor, self.predictor.image, frame, low_res, clicks, self.predictor.segment_crop,
                             self.predictor.large_object, self.predictor.source)
