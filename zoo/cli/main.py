@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from zoo.cli import convert, demo, publish
+from zoo.cli import convert, demo, export, publish
 from zoo.errors import CheckpointError, DataError, PromptError
 
 #: Training and evaluation subcommands, handed to LightningCLI with the rest of the command line.
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     convert.add_parser(subcommands)
     demo.add_parser(subcommands)
+    export.add_parser(subcommands)
     publish.add_parser(subcommands)
     for name in LIGHTNING_SUBCOMMANDS:
         summary = f"{name} with a YAML recipe (LightningCLI)"
