@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from encoder_speed import data_root, gemm_rate, prepared_inputs, randomise_positions
+
 from zoo.models.components.compute_path import reference_computation
 
 FAMILIES = ("sam_med3d_turbo", "sam_med2d_b", "sam_unet_r34", "sam_vit_b", "litemedsam")
@@ -97,7 +97,8 @@ class FamilyBench:
         else:
             feeds["point_coords"], feeds["point_labels"] = (t.numpy() for t in self.points)
         if dims == 2:
-            feeds["boxes"] = np.zeros((1, 0, 4), np.float32) if self.boxes is None else self.boxes.reshape(1, 1, 4).numpy()
+            no_box = np.zeros((1, 0, 4), np.float32)
+            feeds["boxes"] = no_box if self.boxes is None else self.boxes.reshape(1, 1, 4).numpy()
         low_res = (1, 1, *self.model.mask_input_size)
         feeds["mask_input"] = np.zeros(low_res, np.float32) if self.masks is None else self.masks.numpy()
         feeds["has_mask_input"] = np.array([0.0 if self.masks is None else 1.0], np.float32)
@@ -166,7 +167,8 @@ def measure(family: str, args: argparse.Namespace) -> dict[str, Any]:
         )
         tensors = [torch_encoding] if isinstance(torch_encoding, torch.Tensor) else list(vars(torch_encoding).values())
         embedding_diff = max(float(np.abs(o - t.numpy()).max()) for o, t in zip(onnx_encoding, tensors))
-        logits_diff = float(np.abs(bench.onnx_click(onnx_encoding)[0] - bench.torch_click(torch_encoding)[1].numpy()).max())
+        onnx_logits, torch_logits = bench.onnx_click(onnx_encoding)[0], bench.torch_click(torch_encoding)[1].numpy()
+        logits_diff = float(np.abs(onnx_logits - torch_logits).max())
         return {
             "family": family,
             "encoder_s": {name: statistics.median(times) for name, times in encoders.items()},

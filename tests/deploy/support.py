@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import torch
-
 from tiny_models import tiny_model
+
 from zoo.resources import data_path
 
 #: Without onnxruntime (and outside CI) these tests skip; the export's own need for onnx is not a reason to skip.

@@ -16,11 +16,13 @@ def test_zoo_export_onnx_writes_the_graphs_and_the_processor_config(tmp_path, ca
     model.save_pretrained(tmp_path / "hub")
     out = tmp_path / "onnx"
     assert main(["export", "onnx", str(tmp_path / "hub"), str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["image_encoder.onnx", "processor_config.json", "prompt_decoder.onnx"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["image_encoder.onnx", "processor_config.json", "prompt_decoder.onnx"]
     assert json.loads((out / "processor_config.json").read_text(encoding="utf-8")) == model.processor_config
     printed = capsys.readouterr().out
     assert f"weights: {tmp_path / 'hub'}" in printed and "prompt_decoder.onnx" in printed
 
     assert main(["export", "onnx", str(tmp_path / "hub"), str(out)]) == 1
     error = capsys.readouterr().err
-    assert error == f"zoo export: error: {out / 'image_encoder.onnx'}: already exists (overwrite=True / --overwrite replaces it)\n"
+    existing = out / "image_encoder.onnx"
+    assert error == f"zoo export: error: {existing}: already exists (overwrite=True / --overwrite replaces it)\n"

@@ -19,6 +19,13 @@ from .support import FAMILIES
 ATOL = 1e-4
 
 
+def tensors_of(encoding) -> list[torch.Tensor]:
+    """An encoding as the encoder graph's outputs: the embedding, or SAM-UNet's embedding and multi-scale feature."""
+    if isinstance(encoding, torch.Tensor):
+        return [encoding]
+    return [encoding.image_embeddings, encoding.multi_scale_feature]
+
+
 def session(path: Path):
     import onnxruntime
 
@@ -53,7 +60,7 @@ def test_the_encoder_equals_pytorch_for_a_batch_of_two(name, exported) -> None:
     outputs = session(folder / "image_encoder.onnx").run(None, {"model_input": images.numpy()})
     with torch.no_grad():
         encoding = model.encode_image(images)
-    expected = [encoding] if isinstance(encoding, torch.Tensor) else [encoding.image_embeddings, encoding.multi_scale_feature]
+    expected = tensors_of(encoding)
     assert len(outputs) == len(expected)  # SAM-UNet: image embeddings and the multi-scale feature
     for got, want in zip(outputs, expected):
         np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=ATOL)
@@ -89,7 +96,7 @@ def test_the_decoder_equals_the_processors_decode_for_every_prompt_combination(n
     names = [output.name for output in decoder.get_outputs()]
     with torch.no_grad():
         encoding = model.encode_image(torch.randn(1, int(getattr(model.config, "in_chans", 3)), *model.input_size))
-    image_side = [encoding] if isinstance(encoding, torch.Tensor) else [encoding.image_embeddings, encoding.multi_scale_feature]
+    image_side = tensors_of(encoding)
     checked = 0
     for case in prompt_sets(dims, size, low_res):
         coords, labels, box, mask = case["coords"], case["labels"], case["box"], case["mask"]
@@ -139,5 +146,6 @@ def test_an_existing_export_is_replaced_only_when_asked(exported, tmp_path) -> N
         export_onnx(model, tmp_path)
     assert (tmp_path / "prompt_decoder.onnx").read_bytes() == b"an older export"
     export_onnx(model, tmp_path, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["image_encoder.onnx", "processor_config.json", "prompt_decoder.onnx"]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["image_encoder.onnx", "processor_config.json", "prompt_decoder.onnx"]
     assert (tmp_path / "prompt_decoder.onnx").read_bytes() == (folder / "prompt_decoder.onnx").read_bytes()

@@ -71,8 +71,9 @@ def test_the_exported_released_model_reproduces_the_authors_outputs_on_the_parit
     for mode, prompts in modes.items():
         result = predictor.predict(**prompts)
         np.testing.assert_allclose(result.logits[:, None], values[f"pred_{mode}_logits"].numpy(), rtol=rtol, atol=atol)
-        np.testing.assert_allclose(result.low_res_logits[:, None], values[f"lowres_{mode}_single"].numpy(), rtol=rtol, atol=atol)
-        np.testing.assert_allclose(result.iou_predictions[:, None], values[f"iou_{mode}_single"].numpy(), rtol=rtol, atol=atol)
+        pairs = ((result.low_res_logits, f"lowres_{mode}_single"), (result.iou_predictions, f"iou_{mode}_single"))
+        for got, name in pairs:
+            np.testing.assert_allclose(got[:, None], values[name].numpy(), rtol=rtol, atol=atol)
         binary = values[f"pred_{mode}_binary"].numpy().astype(bool)
         assert binary.any() or mode == "points"  # the authors' single click gives an empty mask here
         assert (result.masks[0] != binary).mean() <= 0.001

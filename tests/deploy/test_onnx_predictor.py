@@ -107,7 +107,8 @@ def test_sam_med3d_masks_match_the_pytorch_predictor_on_the_bundled_ct(exported)
     assert expected.masks.any()  # a mask to agree on
     compare(onnx_predictor.predict(**first), expected)
     crop = onnx_predictor.crop
-    clicks = dict(point_coords=[[60, 48, 15], [66, 50, 15]], point_labels=[1, 0], mask_input=expected.low_res_logits.numpy())
+    feedback = expected.low_res_logits.numpy()
+    clicks = dict(point_coords=[[60, 48, 15], [66, 50, 15]], point_labels=[1, 0], mask_input=feedback)
     compare(onnx_predictor.predict(**clicks), torch_predictor.predict(**clicks))
     assert onnx_predictor.crop is crop  # both points lie in the first crop: its embedding is reused
     far = dict(point_coords=[[95, 48, 15]], point_labels=[1])
@@ -118,7 +119,7 @@ def test_sam_med3d_masks_match_the_pytorch_predictor_on_the_bundled_ct(exported)
 @pytest.mark.parametrize(
     ("name", "prompts", "message"),
     [
-        ("sam_med3d_turbo", dict(point_coords=[[60, 48, 15]], box=[0, 0, 5, 5]), "SAM-Med3D takes points, masks, not boxes"),
+        ("sam_med3d_turbo", dict(point_coords=[[60, 48, 15]], box=[0, 0, 5, 5]), "SAM-Med3D takes points, masks"),
         ("sam_med3d_turbo", dict(point_coords=[[200, 48, 15]]), "point 0 at .* lies outside the image"),
         ("litemedsam", dict(box=[100, 10, 50, 40]), r"box \[100.0, 10.0, 50.0, 40.0\] .* is not inside the image"),
         ("litemedsam", dict(point_coords=[[10, 10]], point_labels=[2]), "point labels must be 1 .* or 0"),

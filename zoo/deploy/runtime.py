@@ -115,7 +115,8 @@ class OnnxPredictor:
         try:
             self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{self.folder}: no {PROCESSOR_CONFIG_FILE} (write the folder with zoo export onnx)") from None
+            message = f"{self.folder}: no {PROCESSOR_CONFIG_FILE} (write the folder with zoo export onnx)"
+            raise FileNotFoundError(message) from None
         except ValueError as exc:
             raise CheckpointError(str(config_path), f"cannot parse {PROCESSOR_CONFIG_FILE} ({exc})") from exc
         self.processor_type = str(self.config.get("processor_type"))
@@ -128,11 +129,12 @@ class OnnxPredictor:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         sessions = []
+        chosen = list(providers or ["CPUExecutionProvider"])
         for name in (ENCODER_FILE, DECODER_FILE):
             path = self.folder / name
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: graph not found (write the folder with zoo export onnx)")
-            sessions.append(onnxruntime.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"])))
+            sessions.append(onnxruntime.InferenceSession(str(path), options, providers=chosen))
         self.encoder, self.decoder = sessions
         self.encoding_names = [output.name for output in self.encoder.get_outputs()]
         self.decoder_outputs = [output.name for output in self.decoder.get_outputs()]
@@ -221,17 +223,20 @@ class OnnxPredictor:
         shape = self.original_shape
         points = _numbers(coords, "points", self.source)
         if points.ndim != 2 or points.shape[1] != len(shape) or len(points) == 0:
-            raise PromptError(f"points of a {len(shape)}D image must be N x {len(shape)}, got shape {points.shape}", self.source)
+            problem = f"points of a {len(shape)}D image must be N x {len(shape)}, got shape {points.shape}"
+            raise PromptError(problem, self.source)
         values = np.ones(len(points)) if labels is None else _numbers(labels, "point labels", self.source)
         if values.shape != (len(points),):
             raise PromptError(f"{len(points)} points but {values.size} labels", self.source)
         if not np.isin(values, (0, 1)).all():
-            raise PromptError(f"point labels must be 1 (foreground) or 0 (background), got {sorted(set(values.tolist()))}", self.source)
+            found = sorted(set(values.tolist()))
+            raise PromptError(f"point labels must be 1 (foreground) or 0 (background), got {found}", self.source)
         index = (points[:, ::-1] if self.spatial_dims == 2 else points).astype(np.float32)
         outside = ((index < -0.5) | (index > np.asarray(shape) - 0.5)).any(axis=1)
         if outside.any():
             row = int(np.flatnonzero(outside)[0])
-            raise PromptError(f"point {row} at {points[row].tolist()} lies outside the image of shape {shape}", self.source)
+            problem = f"point {row} at {points[row].tolist()} lies outside the image of shape {shape}"
+            raise PromptError(problem, self.source)
         return index, values.astype(np.int64)
 
     def _boxes(self, box: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +251,9 @@ class OnnxPredictor:
         bad = ~((lo >= 0) & (lo <= hi) & (hi <= size)).all(axis=1)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise PromptError(f"box {array[row].tolist()} (x0, y0, x1, y1) is not inside the image of shape {tuple(self.original_shape)}", self.source)
+            shape = tuple(self.original_shape)
+            problem = f"box {array[row].tolist()} (x0, y0, x1, y1) is not inside the image of shape {shape}"
+            raise PromptError(problem, self.source)
         return lo, hi
 
     def _mask(self, mask_input: Any) -> np.ndarray:
@@ -254,7 +261,8 @@ class OnnxPredictor:
         while logits.ndim < 2 + self.spatial_dims:
             logits = logits[None]
         if tuple(logits.shape[2:]) != self.low_res_shape or logits.shape[1] != 1:
-            raise PromptError(f"a mask prompt is B x 1 x {' x '.join(map(str, self.low_res_shape))} low-res logits, got {logits.shape}", self.source)
+            grid = " x ".join(map(str, self.low_res_shape))
+            raise PromptError(f"a mask prompt is B x 1 x {grid} low-res logits, got {logits.shape}", self.source)
         return logits
 
     # ------------------------------------------------------------------------------------------ decoding
@@ -269,7 +277,10 @@ class OnnxPredictor:
         feeds[POINT_LABELS] = labels.astype(np.int64)
         if self.spatial_dims == 2:
             feeds[BOXES] = np.zeros((batch, 0, 4), np.float32) if boxes is None else boxes.astype(np.float32)
-        feeds[MASK_INPUT] = np.zeros((batch, 1, *self.low_res_shape), np.float32) if mask is None else np.broadcast_to(mask, (batch, *mask.shape[1:])).astype(np.float32)
+        if mask is None:
+            feeds[MASK_INPUT] = np.zeros((batch, 1, *self.low_res_shape), np.float32)
+        else:
+            feeds[MASK_INPUT] = np.broadcast_to(mask, (batch, *mask.shape[1:])).astype(np.float32)
         feeds[HAS_MASK_INPUT] = np.array([0.0 if mask is None else 1.0], np.float32)
         return dict(zip(self.decoder_outputs, self.decoder.run(None, feeds)))
 
@@ -317,7 +328,9 @@ class OnnxPredictor:
         return logits > 0
 
     # ------------------------------------------------------------------------------------------ SAM-Med3D
-    def _predict_3d(self, points: np.ndarray | None, labels: np.ndarray | None, mask: np.ndarray | None) -> OnnxPrediction:
+    def _predict_3d(
+        self, points: np.ndarray | None, labels: np.ndarray | None, mask: np.ndarray | None
+    ) -> OnnxPrediction:
         volume: Volume = self.image
         self._ensure_crop(points)
         crop = self.crop
@@ -332,8 +345,8 @@ class OnnxPredictor:
             outside = ((mapped < -0.5) | (mapped > limit)).any(axis=1)
             if outside.any():
                 raise PromptError(
-                    f"point {int(np.flatnonzero(outside)[0])} falls outside the {(self.image_size,) * 3} crop centred on "
-                    "the object's points; split the points into objects that each fit one crop",
+                    f"point {int(np.flatnonzero(outside)[0])} falls outside the {(self.image_size,) * 3} crop centred "
+                    "on the object's points; split the points into objects that each fit one crop",
                     self.source,
                 )
             for count in range(1, len(mapped) + 1):  # the authors' inference: one click per point, in order
@@ -356,9 +369,11 @@ class OnnxPredictor:
                 return
         volume: Volume = self.image
         config = self.config
-        plan = plan_for_volume(volume.array, volume.affine, config["target_spacing_mm"], int(config["max_resampled_bytes"]), volume.path)
+        spacing, max_bytes = config["target_spacing_mm"], int(config["max_resampled_bytes"])
+        plan = plan_for_volume(volume.array, volume.affine, spacing, max_bytes, volume.path)
         size = (self.image_size,) * 3
-        roi, affine, _ = crop_around_voxels(volume.array, volume.affine, plan, points.astype(np.float64), size, self.source)
+        points64 = points.astype(np.float64)
+        roi, affine, _ = crop_around_voxels(volume.array, volume.affine, plan, points64, size, self.source)
         model_input = normalise_crop(roi, config["normalization"], self.source)
         embedding = self._encode(model_input[None])
         self.crop = _Crop(affine, between_affines(volume.affine, affine), embedding)

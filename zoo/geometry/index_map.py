@@ -105,7 +105,8 @@ class IndexMap:
         ``INTER_NEAREST`` (destination ``j`` reads source ``floor(j * n / m)``) and with how SAM-Med2D's predictor
         scales prompts.
         """
-        return cls(torch.from_numpy(resize_matrix(src_shape, dst_shape, convention)), tuple(src_shape), tuple(dst_shape))
+        matrix = torch.from_numpy(resize_matrix(src_shape, dst_shape, convention))
+        return cls(matrix, tuple(src_shape), tuple(dst_shape))
 
     # Algebra --------------------------------------------------------------------------------------------
 

@@ -103,7 +103,8 @@ def _longest_side(original: tuple[int, int], resized: tuple[int, int], chw: np.n
 
 
 def normalise_and_pad(resized: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(x - mean) / std`` of a resized ``h x w x 3`` uint8 image in float32, zero-padded bottom/right: ``3 x S x S``."""
+    """``(x - mean) / std`` of a resized ``h x w x 3`` uint8 image in float32, zero-padded bottom/right:
+    ``3 x S x S``."""
     channels_first = np.ascontiguousarray(resized.transpose(2, 0, 1)).astype(np.float32)
     mean_c = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
     std_c = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
@@ -133,7 +134,9 @@ def litemedsam_input(image: np.ndarray, size: int, source: str = "image") -> Mod
     return _longest_side(original, input_size, np.ascontiguousarray(scaled.transpose(2, 0, 1)), size)
 
 
-def litemedsam_box(lo: np.ndarray, hi: np.ndarray, original_shape: Sequence[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+def litemedsam_box(
+    lo: np.ndarray, hi: np.ndarray, original_shape: Sequence[int], size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The authors' ``resize_box_to_256``: every corner ``int(c * S / max(H, W))`` (truncated, in float64); float32."""
     factor = size / max(int(s) for s in original_shape)
     scaled_lo = np.trunc(np.asarray(lo, dtype=np.float64) * factor).astype(np.float32)

@@ -71,8 +71,8 @@ class LiteMedSAMProcessor(SamStyle2DProcessor):
     def scale_box(self, boxes: BoxPrompts, original_shape: tuple[int, ...]) -> BoxPrompts:
         """The authors' ``resize_box_to_256``: every corner ``int(c * 256 / max(H, W))`` (truncated, in float64)."""
         lo, hi = litemedsam_box(boxes.lo.cpu().numpy(), boxes.hi.cpu().numpy(), original_shape, self.config.image_size)
-        device = boxes.lo.device
-        return BoxPrompts(torch.from_numpy(lo).to(device), torch.from_numpy(hi).to(device), boxes.valid, self.input_shape)
+        lo_t, hi_t = (torch.from_numpy(corner).to(boxes.lo.device) for corner in (lo, hi))
+        return BoxPrompts(lo_t, hi_t, boxes.valid, self.input_shape)
 
     def boxes_from_masks(
         self, masks: Tensor, jitter: str = "none", generator: torch.Generator | None = None
