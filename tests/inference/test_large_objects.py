@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tiny_models import tiny_model
 from zoo.inference.large_objects import LargeObjects
 from zoo.inference.predictor import Predictor
+from zoo.inference.session import Session
 from zoo.models.outputs import MaskPrediction
 from zoo.processors import SamMed3DProcessor, SamMed3DProcessorConfig
 
@@ -132,3 +133,24 @@ def test_the_size_limit_stops_and_says_so(large):
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match="large-object strategy"):
         LargeObjects("zoom")
+
+
+def test_a_session_follows_the_mask_too_and_reuses_every_crops_embedding(large):
+    path, truth = large
+    model, processor = stand_in()
+    encodings = {"calls": 0}
+    encode = model.encode_image
+
+    def counted(images):
+        encodings["calls"] += 1
+        return encode(images)
+
+    model.encode_image = counted  # type: ignore[method-assign]
+    session = Session(model, path, processor, large_object=LargeObjects("follow_mask", max_crops=64))
+    first = session.add_click(CENTRE.tolist())
+    assert first.strategy == "follow_mask" and len(first.crops) == 27 and dice(first.mask.numpy(), truth) > 0.97
+    calls = encodings["calls"]
+    second = session.add_click((CENTRE + [2, 1, 0]).tolist())  # inside the first crop: no crop is encoded again
+    assert encodings["calls"] == calls and len(second.crops) == 27
+    expected = segment(path, *stand_in(), large_object=LargeObjects("follow_mask", max_crops=64))
+    assert torch.equal(first.mask, expected.masks[0])

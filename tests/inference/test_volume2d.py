@@ -84,3 +84,11 @@ def test_the_released_litemedsam_segments_the_liver_over_every_slice_it_spans():
     dice = 2.0 * (result.mask & labels).sum() / (result.mask.sum() + labels.sum())
     print(f"liver Dice through propagate_box: {dice:.4f} over {len(spanned)} slices")
     assert dice > 0.85  # 0.906 measured (torch 2.14.1, CPU)
+
+
+@pytest.mark.parametrize("family", ["sam_med2d_b", "sam_vit_b", "sam_unet_r34", "litemedsam"])
+def test_every_2d_family_segments_a_volume_slice_by_slice(family):
+    slices = read_volume_slices(CT, "coronal", window=(-160, 240))  # coronal: 30 x 122 slices of 101
+    result = segment_volume(tiny_model(family), slices, [40, 50, 5, 90, 52, 25])  # j 50..52: 3 coronal slices
+    assert sorted(result.slices) == [50, 51, 52] and result.plane == "coronal"
+    assert result.mask.shape == (122, 101, 30) and not result.mask[:, :50].any() and not result.mask[:, 53:].any()

@@ -213,10 +213,11 @@ class Predictor:
         self.frame, self.features = self.encoded_crop(frame)
 
     def encoded_crop(self, frame: ImageFrame) -> tuple[ImageFrame, Any]:
-        """3D: a crop's frame and encoding, encoded once per crop position (the last 16 positions are kept)."""
+        """3D: a crop's frame and encoding, encoded once per crop position (the last 16 positions are kept, or
+        every crop a large object may use)."""
         key = crop_start(frame)
         if key not in self.crop_cache:
-            if len(self.crop_cache) >= 16:
+            if len(self.crop_cache) >= max(16, self.large_object.max_crops + 1):
                 self.crop_cache.pop(next(iter(self.crop_cache)))
             self.crop_cache[key] = (frame, self._encode(frame))
         return self.crop_cache[key]
