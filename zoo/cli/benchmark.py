@@ -1,8 +1,8 @@
-"""``zoo benchmark CONFIG [key=value ...]``: several models, one protocol, one report.
+"""``zoo benchmark CONFIG [--set KEY=VALUE ...]``: several models, one protocol, one report.
 
 ``CONFIG`` is a benchmark YAML (:mod:`zoo.evaluation.config`) or the name of one shipped with the package
 (``zoo benchmark --list`` names them: one per paper's protocol, and ``bundled`` for the data in the package).
-``key=value`` arguments override the config (OmegaConf dot-list: ``models.0.source=out/sam_med3d_turbo``).
+``--set KEY=VALUE`` overrides the config (OmegaConf dot-list: ``--set models.0.source=out/sam_med3d_turbo``).
 Results go to the config's ``output_dir`` (``--output-dir``); a killed run continues where it stopped.
 """
 
@@ -42,7 +42,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="benchmark YAML, or the name of a shipped one (see --list)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (OmegaConf dot-list)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides (OmegaConf dot-list), e.g. --set models.0.source=out/sam_med3d_turbo")
     parser.add_argument("--output-dir", type=Path, help="where the table, report and unit cache go")
     parser.add_argument("--devices", type=int, help="processes to run on (cases are shared out among them)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

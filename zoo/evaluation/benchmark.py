@@ -37,7 +37,7 @@ from zoo.evaluation.cases import Case, file_sha256, find_dataset_cases, load_cas
 from zoo.evaluation.config import BenchmarkConfig, ModelSpec
 from zoo.evaluation.encoding import EncodingCache
 from zoo.evaluation.protocols import Protocol, not_applicable_reason
-from zoo.evaluation.runner import run_unit
+from zoo.evaluation.runner import UnitOutcome, run_unit
 from zoo.processors import Processor, processor_for
 
 #: Changes whenever a unit file's content or meaning changes (old cached units are then ignored).
@@ -212,12 +212,18 @@ def _my_cases(cases: Sequence[Case], rank: int, world: int) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------------------ one process
-def _run_process(
-    fabric: Any, config: BenchmarkConfig, loader: ModelLoader, cases: list[Case], fingerprints: dict[str, str]
-) -> dict[str, Any] | None:
+class _Job:
+    """What every process gets (a plain object: Lightning's launcher refuses frozen dataclasses in its arguments)."""
+
+    def __init__(self, config: BenchmarkConfig, loader: ModelLoader, cases: list[Case], fingerprints: dict[str, str]):
+        self.config, self.loader, self.cases, self.fingerprints = config, loader, cases, fingerprints
+
+
+def _run_process(fabric: Any, job: _Job) -> dict[str, Any] | None:
     """What each process runs: its share of the cases for every model; process 0 gets everything gathered."""
     from tqdm.auto import tqdm
 
+    config, loader, cases, fingerprints = job.config, job.loader, job.cases, job.fingerprints
     if config.runtime.num_threads is not None:
         torch.set_num_threads(config.runtime.num_threads)
     rank, world = fabric.global_rank, fabric.world_size
@@ -254,12 +260,10 @@ def _run_process(
                         if config.report.save_masks:
                             write_masks(Path(config.output_dir).absolute(), spec.name, protocol, loaded_case, outcome)
                     else:
-                        from zoo.evaluation.runner import UnitOutcome
-
                         outcome = UnitOutcome("not_applicable", reason)
                     record = {
                         "format": UNIT_FORMAT, "key": key, "model": spec.name, "dataset": case.dataset,
-                        "case": case.case_id, "protocol": protocol.name, "device": str(fabric.device),
+                        "case": case.case_id, "protocol": protocol.name, "device": str(fabric.device), "process": rank,
                         **outcome.record(),
                     }
                     write_atomically(path, json.dumps(record, indent=None, allow_nan=True))
@@ -302,7 +306,7 @@ def run_benchmark(config: BenchmarkConfig, loader: ModelLoader, write: bool = Tr
     cases = plan_cases(config)
     fingerprints = {case.key: case.fingerprint() for case in cases}
     fabric = _fabric(config)
-    gathered = fabric.launch(_run_process, config, loader, cases, fingerprints)
+    gathered = fabric.launch(_run_process, _Job(config, loader, cases, fingerprints))
     if gathered is None:  # a relaunched process of the plain "ddp" strategy: process 0 writes
         return BenchmarkResult(output_dir, [], [], [], [])
     infos = [ModelInfo(**info) for info in gathered["models"]]

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from zoo.errors import DataError
 from zoo.evaluation.cases import DatasetSpec
 from zoo.evaluation.metrics import MetricSettings
@@ -320,8 +322,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> BenchmarkCon
     if not file.is_file():
         raise FileNotFoundError(f"{file}: benchmark config not found")
     loaded = OmegaConf.load(file)
-    if overrides:
-        loaded = OmegaConf.merge(loaded, OmegaConf.from_dotlist(list(overrides)))
+    for override in overrides:  # dot-list, list items by index: models.0.source=...
+        key, _, text = override.partition("=")
+        if not key or not _:
+            raise DataError("override", f"overrides are KEY=VALUE, got {override!r}")
+        OmegaConf.update(loaded, key.strip(), yaml.safe_load(text), merge=False, force_add=True)
     values = OmegaConf.to_container(loaded, resolve=True)
     if not isinstance(values, dict):
         raise ValueError(f"{file}: a benchmark config is a mapping")
