@@ -36,6 +36,8 @@ def test_the_wheel_carries_the_data_recipes_and_cards_the_code_reads(tmp_path: P
     }
     expected |= {f"zoo/resources/recipes/{family}/{name}.yaml" for family in ("litemedsam", "sam_med2d", "sam_med3d",
                  "sam_unet") for name in ("demo", "paper")}
+    expected |= {f"zoo/resources/benchmarks/{name}.yaml" for name in ("bundled", "litemedsam", "sam_med2d", "sam_med3d",
+                 "sam_unet")}
     missing = sorted(expected - names)
     assert not missing, f"the wheel lacks {missing}"
     linked = {p.name for p in (REPO / "checkpoints").glob("*.yaml")}
