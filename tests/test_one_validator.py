@@ -142,7 +142,11 @@ def test_the_evaluation_loop_refuses_a_box_protocol_for_sam_med3d_with_the_same_
         model="sam_med3d_turbo", model_overrides=TINY_3D, eval_prompts=EvaluationProtocol(clicks=[], box=True),
         class_names=["liver"],
     )
-    module.setup("validate")
+    # up front, before any batch is read ...
+    with pytest.raises(PromptError) as error:
+        module.setup("validate")
+    assert str(error.value) == CASES["box given to sam-med3d"][2]
+    # ... and by the step itself, whatever the batch holds
     target = torch.zeros(1, 1, 32, 32, 32, dtype=torch.bool)
     target[:, :, 8:20, 10:22, 6:18] = True
     batch = {"image": torch.randn(1, 1, 32, 32, 32), "target": target, "class_name": ["liver"]}

@@ -24,6 +24,7 @@ from zoo.prompts.simulate import (
     sam_med2d_points,
 )
 from zoo.prompts.types import BoxPrompts, MaskPrompts, PointPrompts, Prompts
+from zoo.prompts.validate import check_kinds
 from zoo.training.losses import SegmentationLoss
 from zoo.training.metrics import PerClassMean, dice_per_sample, surface_dice_per_sample
 from zoo.training.model_source import build_model
@@ -89,6 +90,7 @@ class PromptableSegmentationModule(L.LightningModule):
         if not self.class_names:
             datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
             self.class_names = list(getattr(datamodule, "class_names", None) or ["foreground"])
+        self._check_protocol_kinds()
         keys = self._metric_keys("val") + self._metric_keys("test")
         self.metrics = nn.ModuleDict({key: PerClassMean(len(self.class_names)) for key in keys}).to(self.device)
 
@@ -340,6 +342,14 @@ class PromptableSegmentationModule(L.LightningModule):
         return flat_frames, flat_masks
 
     # -------------------------------------------------------------------------------------------- evaluation
+    def _check_protocol_kinds(self) -> None:
+        """Refuse an evaluation protocol whose prompt kinds the model does not take, before any batch is read."""
+        protocol = self.eval_prompts
+        kinds = ({"points"} if protocol.clicks or protocol.simultaneous_points else set()) | (
+            {"boxes"} if protocol.box else set()
+        )
+        check_kinds(kinds, self.processor.prompt_kinds, self.processor.model_name)
+
     def _protocol_names(self) -> list[str]:
         protocol = self.eval_prompts
         names = [f"{n}pt" for n in protocol.clicks] + [f"{n}pt_simultaneous" for n in protocol.simultaneous_points]
@@ -359,6 +369,7 @@ class PromptableSegmentationModule(L.LightningModule):
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         protocol = self.eval_prompts
+        self._check_protocol_kinds()
         images, target, image_index, names = self._unpack(batch)
         target_mask = target[:, 0]
         class_index = self._class_indices(names)
