@@ -55,6 +55,8 @@ def test_notebook_runs_and_writes_only_into_its_temporary_folder(
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
 
+    figures = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert figures, "the notebook drew no figure inline"
     assert top_level(REPO) == repo_before
     assert top_level(REPO / "notebooks") == notebooks_before
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
