@@ -3,7 +3,7 @@
 Layers, bottom up; a package may import only packages of a lower rank:
 
     errors, resources < geometry < io < prompts < models < processors < data, inference, hub
-    < evaluation, registry < zoo (the top-level API) < training, deploy < cli
+    < evaluation, registry < zoo (the top-level API) < training, deploy, app (the web app) < cli
 
 ``models`` are pure networks (nothing from processors, data, training or hub); geometry and prompts import no model.
 """
@@ -17,7 +17,7 @@ ZOO = Path(__file__).resolve().parents[1] / "zoo"
 RANK = {
     "errors": 0, "resources": 0, "geometry": 1, "io": 2, "prompts": 3, "models": 4, "processors": 5,
     "data": 6, "inference": 6, "hub": 6, "evaluation": 7, "registry": 7, "zoo": 8, "training": 9, "deploy": 9,
-    "cli": 10,
+    "app": 9, "cli": 10,
 }
 
 

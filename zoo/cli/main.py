@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from zoo.cli import benchmark, convert, demo, export, publish
+from zoo.cli import app, benchmark, convert, demo, export, publish
 from zoo.errors import CheckpointError, DataError, PromptError
 
 #: Training and evaluation subcommands, handed to LightningCLI with the rest of the command line.
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)"
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    app.add_parser(subcommands)
     benchmark.add_parser(subcommands)
     convert.add_parser(subcommands)
     demo.add_parser(subcommands)
