@@ -34,8 +34,10 @@ WINDOWS: dict[str, tuple[float, float] | None] = {
     "auto (0.5-99.5 percentile)": None,
 }
 CT_WINDOW, AUTO_WINDOW = "abdomen (W400 L40)", "auto (0.5-99.5 percentile)"
-#: The longest side of a displayed view, in screen pixels.
+#: The longest side of a displayed view, in screen pixels: at least this (smaller images are magnified), more where
+#: one voxel or pixel per screen pixel needs more, up to MAX_DISPLAY_SIZE (the browser scales the picture down).
 DISPLAY_SIZE = 448
+MAX_DISPLAY_SIZE = 2048
 MASK_COLOUR = (255, 140, 0)
 MASK_ALPHA = 0.45
 POSITIVE_COLOUR, NEGATIVE_COLOUR, BOX_COLOUR = (0, 230, 0), (255, 40, 40), (255, 230, 0)
@@ -62,8 +64,15 @@ def _stretch(rows: int, cols: int, row_mm: float, col_mm: float, pixel_mm: float
 
 
 def _source_index(displayed: np.ndarray, count: int, size: int) -> np.ndarray:
-    """Nearest neighbour: displayed pixel -> index of the array pixel it shows (the one rule, drawing and clicks)."""
+    """Nearest neighbour: displayed pixel -> index of the array pixel it shows (the one rule, drawing and clicks).
+
+    Screen pixels are integer indices, as the browser reports a click (Gradio rounds to the nearest pixel)."""
     return np.clip(np.floor((displayed + 0.5) * count / size).astype(np.int64), 0, count - 1)
+
+
+def _centre(row: float, col: float, shape: tuple[int, int], shown: tuple[int, int]) -> tuple[int, int]:
+    (rows, cols), (height, width) = shape, shown
+    return int(np.floor((col + 0.5) * width / cols)), int(np.floor((row + 0.5) * height / rows))
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,8 @@ class VolumeGeometry:
         self.ras_shape = tuple(ras_shape)  # type: ignore[assignment]
         self.ras_spacing = tuple(ras_spacing)  # type: ignore[assignment]
         extent = max(n * s for n, s in zip(self.ras_shape, self.ras_spacing))
-        self.pixel_mm = extent / self.display_size
+        # At least one screen pixel per voxel (every voxel can be clicked), at most MAX_DISPLAY_SIZE on a side.
+        self.pixel_mm = max(min(extent / self.display_size, min(self.ras_spacing)), extent / MAX_DISPLAY_SIZE)
 
     # ------------------------------------------------------------------------------------------ indices
     def slice_count(self, view: str) -> int:
@@ -168,11 +178,9 @@ class VolumeGeometry:
         """A click at screen pixel (``x``, ``y``) of slice ``slice_index`` of ``view`` -> file voxel (i, j, k)."""
         return self.pixel_to_voxel(view, slice_index, *self.display_to_pixel(view, x, y))
 
-    def pixel_to_display(self, view: str, row: float, col: float) -> tuple[float, float]:
-        """The screen (x, y) at the centre of array pixel (row, col)."""
-        rows, cols = self.view_shape(view)
-        height, width = self.display_shape(view)
-        return (col + 0.5) * width / cols, (row + 0.5) * height / rows
+    def pixel_to_display(self, view: str, row: float, col: float) -> tuple[int, int]:
+        """The screen pixel (x, y) at the centre of array pixel (row, col); :meth:`display_to_pixel` maps it back."""
+        return _centre(row, col, self.view_shape(view), self.display_shape(view))
 
     # ------------------------------------------------------------------------------------------ arrays
     def to_ras(self, array: np.ndarray) -> np.ndarray:
@@ -219,7 +227,7 @@ class ImageGeometry:
 
     def display_shape(self, view: str = IMAGE_VIEW) -> tuple[int, int]:
         rows, cols = self.shape
-        scale = self.display_size / max(rows, cols)
+        scale = min(max(self.display_size / max(rows, cols), 1.0), MAX_DISPLAY_SIZE / max(rows, cols))
         return _stretch(rows, cols, scale, scale, 1.0)
 
     def view_shape(self, view: str = IMAGE_VIEW) -> tuple[int, int]:
@@ -231,10 +239,8 @@ class ImageGeometry:
         return (int(_source_index(np.asarray([float(y)]), rows, height)[0]),
                 int(_source_index(np.asarray([float(x)]), cols, width)[0]))
 
-    def pixel_to_display(self, view: str, row: float, col: float) -> tuple[float, float]:
-        rows, cols = self.shape
-        height, width = self.display_shape()
-        return (col + 0.5) * width / cols, (row + 0.5) * height / rows
+    def pixel_to_display(self, view: str, row: float, col: float) -> tuple[int, int]:
+        return _centre(row, col, self.shape, self.display_shape())
 
     def stretch(self, view: str, section: np.ndarray) -> np.ndarray:
         rows, cols = section.shape[:2]

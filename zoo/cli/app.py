@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError("--port", f"a port is 1..65535, got {args.port}")
     if not args.max_file_mb > 0:
         raise DataError("--max-file-mb", f"must be positive, got {args.max_file_mb}")
+    if args.model.startswith(("/", "./", "../", "~")) and not Path(args.model).expanduser().exists():
+        raise FileNotFoundError(f"{args.model}: no such model folder or file")
     temp_dir = Path(tempfile.mkdtemp(prefix="zoo-app-"))
-    signal.signal(signal.SIGTERM, _interrupt)  # a terminated app stops as on Ctrl-C: its folder is removed
     # Gradio keeps uploads and served pictures in GRADIO_TEMP_DIR: the app's own folder, removed on exit.
     os.environ["GRADIO_TEMP_DIR"] = str(temp_dir / "gradio")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         models.get(args.model)  # a bad --model ends here with one line, before any server starts
         app = build_app(models, args.model, temp_dir, args.max_file_mb)
         print(f"zoo app: {models.get(args.model).notice}", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # a terminated app stops as on Ctrl-C: its folder is removed
         launch(app, args.host, args.port, temp_dir, args.max_file_mb)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
