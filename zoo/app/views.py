@@ -19,6 +19,8 @@ import nibabel as nib
 import numpy as np
 from PIL import Image, ImageDraw
 
+from zoo.data.slicer import to_uint8 as slicer_to_uint8
+
 VIEWS = ("axial", "coronal", "sagittal")
 IMAGE_VIEW = "image"
 #: view -> (sliced RAS axis, RAS axis along displayed rows, RAS axis along displayed columns); both in-plane axes
@@ -49,14 +51,9 @@ def default_window(array: np.ndarray) -> str:
 
 
 def to_uint8(array: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
-    """Intensities to 0..255 by MedSAM's rule (what the 2D models were trained on): clip to the window (or the
-    0.5-99.5 percentile range), min-max of the clipped values, truncate."""
-    low, high = window if window is not None else tuple(float(v) for v in np.percentile(array, (0.5, 99.5)))
-    clipped = np.clip(array.astype(np.float32), low, high)
-    span = float(clipped.max() - clipped.min()) if clipped.size else 0.0
-    if span <= 0:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return ((clipped - clipped.min()) / span * 255.0).astype(np.uint8)
+    """Intensities to 0..255 by MedSAM's rule (what the 2D models were trained on, and what ``zoo predict`` gives
+    them): clip to the window (or the 0.5-99.5 percentile range), min-max of the clipped values, truncate."""
+    return slicer_to_uint8(array, window, rule="medsam")
 
 
 def _stretch(rows: int, cols: int, row_mm: float, col_mm: float, pixel_mm: float) -> tuple[int, int]:
