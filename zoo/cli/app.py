@@ -36,13 +36,13 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zoo.errors import DataError
+    from zoo.hub.pretrained import check_local_path
 
     if not 0 < args.port < 65536:
         raise DataError("--port", f"a port is 1..65535, got {args.port}")
     if not args.max_file_mb > 0:
         raise DataError("--max-file-mb", f"must be positive, got {args.max_file_mb}")
-    if args.model.startswith(("/", "./", "../", "~")) and not Path(args.model).expanduser().exists():
-        raise FileNotFoundError(f"{args.model}: no such model folder or file")
+    check_local_path(args.model)
     temp_dir = Path(tempfile.mkdtemp(prefix="zoo-app-"))
     # Gradio keeps uploads and served pictures in GRADIO_TEMP_DIR: the app's own folder, removed on exit.
     os.environ["GRADIO_TEMP_DIR"] = str(temp_dir / "gradio")

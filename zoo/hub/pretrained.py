@@ -37,6 +37,7 @@ def from_pretrained(path_or_repo_id: str | Path, revision: str | None = None, **
 
     if is_hub_address(path_or_repo_id):
         return _from_hub_address(str(path_or_repo_id), revision, **kwargs)
+    check_local_path(path_or_repo_id)
     if not os.path.isdir(path_or_repo_id) and str(path_or_repo_id) in list_models():
         path_or_repo_id = released_weights_folder(str(path_or_repo_id))
     elif revision is None and not os.path.isdir(path_or_repo_id):
@@ -49,6 +50,15 @@ def from_pretrained(path_or_repo_id: str | Path, revision: str | None = None, **
 
     model = family_class(family).from_pretrained(path_or_repo_id, revision=revision, **kwargs)
     return attach_default_processor(model)  # a folder without processor_config.json gets its family's default
+
+
+def check_local_path(path_or_repo_id: str | Path) -> None:
+    """Refuse, in one line, a source written as a local path (absolute, ``./``, ``../``, ``~``, or more than one
+    ``/``: no Hub repo id has that form) that does not exist, rather than passing it to the Hub as a repo id."""
+    text = str(path_or_repo_id)
+    local = isinstance(path_or_repo_id, Path) or text.startswith(("/", "./", "../", "~")) or text.count("/") > 1
+    if local and not os.path.exists(os.path.expanduser(text)):
+        raise FileNotFoundError(f"{text}: no such model folder or file")
 
 
 def hub_model_description(path_or_repo_id: str | Path, revision: str | None = None) -> Any:
