@@ -130,7 +130,7 @@ def unit_key(config: BenchmarkConfig, info: ModelInfo, spec: ModelSpec, case_fin
         "weights": info.state_dict_sha256,
         "processor": info.processor,
         "case": case_fingerprint,
-        "protocol": dataclasses.asdict(protocol) | {"model_dims": sorted(protocol.model_dims)},
+        "protocol": protocol.cache_content(),
         "seed": config.seed,
         "metrics": dataclasses.asdict(config.metrics),
     }

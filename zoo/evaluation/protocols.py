@@ -17,6 +17,9 @@ protocol                 kind        what each model gets
                                      is centred on the first click (the paper; the repo centres it on the label's
                                      box) and later clicks are drawn inside it. 2D models run it on every slice
                                      holding the target (the paper's "N points" rows: one click per slice).
+                                     ``large_object: follow_mask`` (3D models only; named
+                                     ``sam_med3d_follow_mask``): paper Sec. 4.3's sliding window with 50% overlap,
+                                     see below.
 ``sam_med2d_box``        box         SAM-Med2D ``test.py --boxes_prompt``: the tight box of the label's largest
                                      connected component, no jitter.
 ``sam_med2d_points``     points      SAM-Med2D ``test.py --point_num n`` (n = 1, 3, 5), one pass, no mask prompt:
@@ -38,6 +41,18 @@ On a volume, the 2D protocols run on every slice (``plane``, axial by default) t
 masks are stacked back onto the file's grid and scored there, like the 3D models' masks. Slices without the target
 get no prompt and an empty mask.
 
+**Objects larger than one crop** (``sam_med3d`` with ``large_object``): ``single_crop`` (the default) scores the
+crop around the first click alone, as the authors' code does (``utils/infer_utils.py``: voxels outside the crop are
+misses). ``follow_mask`` is the paper's evaluation (Sec. 4.3: a 128^3 patch around the first point and "a sliding
+window with 50% overlap" that extends a patch whose edge has predictions): after each click the first crop's mask
+goes through :func:`zoo.inference.large_objects.follow_mask` (further crops on a half-crop lattice beyond every face
+the mask touches, up to ``max_crops`` crops, each seeded from its neighbour's mask and given the clicks so far that
+fall inside it, logits blended with MONAI's Gaussian weights, pasted back once), and further clicks are drawn from
+the error region inside the union of the crops that ran (where the model can see). Every crop is encoded once per
+case. The variant is named ``sam_med3d_follow_mask`` (so both can run in one benchmark), draws the same random
+clicks as ``sam_med3d`` (its streams are seeded from ``sam_med3d``), and applies to 3D models only (a 2D model
+sees every slice whole). An object inside the first crop gets exactly the single-crop mask.
+
 A protocol a model cannot take (boxes for SAM-Med3D, a 2D paper's protocol for a 3D model, a 3D model on 2D images)
 is reported as not applicable (:func:`not_applicable_reason`).
 """
@@ -49,6 +64,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from zoo.inference.large_objects import STRATEGIES
 from zoo.processors import Processor
 
 ProtocolKind = Literal["clicks", "points", "box", "box_propagation"]
@@ -72,6 +88,11 @@ class Protocol:
         model_dims: the model dimensionalities it applies to (2: 2D models, also slice by slice on volumes).
         title: a short heading for reports.
         source: where the protocol is defined (authors' file, paper section).
+        large_object: 3D click protocols: ``single_crop`` (the authors' code) or ``follow_mask`` (the paper's
+            sliding window; :mod:`zoo.inference.large_objects`).
+        max_crops: with ``follow_mask``, the most crops one object may use per click, the first included.
+        stream: the name its random streams are seeded from (default: ``name``); a variant keeps its protocol's,
+            so both draw the same clicks.
     """
 
     name: str
@@ -82,6 +103,9 @@ class Protocol:
     model_dims: frozenset[int] = frozenset({2, 3})
     title: str = ""
     source: str = ""
+    large_object: str = "single_crop"
+    max_crops: int = 8
+    stream: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in _PROMPT_OF_KIND:
@@ -94,6 +118,28 @@ class Protocol:
             raise ValueError(f"protocol {self.name}: table steps {self.table_steps} are not all scored ({self.steps})")
         if self.region not in ("largest", "all"):
             raise ValueError(f"protocol {self.name}: region must be 'largest' or 'all', got {self.region!r}")
+        if self.large_object not in STRATEGIES:
+            raise ValueError(f"protocol {self.name}: large_object must be one of {list(STRATEGIES)}, "
+                             f"got {self.large_object!r}")
+        if self.large_object != "single_crop" and (self.kind != "clicks" or self.model_dims != frozenset({3})):
+            raise ValueError(f"protocol {self.name}: large_object applies to click protocols of 3D models only")
+        if self.max_crops < 1:
+            raise ValueError(f"protocol {self.name}: max_crops must be at least 1, got {self.max_crops}")
+
+    @property
+    def stream_name(self) -> str:
+        """The name its random streams are seeded from."""
+        return self.stream or self.name
+
+    def cache_content(self) -> dict[str, Any]:
+        """What a unit's result depends on (the benchmark's cache key): every field; the large-object fields only
+        when they differ from the default single crop, so units cached before they existed stay valid."""
+        content = dataclasses.asdict(self) | {"model_dims": sorted(self.model_dims)}
+        if self.large_object == "single_crop":
+            del content["large_object"], content["max_crops"]
+        if not self.stream:
+            del content["stream"]
+        return content
 
     @property
     def prompt_kind(self) -> str:
@@ -126,6 +172,24 @@ class Protocol:
             raise ValueError(f"protocol {self.name} is not a point protocol")
         steps = tuple(sorted(set(int(p) for p in points)))
         return dataclasses.replace(self, steps=steps, table_steps=steps)
+
+    def with_large_object(self, strategy: str, max_crops: int | None = None) -> Protocol:
+        """This 3D click protocol with another large-object strategy; ``follow_mask`` is named
+        ``<name>_follow_mask``, applies to 3D models only and draws the clicks of this protocol."""
+        crops = self.max_crops if max_crops is None else int(max_crops)
+        if strategy == self.large_object:
+            return dataclasses.replace(self, max_crops=crops)
+        if self.kind != "clicks" or 3 not in self.model_dims:
+            raise ValueError(f"protocol {self.name}: large_object applies to click protocols of 3D models only")
+        if strategy == "single_crop":
+            raise ValueError(f"protocol {self.name}: already a large-object variant ({self.large_object})")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"protocol {self.name}: large_object must be one of {list(STRATEGIES)}, got {strategy!r}")
+        return dataclasses.replace(
+            self, name=f"{self.name}_{strategy}", model_dims=frozenset({3}), large_object=strategy, max_crops=crops,
+            stream=self.stream_name, title=f"{self.title}; crops follow the mask (paper's 50%-overlap sliding window)",
+            source=f"{self.source}; paper Sec. 4.3 sliding window with 50% overlap (zoo.inference.large_objects)",
+        )
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -172,7 +236,9 @@ PROTOCOLS: dict[str, Protocol] = {
 
 def get_protocol(spec: str | Mapping[str, Any]) -> Protocol:
     """A named protocol, or one with its clicks/points changed: ``"sam_med3d"`` or
-    ``{"name": "sam_med3d", "clicks": 5}`` / ``{"name": "sam_med2d_points", "points": [1, 3]}``."""
+    ``{"name": "sam_med3d", "clicks": 5}`` / ``{"name": "sam_med2d_points", "points": [1, 3]}``; 3D click protocols
+    also take ``large_object`` (``single_crop``, the default, or ``follow_mask``) and ``max_crops``:
+    ``{"name": "sam_med3d", "clicks": 10, "large_object": "follow_mask", "max_crops": 8}``."""
     if isinstance(spec, str):
         values: dict[str, Any] = {"name": spec}
     else:
@@ -182,12 +248,18 @@ def get_protocol(spec: str | Mapping[str, Any]) -> Protocol:
         raise ValueError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
     protocol = PROTOCOLS[name]
     clicks, points = values.pop("clicks", None), values.pop("points", None)
+    large_object, max_crops = values.pop("large_object", None), values.pop("max_crops", None)
     if values:
-        raise ValueError(f"protocol {name}: unknown settings {sorted(values)} (known: clicks, points)")
+        raise ValueError(f"protocol {name}: unknown settings {sorted(values)} "
+                         "(known: clicks, points, large_object, max_crops)")
     if clicks is not None:
         protocol = protocol.with_clicks(int(clicks))
     if points is not None:
         protocol = protocol.with_points(tuple(points))
+    if max_crops is not None and (large_object or protocol.large_object) == "single_crop":
+        raise ValueError(f"protocol {name}: max_crops applies to large_object: follow_mask")
+    if large_object is not None or max_crops is not None:
+        protocol = protocol.with_large_object(str(large_object or protocol.large_object), max_crops)
     return protocol
 
 

@@ -31,6 +31,7 @@ from zoo.evaluation.cases import LoadedCase
 from zoo.evaluation.encoding import CachedEncoderModel, EncodingCache
 from zoo.evaluation.metrics import MetricSettings, score
 from zoo.evaluation.protocols import Protocol, not_applicable_reason
+from zoo.inference.large_objects import LargeObjects, crop_start, follow_mask
 from zoo.inference.propagation import propagate_box
 from zoo.processors import ClickState, ImageFrame, Processor
 from zoo.prompts.components import bounding_boxes, largest_component
@@ -159,13 +160,131 @@ class ClickLoop:
         self._pending = None
         if bool((points.labels == PADDING_LABEL).all()):
             return self.prediction
+        self.clicks += _points_json(points)
+        self.prediction = self._mask(points).reshape(self.target.shape).cpu()
+        return self.prediction
+
+    def _click(self, points: PointPrompts) -> Tensor:
+        """The new click through the processor's click loop on the frame; the decoder's low-res logits."""
         on_model = self.processor.to_model_space(Prompts(points=points), self.frame)
         assert on_model.points is not None
         self.state, decoded = self.processor.click(self.model, self.encoding, self.state, on_model.points.to(self.device))
-        mask = self.processor.to_original(decoded.low_res_logits, self.frame).mask
-        self.prediction = mask.reshape(self.target.shape).cpu()
-        self.clicks += _points_json(points)
-        return self.prediction
+        return decoded.low_res_logits
+
+    def _mask(self, points: PointPrompts) -> Tensor:
+        """The mask after the new click, on the original grid (the processor's inverse of the frame)."""
+        return self.processor.to_original(self._click(points), self.frame).mask
+
+
+class _Windows:
+    """A processor whose :meth:`prepare_window` keeps each crop's frame (one resampling per crop position and case,
+    however many clicks); everything else is the processor's."""
+
+    def __init__(self, processor: Processor) -> None:
+        self._processor = processor
+        self.frames: dict[tuple[int, int, int], ImageFrame] = {}
+
+    def prepare_window(self, image: Any, start: Any, source: str = "image") -> ImageFrame:
+        key = (int(start[0]), int(start[1]), int(start[2]))
+        if key not in self.frames:
+            self.frames[key] = self._processor.prepare_window(image, key, source)
+        return self.frames[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._processor, name)
+
+
+class FollowMaskLoop(ClickLoop):
+    """A 3D click loop whose every mask follows the object beyond the first crop (paper Sec. 4.3's sliding window,
+    :func:`zoo.inference.large_objects.follow_mask`): the first crop around the first click answers the clicks that
+    fall inside it as :class:`ClickLoop` does (its previous mask fed back; a click outside it leaves its answer as
+    it was); then further crops on the half-crop lattice beyond every face its mask touches, each seeded from its
+    neighbour's mask and given the clicks so far that fall inside it, blended and pasted back once. Further clicks are drawn from the error region inside the union of the crops
+    that ran (:attr:`view`). Every crop's encoding comes from ``encode`` (the unit's encoding cache) and its frame
+    is prepared once, so a crop costs one encoding per case however many clicks.
+
+    Attributes:
+        crops: per step, the first voxel (resampled grid) of each crop that ran, in order.
+        complete: per step, False when ``max_crops`` stopped it with the mask still at a crop's border.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Processor,
+        target: Tensor,
+        frame_for: Callable[[PointPrompts], tuple[ImageFrame, Any]],
+        stream: torch.Generator,
+        device: torch.device,
+        volume: Any,
+        source: str,
+        options: LargeObjects,
+        encode: Callable[[Tensor], Any],
+    ) -> None:
+        super().__init__(model, processor, target, frame_for, stream, device)
+        self.volume, self.source, self.options, self.encode = volume, source, options, encode
+        self.windows = _Windows(processor)
+        self.views = {crop_start(self.frame): _box_of(self.view)}
+        self.given: PointPrompts | None = None
+        self.low_res: Tensor | None = None
+        self.crops: list[list[list[int]]] = []
+        self.complete: list[bool] = []
+
+    def step(self) -> Tensor:
+        ran = len(self.crops)
+        mask = super().step()
+        if len(self.crops) == ran:  # no error left in view, no click: the crops stay those of the last step
+            self.crops.append(self.crops[-1])
+            self.complete.append(self.complete[-1])
+        return mask
+
+    def _mask(self, points: PointPrompts) -> Tensor:
+        real = ~points.is_padding[0]
+        new = PointPrompts(points.coords[:, real].cpu(), points.labels[:, real].cpu(), points.spatial_shape)
+        if self.low_res is None or _inside(new, self.frame):
+            self.low_res = self._click(new)
+        # else: the click lies in a further crop only (it is given there); the first crop's answer stands
+        self.given = new if self.given is None else self.given.cat(new)
+        result = follow_mask(self.windows, self.volume, self.frame, self.low_res, self.given,  # type: ignore[arg-type]
+                             self._run_crop, self.options, self.source)
+        self.view = torch.zeros_like(self.view)
+        for start in result.crops:
+            box, inside = self._view(start)
+            self.view[box] |= inside
+        self.crops.append([list(start) for start in result.crops])
+        self.complete.append(result.complete)
+        return result.mask
+
+    def _run_crop(self, frame: ImageFrame, prompts: Prompts) -> Tensor:
+        on_model = self.processor.to_model_space(prompts, frame, self.source)
+        decoded = self.processor.segment(self.model, self.encode(frame.model_input), on_model.to(self.device))
+        return decoded.low_res_logits
+
+    def _view(self, start: tuple[int, int, int]) -> tuple[tuple[slice, ...], Tensor]:
+        """Where a crop sees on the original grid (its whole output region pasted back), as its bounding box and
+        the view inside it (a crop's footprint, not a volume per crop)."""
+        if start not in self.views:
+            frame = self.windows.frames[start]
+            certain = torch.full((1, 1, *self.processor.mask_prompt_shape(self.model)), _CERTAIN)
+            self.views[start] = _box_of(self.processor.to_original(certain, frame).mask.reshape(self.target.shape).cpu())
+        return self.views[start]
+
+
+def _box_of(mask: Tensor) -> tuple[tuple[slice, ...], Tensor]:
+    """A bool mask as its bounding box and its values inside it."""
+    found = torch.nonzero(mask)
+    if found.numel() == 0:
+        box = tuple(slice(0, 0) for _ in mask.shape)
+    else:
+        box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(found.min(dim=0).values, found.max(dim=0).values))
+    return box, mask[box].clone()
+
+
+def _inside(points: PointPrompts, frame: ImageFrame) -> bool:
+    """Whether every real point falls inside the frame's model input (index order, half-voxel margins)."""
+    coords = points.mapped(frame.to_model).coords[~points.is_padding]
+    limits = torch.tensor(frame.model_input.shape[1:], dtype=coords.dtype) - 0.5
+    return bool(((coords >= -0.5) & (coords <= limits)).all())
 
 
 def _segment(
@@ -216,7 +335,9 @@ def _volume_3d(
     model: nn.Module, processor: Processor, protocol: Protocol, case: LoadedCase, label: np.ndarray,
     cache: EncodingCache, stream_name: tuple[Any, ...], seed: int, device: torch.device,
 ) -> tuple[dict[int, np.ndarray], Any]:
-    """A 3D model's click protocol on the file's voxels: the crop around the first click, error clicks inside it."""
+    """A 3D model's click protocol on the file's voxels: the crop around the first click, error clicks inside it
+    (``large_object: follow_mask``: further crops where the mask reaches the crop's border, error clicks inside
+    their union; :class:`FollowMaskLoop`)."""
     target = torch.from_numpy(np.ascontiguousarray(label))
     volume = case.volume
 
@@ -224,9 +345,16 @@ def _volume_3d(
         frame = processor.prepare(volume, Prompts(points=first), source=case.case.image_path)
         return frame, cache.encode(frame.model_input)
 
-    loop = ClickLoop(model, processor, target, crop_around, generator(seed, *stream_name), device)
-    masks = {step: loop.step().numpy() for step in protocol.steps}
-    return masks, {"clicks": loop.clicks}
+    stream = generator(seed, *stream_name)
+    if protocol.large_object == "single_crop":
+        loop = ClickLoop(model, processor, target, crop_around, stream, device)
+        masks = {step: loop.step().numpy() for step in protocol.steps}
+        return masks, {"clicks": loop.clicks}
+    options = LargeObjects(protocol.large_object, max_crops=protocol.max_crops)
+    follow = FollowMaskLoop(model, processor, target, crop_around, stream, device, volume, case.case.image_path,
+                            options, cache.encode)
+    masks = {step: follow.step().numpy() for step in protocol.steps}
+    return masks, {"clicks": follow.clicks, "crops": follow.crops, "complete": follow.complete}
 
 
 def _volume_slices(
@@ -344,7 +472,7 @@ def run_unit(
     with _PeakMemory(device) as memory:
         for target in case.case.targets:
             label = case.labels[target.name]
-            stream_name = (case.case.key, target.name, protocol.name)
+            stream_name = (case.case.key, target.name, protocol.stream_name)
             if case.case.kind == "image":
                 masks_t, prompts = _image_steps(model, processor, protocol, case.image, label, cache, stream_name,
                                                 seed, device)
@@ -378,5 +506,5 @@ def _overlay(case: LoadedCase, label: np.ndarray, masks: dict[int, np.ndarray]) 
     }
 
 
-__all__ = ["ClickLoop", "UnitOutcome", "box_region", "pack_mask", "representative_slice", "run_unit", "stream_seed",
+__all__ = ["ClickLoop", "FollowMaskLoop", "UnitOutcome", "box_region", "pack_mask", "representative_slice", "run_unit", "stream_seed",
            "unpack_mask"]
