@@ -53,7 +53,8 @@ def test_notebook_runs_and_writes_only_into_its_temporary_folder(
     repo_before, notebooks_before = top_level(REPO), top_level(REPO / "notebooks")
 
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    resources = {"metadata": {"path": str(workdir)}}
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources=resources).execute()
 
     figures = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert figures, "the notebook drew no figure inline"

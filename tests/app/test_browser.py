@@ -34,7 +34,8 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-WAIT_MS = int(float(os.environ.get("ZOO_TEST_BROWSER_WAIT_S", "240")) * 1000)  # per event: model loading and the first encoding on a slow, loaded machine
+# per event: model loading and the first encoding on a slow, loaded machine
+WAIT_MS = int(float(os.environ.get("ZOO_TEST_BROWSER_WAIT_S", "240")) * 1000)
 SCREENSHOT_COPY = Path("/tmp/zoo_app_screenshot.png")
 LIVER = 5  # labels.json
 

@@ -18,7 +18,8 @@ def test_the_app_binds_127_0_0_1_by_default() -> None:
 def test_bad_arguments_end_with_one_line() -> None:
     for arguments, message in ((["--model", "/no/such/model"], "/no/such/model: no such model folder or file"),
                                (["--port", "0"], "--port: a port is 1..65535, got 0")):
-        done = subprocess.run([sys.executable, "-m", "zoo.cli.main", "app", *arguments], check=False, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "zoo.cli.main", "app", *arguments], check=False,
+                              capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 1
         assert done.stderr.strip() == f"zoo app: error: {message}"

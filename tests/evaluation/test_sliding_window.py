@@ -50,7 +50,8 @@ def dataset(root: Path, radii: tuple[float, float, float]) -> Path:
 
 def loaded(tmp_path_factory, name: str, radii: tuple[float, float, float]):
     root = dataset(tmp_path_factory.mktemp(name) / "dataset", radii)
-    (found,) = plan_cases(config(root.parent / "out", root, [{"name": "m", "create": "sam_med3d_turbo"}], ["sam_med3d"]))
+    models = [{"name": "m", "create": "sam_med3d_turbo"}]
+    (found,) = plan_cases(config(root.parent / "out", root, models, ["sam_med3d"]))
     return load_case(found)
 
 

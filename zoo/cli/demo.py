@@ -28,7 +28,9 @@ import yaml
 SEED_FAMILIES = ("sam_med2d", "sam_unet", "sam_med3d")
 FAMILIES = ("litemedsam", *SEED_FAMILIES)
 # What each seed family predicts after training: a bundled image and the reference its prompt is derived from.
-PREDICT_2D = (("sam_med2d_demo", "images", "amos_0004_75.png"), ("sam_med2d_demo", "masks", "amos_0004_75_liver_000.png"))
+PREDICT_2D = (
+    ("sam_med2d_demo", "images", "amos_0004_75.png"), ("sam_med2d_demo", "masks", "amos_0004_75_liver_000.png")
+)
 PREDICT_3D = (("totalseg_example", "ct.nii.gz"), ("totalseg_example", "labels.nii.gz"), 2)  # kidney_right
 
 
@@ -44,7 +46,8 @@ class FamilyResult:
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser(
-        "demo", help="predict with LiteMedSAM's released weights, fine-tune it and train the seed families on bundled data"
+        "demo",
+        help="predict with LiteMedSAM's released weights, fine-tune it and train the seed families on bundled data",
     )
     parser.add_argument("--family", choices=FAMILIES, action="append", help="only these families (repeatable)")
     parser.add_argument("--output-dir", type=Path, default=Path("zoo-demo"), help="where everything is written")
@@ -265,7 +268,8 @@ def benchmark_config(output_dir: Path, families: list[str]) -> Any:
             if checkpoint.is_file():
                 models.append({"name": "LiteMedSAM (fine-tuned by the demo)", "source": str(checkpoint)})
         elif checkpoint.is_file():
-            models.append({"name": f"{REPORT_NAMES[family]} (demo-trained from random init)", "source": str(checkpoint)})
+            name = f"{REPORT_NAMES[family]} (demo-trained from random init)"
+            models.append({"name": name, "source": str(checkpoint)})
     return config_from_dict({
         "name": "zoo demo: what it trained",
         "seed": 233,

@@ -122,7 +122,9 @@ def describe_model(spec: ModelSpec, loaded: LoadedModel, processor: Processor) -
     )
 
 
-def unit_key(config: BenchmarkConfig, info: ModelInfo, spec: ModelSpec, case_fingerprint: str, protocol: Protocol) -> str:
+def unit_key(
+    config: BenchmarkConfig, info: ModelInfo, spec: ModelSpec, case_fingerprint: str, protocol: Protocol
+) -> str:
     """sha256 of everything a unit's result depends on."""
     content = {
         "format": UNIT_FORMAT,
@@ -158,7 +160,8 @@ def read_unit(path: Path, key: str) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("key") == key and record.get("format") == UNIT_FORMAT else None
+    valid = isinstance(record, dict) and record.get("key") == key and record.get("format") == UNIT_FORMAT
+    return record if valid else None
 
 
 def slug(text: str) -> str:

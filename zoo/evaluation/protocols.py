@@ -198,7 +198,9 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol(
             "sam_med3d", "clicks", tuple(range(1, 11)), (1, 3, 5, 10),
             title="SAM-Med3D: random foreground click, then random error-region clicks",
-            source="uni-medical/SAM-Med3D utils/infer_utils.py:127-168 (random_sample_next_click); paper Sec. 4.3, Table 3",
+            source=(
+                "uni-medical/SAM-Med3D utils/infer_utils.py:127-168 (random_sample_next_click); paper Sec. 4.3, Table 3"
+            ),
         ),
         Protocol(
             "sam_med2d_box", "box", (1,), (1,), region="largest", model_dims=frozenset({2}),

@@ -168,7 +168,8 @@ class ClickLoop:
         """The new click through the processor's click loop on the frame; the decoder's low-res logits."""
         on_model = self.processor.to_model_space(Prompts(points=points), self.frame)
         assert on_model.points is not None
-        self.state, decoded = self.processor.click(self.model, self.encoding, self.state, on_model.points.to(self.device))
+        points_on_model = on_model.points.to(self.device)
+        self.state, decoded = self.processor.click(self.model, self.encoding, self.state, points_on_model)
         return decoded.low_res_logits
 
     def _mask(self, points: PointPrompts) -> Tensor:
@@ -199,9 +200,10 @@ class FollowMaskLoop(ClickLoop):
     :func:`zoo.inference.large_objects.follow_mask`): the first crop around the first click answers the clicks that
     fall inside it as :class:`ClickLoop` does (its previous mask fed back; a click outside it leaves its answer as
     it was); then further crops on the half-crop lattice beyond every face its mask touches, each seeded from its
-    neighbour's mask and given the clicks so far that fall inside it, blended and pasted back once. Further clicks are drawn from the error region inside the union of the crops
-    that ran (:attr:`view`). Every crop's encoding comes from ``encode`` (the unit's encoding cache) and its frame
-    is prepared once, so a crop costs one encoding per case however many clicks.
+    neighbour's mask and given the clicks so far that fall inside it, blended and pasted back once. Further clicks
+    are drawn from the error region inside the union of the crops that ran (:attr:`view`). Every crop's encoding
+    comes from ``encode`` (the unit's encoding cache) and its frame is prepared once, so a crop costs one encoding
+    per case however many clicks.
 
     Attributes:
         crops: per step, the first voxel (resampled grid) of each crop that ran, in order.
@@ -266,7 +268,8 @@ class FollowMaskLoop(ClickLoop):
         if start not in self.views:
             frame = self.windows.frames[start]
             certain = torch.full((1, 1, *self.processor.mask_prompt_shape(self.model)), _CERTAIN)
-            self.views[start] = _box_of(self.processor.to_original(certain, frame).mask.reshape(self.target.shape).cpu())
+            seen = self.processor.to_original(certain, frame).mask.reshape(self.target.shape).cpu()
+            self.views[start] = _box_of(seen)
         return self.views[start]
 
 
@@ -506,5 +509,5 @@ def _overlay(case: LoadedCase, label: np.ndarray, masks: dict[int, np.ndarray]) 
     }
 
 
-__all__ = ["ClickLoop", "FollowMaskLoop", "UnitOutcome", "box_region", "pack_mask", "representative_slice", "run_unit", "stream_seed",
-           "unpack_mask"]
+__all__ = ["ClickLoop", "FollowMaskLoop", "UnitOutcome", "box_region", "pack_mask", "representative_slice", "run_unit",
+           "stream_seed", "unpack_mask"]
