@@ -182,6 +182,14 @@ def test_the_command_line_runs_a_config_and_refuses_bad_keys_in_one_line(dataset
     assert "cases/min" in printed and "litemedsam_box" in printed
     rows = json.loads((tmp_path / "cli" / "results.json").read_text())["rows"]
     assert {r["target"] for r in rows} == {"organ"}
+    # --config CONFIG is the positional CONFIG (the run reuses every unit and writes the same table)
+    table = (tmp_path / "cli" / "results.csv").read_bytes()
+    overrides = ["--output-dir", str(tmp_path / "cli"), "--set", "datasets.0.classes=[organ]"]
+    assert main(["benchmark", "--config", str(path), *overrides]) == 0
+    assert "0 unit(s) computed" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "results.csv").read_bytes() == table
+    assert main(["benchmark", str(path), "--config", str(path)]) == 1
+    assert "give the config once" in capsys.readouterr().err
     values["modells"] = values.pop("models")
     path.write_text(yaml.safe_dump(values))
     assert main(["benchmark", str(path)]) == 1

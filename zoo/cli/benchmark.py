@@ -42,6 +42,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="benchmark YAML, or the name of a shipped one (see --list)")
+    parser.add_argument("--config", dest="config_option", metavar="CONFIG",
+                        help="the same as the positional CONFIG (as zoo fit --config takes a recipe)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides (OmegaConf dot-list), e.g. --set models.0.source=out/sam_med3d_turbo")
     parser.add_argument("--output-dir", type=Path, help="where the table, report and unit cache go")
@@ -144,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
         for protocol in PROTOCOLS.values():
             print(f"  {protocol.name:<20} {protocol.title}")
         return 0
+    if args.config is not None and args.config_option is not None:
+        from zoo.errors import DataError
+
+        raise DataError("command line", "give the config once: as CONFIG or as --config CONFIG")
+    args.config = args.config if args.config is not None else args.config_option
     if args.config is None:
         raise FileNotFoundError("give a benchmark config (a YAML file or a shipped name; zoo benchmark --list)")
     bad = [item for item in args.overrides if "=" not in item]
