@@ -39,7 +39,8 @@ def table(output: Path) -> bytes:
 def reference(dataset, tmp_path_factory):
     """One uninterrupted single-process run, with its masks written."""
     output = tmp_path_factory.mktemp("reference")
-    result = run_benchmark(config(output, dataset, MODELS, PROTOCOLS, report={"save_masks": True}), load_benchmark_model)
+    settings = config(output, dataset, MODELS, PROTOCOLS, report={"save_masks": True})
+    result = run_benchmark(settings, load_benchmark_model)
     return output, result
 
 
@@ -67,7 +68,8 @@ def test_the_tables_dice_is_nibabels_on_the_written_masks(reference, dataset):
         if row["case"] != "case1" or row["step"] != (1 if row["protocol"] == "litemedsam_box" else 2):
             continue
         model = row["model"].removesuffix(" (random weights)")
-        written = output / "masks" / model / row["protocol"] / "synthetic" / f"case1_{row['target']}_step{row['step']}.nii.gz"
+        name = f"case1_{row['target']}_step{row['step']}.nii.gz"
+        written = output / "masks" / model / row["protocol"] / "synthetic" / name
         image = nib.load(str(written))
         assert image.shape == label.shape
         assert np.allclose(image.affine, AFFINE)
@@ -177,14 +179,14 @@ def test_the_command_line_runs_a_config_and_refuses_bad_keys_in_one_line(dataset
     values = good.to_dict()
     values.pop("source_file")
     path.write_text(yaml.safe_dump(values))
-    assert main(["benchmark", str(path), "--output-dir", str(tmp_path / "cli"), "--set", "datasets.0.classes=[organ]"]) == 0
+    overrides = ["--output-dir", str(tmp_path / "cli"), "--set", "datasets.0.classes=[organ]"]
+    assert main(["benchmark", str(path), *overrides]) == 0
     printed = capsys.readouterr().out
     assert "cases/min" in printed and "litemedsam_box" in printed
     rows = json.loads((tmp_path / "cli" / "results.json").read_text())["rows"]
     assert {r["target"] for r in rows} == {"organ"}
     # --config CONFIG is the positional CONFIG (the run reuses every unit and writes the same table)
     table = (tmp_path / "cli" / "results.csv").read_bytes()
-    overrides = ["--output-dir", str(tmp_path / "cli"), "--set", "datasets.0.classes=[organ]"]
     assert main(["benchmark", "--config", str(path), *overrides]) == 0
     assert "0 unit(s) computed" in capsys.readouterr().out
     assert (tmp_path / "cli" / "results.csv").read_bytes() == table

@@ -130,7 +130,8 @@ def benchmark(
     if result.files:
         print(f"{config.name}: {result.computed} unit(s) computed, {result.reused} reused from the cache")
         print(throughput_text(result.throughput))
-        print(f"report: {result.output_dir / 'report.html'} (and report.md); table: {result.output_dir / 'results.csv'}")
+        output = result.output_dir
+        print(f"report: {output / 'report.html'} (and report.md); table: {output / 'results.csv'}")
     return result
 
 
