@@ -120,19 +120,34 @@ def test_sam_med3d_masks_match_the_pytorch_predictor_on_the_bundled_ct(exported)
     ("name", "prompts", "message"),
     [
         ("sam_med3d_turbo", dict(point_coords=[[60, 48, 15]], box=[0, 0, 5, 5]), "SAM-Med3D takes points, masks"),
-        ("sam_med3d_turbo", dict(point_coords=[[200, 48, 15]]), "point 0 at .* lies outside the image"),
-        ("litemedsam", dict(box=[100, 10, 50, 40]), r"box \[100.0, 10.0, 50.0, 40.0\] .* is not inside the image"),
+        ("sam_med3d_turbo", dict(point_coords=[[200, 48, 15]]), "point 0 at .* lies outside the"),
+        ("litemedsam", dict(box=[100, 10, 50, 40]), r"box \[100, 10, 50, 40\] .* is not a box inside the"),
+        ("litemedsam", dict(box=[[1, 2, 3]]), r"a box is \[x0, y0, x1, y1\]"),
         ("litemedsam", dict(point_coords=[[10, 10]], point_labels=[2]), "point labels must be 1 .* or 0"),
-        ("litemedsam", dict(), "give at least one prompt"),
+        ("litemedsam", dict(point_coords=[[10, float("nan")]]), "points contain NaN"),
     ],
 )
-def test_bad_prompts_are_refused_with_one_line(name, prompts, message, exported, png) -> None:
+def test_bad_prompts_get_the_pytorch_predictors_message(name, prompts, message, exported, png) -> None:
+    """One validator: the torch-free runtime checks prompts with zoo.prompts.rules, the rules and words of the
+    PyTorch Predictor's check."""
+    onnx_predictor, torch_predictor = both(exported, name)
+    image = CT if name == "sam_med3d_turbo" else png
+    onnx_predictor.set_image(image)
+    torch_predictor.set_image(image)
+    with pytest.raises(PromptError, match=message) as onnx_error:
+        onnx_predictor.predict(**prompts)
+    with pytest.raises(PromptError) as torch_error:
+        torch_predictor.predict(**prompts)
+    assert str(onnx_error.value) == str(torch_error.value)
+
+
+def test_no_prompt_is_refused(exported, png) -> None:
     from zoo.deploy import OnnxPredictor
 
-    predictor = OnnxPredictor(exported(name)[1])
-    predictor.set_image(CT if name == "sam_med3d_turbo" else png)
-    with pytest.raises(PromptError, match=message):
-        predictor.predict(**prompts)
+    predictor = OnnxPredictor(exported("litemedsam")[1])
+    predictor.set_image(png)
+    with pytest.raises(PromptError, match="give at least one prompt"):
+        predictor.predict()
 
 
 def test_a_folder_without_graphs_is_named(tmp_path) -> None:

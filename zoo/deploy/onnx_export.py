@@ -184,6 +184,9 @@ def export_onnx(
         "family": str(model.family),
         "processor_type": processor.processor_type,
         "weights_origin": str(getattr(model, "weights_origin", None) or ""),
+        # what the runtime's prompt check names and allows (the processor's own, as the Predictor's check does)
+        "model_name": processor.model_name,
+        "prompt_kinds": ",".join(sorted(processor.prompt_kinds)),
     }
     was_training = model.training
     model.eval()

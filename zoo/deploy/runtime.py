@@ -58,6 +58,7 @@ from zoo.geometry.model_input2d import (
 )
 from zoo.geometry.pixels2d import resize_bilinear
 from zoo.io.nifti import Volume, load_stored
+from zoo.prompts.rules import check_box_array, check_kinds, check_point_array, user_boxes, user_points
 
 FAMILIES_2D = ("sam_med2d", "sam", "sam_unet", "litemedsam")
 
@@ -142,6 +143,10 @@ class OnnxPredictor:
         self.low_res_shape = tuple(int(s) for s in mask_shape[2:])
         metadata = self.encoder.get_modelmeta().custom_metadata_map
         self.weights_origin = metadata.get(f"{METADATA_PREFIX}weights_origin", "")
+        self.model_name = metadata.get(f"{METADATA_PREFIX}model_name", self.processor_type)
+        written = metadata.get(f"{METADATA_PREFIX}prompt_kinds")  # absent in folders of the first exporter
+        default = "points,boxes,masks" if self.spatial_dims == 2 else "points,masks"
+        self.prompt_kinds = frozenset((written or default).split(","))
         if not self.weights_origin:
             warnings.warn(f"{self.folder}: exported from a model with RANDOM weights (masks are meaningless)",
                           RandomWeightsWarning, stacklevel=2)
@@ -207,8 +212,8 @@ class OnnxPredictor:
             raise PromptError("give at least one prompt: point_coords with point_labels, box, or mask_input")
         if point_coords is None and point_labels is not None:
             raise PromptError("point_labels given without point_coords")
-        if box is not None and self.spatial_dims == 3:
-            raise PromptError("SAM-Med3D takes points, masks, not boxes")
+        kinds = {k for k, v in (("points", point_coords), ("boxes", box), ("masks", mask_input)) if v is not None}
+        check_kinds(kinds, self.prompt_kinds, self.model_name, self.source)
         points, labels = self._points(point_coords, point_labels)
         boxes = None if box is None else self._boxes(box)
         mask = None if mask_input is None else self._mask(mask_input)
@@ -217,43 +222,21 @@ class OnnxPredictor:
         return self._predict_2d(points, labels, boxes, mask)
 
     def _points(self, coords: Any, labels: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """``N x D`` float32 points in index order and ``N`` labels, checked against the image."""
+        """``N x D`` float32 points in index order and ``N`` labels, checked against the image by the validator's
+        rules (:mod:`zoo.prompts.rules`, the same messages as the PyTorch Predictor)."""
         if coords is None:
             return None, None
         shape = self.original_shape
-        points = _numbers(coords, "points", self.source)
-        if points.ndim != 2 or points.shape[1] != len(shape) or len(points) == 0:
-            problem = f"points of a {len(shape)}D image must be N x {len(shape)}, got shape {points.shape}"
-            raise PromptError(problem, self.source)
-        values = np.ones(len(points)) if labels is None else _numbers(labels, "point labels", self.source)
-        if values.shape != (len(points),):
-            raise PromptError(f"{len(points)} points but {values.size} labels", self.source)
-        if not np.isin(values, (0, 1)).all():
-            found = sorted(set(values.tolist()))
-            raise PromptError(f"point labels must be 1 (foreground) or 0 (background), got {found}", self.source)
-        index = (points[:, ::-1] if self.spatial_dims == 2 else points).astype(np.float32)
-        outside = ((index < -0.5) | (index > np.asarray(shape) - 0.5)).any(axis=1)
-        if outside.any():
-            row = int(np.flatnonzero(outside)[0])
-            problem = f"point {row} at {points[row].tolist()} lies outside the image of shape {shape}"
-            raise PromptError(problem, self.source)
-        return index, values.astype(np.int64)
+        order = "xy" if self.spatial_dims == 2 else "index"
+        index, values = user_points(coords, labels, len(shape), order, self.source)
+        index = index.astype(np.float32)
+        check_point_array(index[None], values[None], shape, self.source)
+        return index, values
 
     def _boxes(self, box: Any) -> tuple[np.ndarray, np.ndarray]:
         """``K x 2`` float32 ``lo`` and ``hi`` corners (index order) of ``(x0, y0, x1, y1)`` boxes inside the image."""
-        array = _numbers(box, "box", self.source)
-        array = array[None] if array.ndim == 1 else array
-        if array.ndim != 2 or array.shape[1] != 4 or len(array) == 0:
-            raise PromptError(f"a box is [x0, y0, x1, y1] (or K x 4 boxes), got shape {array.shape}", self.source)
-        corners = array.astype(np.float32)
-        lo, hi = corners[:, [1, 0]], corners[:, [3, 2]]
-        size = np.asarray(self.original_shape, dtype=np.float32)
-        bad = ~((lo >= 0) & (lo <= hi) & (hi <= size)).all(axis=1)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            shape = tuple(self.original_shape)
-            problem = f"box {array[row].tolist()} (x0, y0, x1, y1) is not inside the image of shape {shape}"
-            raise PromptError(problem, self.source)
+        lo, hi = (corner.astype(np.float32) for corner in user_boxes(box, self.spatial_dims, self.source))
+        check_box_array(lo, hi, self.original_shape, self.source)
         return lo, hi
 
     def _mask(self, mask_input: Any) -> np.ndarray:
@@ -377,16 +360,6 @@ class OnnxPredictor:
         model_input = normalise_crop(roi, config["normalization"], self.source)
         embedding = self._encode(model_input[None])
         self.crop = _Crop(affine, between_affines(volume.affine, affine), embedding)
-
-
-def _numbers(values: Any, what: str, source: str) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise PromptError(f"{what} must be numbers, got {values!r}", source) from exc
-    if not np.isfinite(array).all():
-        raise PromptError(f"{what} contain NaN or infinite values", source)
-    return array
 
 
 __all__ = ["OnnxPrediction", "OnnxPredictor", "RandomWeightsWarning"]

@@ -138,11 +138,14 @@ class Predictor:
             raise PromptError("point_labels given without point_coords")
         given = {"points": point_coords, "boxes": box, "masks": mask_input}
         kinds = {kind for kind, value in given.items() if value is not None}
-        check_kinds(kinds, self.processor.prompt_kinds, self.processor.model_name)
+        check_kinds(kinds, self.processor.prompt_kinds, self.processor.model_name, self.source)
         shape = self.original_shape
         order = "xy" if self.processor.spatial_dims == 2 else "index"
-        points = None if point_coords is None else points_from_user(point_coords, point_labels, shape, order)
-        boxes = None if box is None else boxes_from_user(box, shape)
+        points = (
+            None if point_coords is None
+            else points_from_user(point_coords, point_labels, shape, order, self.source)
+        )
+        boxes = None if box is None else boxes_from_user(box, shape, self.source)
         masks = None
         if mask_input is not None:
             logits = torch.as_tensor(np.asarray(mask_input) if not isinstance(mask_input, Tensor) else mask_input)

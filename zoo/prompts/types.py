@@ -27,10 +27,7 @@ from torch import Tensor
 
 from zoo.geometry.index_map import IndexMap
 from zoo.prompts.components import bounding_boxes
-
-PADDING_LABEL = -1
-BACKGROUND_LABEL = 0
-FOREGROUND_LABEL = 1
+from zoo.prompts.rules import BACKGROUND_LABEL, FOREGROUND_LABEL, PADDING_LABEL  # noqa: F401 (re-exported)
 
 
 def _check_spatial_shape(spatial_shape: Sequence[int], ndim: int, what: str) -> tuple[int, ...]:
