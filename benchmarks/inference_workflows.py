@@ -24,7 +24,6 @@ and after them and the load average, since other processes on the cores slow eve
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoder_speed import gemm_rate  # noqa: E402
+from encoder_speed import _load, gemm_rate  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo.data.predict import read_volume_slices  # noqa: E402
@@ -53,10 +52,6 @@ CT = data_path("totalseg_example", "ct.nii.gz")
 LABELS = data_path("totalseg_example", "labels.nii.gz")
 PNG = data_path("sam_med2d_demo", "images", "amos_0004_75.png")
 LIVER = 5
-
-
-def _load() -> str:
-    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

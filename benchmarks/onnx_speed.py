@@ -24,7 +24,6 @@ comparable.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from encoder_speed import data_root, gemm_rate, prepared_inputs, randomise_positions
+from encoder_speed import _load, data_root, gemm_rate, prepared_inputs, randomise_positions
 
 from zoo.models.components.compute_path import reference_computation
 
@@ -193,10 +192,6 @@ def format_rows(rows: list[dict[str, Any]]) -> list[str]:
             f"{row['sizes_mib'][0]:>11.1f} {row['sizes_mib'][1]:>11.1f} {row['export_s']:>8.0f}  {row['check']}"
         )
     return lines
-
-
-def _load() -> str:
-    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> None:
