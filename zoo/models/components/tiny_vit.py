@@ -20,11 +20,16 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from zoo.models.components.compute_path import reference_computation_enabled
+from zoo.models.components.folded_conv import folded_conv, folding_applies
 from zoo.models.components.layers import LayerNormNd
+from zoo.models.components.onednn_linear import OneDNNLinear
+from zoo.models.components.weight_cache import DropsDerivedWeights
 
 
 class Conv2dBN(nn.Sequential):
-    """Bias-free convolution ``c`` followed by BatchNorm ``bn`` (upstream ``Conv2d_BN``)."""
+    """Bias-free convolution ``c`` followed by BatchNorm ``bn`` (upstream ``Conv2d_BN``); in inference the two run
+    as one convolution, with a following activation fused into it (``folded_conv``)."""
 
     def __init__(
         self,
@@ -43,6 +48,13 @@ class Conv2dBN(nn.Sequential):
         nn.init.zeros_(bn.bias)
         self.add_module("bn", bn)
 
+    def forward(self, x: Tensor, activation: nn.Module | None = None) -> Tensor:
+        """``activation(bn(c(x)))`` (no activation if None)."""
+        if folding_applies(self, x):
+            return folded_conv(self.c, self.bn, x, activation)
+        out = self.bn(self.c(x))
+        return out if activation is None else activation(out)
+
 
 def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate > 0 else nn.Identity()
@@ -56,7 +68,8 @@ class PatchEmbed(nn.Module):
         self.seq = nn.Sequential(Conv2dBN(in_chans, embed_dim // 2), nn.GELU(), Conv2dBN(embed_dim // 2, embed_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.seq(x)
+        first, activation, second = self.seq
+        return second(first(x, activation))
 
 
 class MBConv(nn.Module):
@@ -74,7 +87,7 @@ class MBConv(nn.Module):
         self.drop_path = _drop_path(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.act2(self.conv2(self.act1(self.conv1(x))))
+        y = self.conv2(self.conv1(x, self.act1), self.act2)
         return self.act3(x + self.drop_path(self.conv3(y)))
 
 
@@ -95,7 +108,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim == 3:
             x = x.transpose(1, 2).reshape(x.shape[0], -1, *self.input_resolution)
-        x = self.act(self.conv2(self.act(self.conv1(x))))
+        x = self.conv2(self.conv1(x, self.act), self.act)
         return self.conv3(x).flatten(2).transpose(1, 2)
 
 
@@ -123,8 +136,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.key_dim = dim // num_heads
         self.norm = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = OneDNNLinear(dim, 3 * dim)
+        self.proj = OneDNNLinear(dim, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
         self.register_buffer("attention_bias_idxs", attention_bias_index(window_size), persistent=False)
 
@@ -134,6 +147,8 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(windows, tokens, self.num_heads, 3 * self.key_dim).transpose(1, 2)
         q, k, v = qkv.split(self.key_dim, dim=-1)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        if not reference_computation_enabled():
+            bias = bias[None]  # a 4-D mask takes the CPU's fused attention kernel; a 3-D one the unfused math
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # default scale key_dim ** -0.5, as upstream
         return self.proj(out.transpose(1, 2).reshape(windows, tokens, -1))
 
@@ -144,13 +159,13 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = OneDNNLinear(dim, hidden)
+        self.fc2 = OneDNNLinear(hidden, dim)
         self.act = nn.GELU()
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(self.norm(x))))))
+        return self.drop(self.fc2(self.drop(self.fc1(self.norm(x), self.act))))
 
 
 class TinyViTBlock(nn.Module):
@@ -264,7 +279,7 @@ def _init_linear_and_norm(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class TinyViT(nn.Module):
+class TinyViT(DropsDerivedWeights):
     """The LiteMedSAM image encoder: ``B x in_chans x S x S`` images to ``B x out_chans x G x G`` embeddings.
 
     ``G = S / 2 ** (stages - 2)``: 64 for the released 256 input and four stages.
@@ -328,6 +343,10 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        if not reference_computation_enabled():
+            # Channels-last maps throughout: oneDNN's depthwise and 1x1 kernels are much faster on them, and the
+            # token <-> map reshapes between stages are then views (upstream: channels-first).
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)

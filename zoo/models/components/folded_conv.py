@@ -1,0 +1,105 @@
+"""Inference convolutions with their BatchNorm folded in and the following activation fused, for TinyViT.
+
+In eval mode a BatchNorm after a bias-free convolution is an affine map per output channel, so the two are one
+convolution with weight ``w * g`` and bias ``b - mean * g`` (``g = gamma / sqrt(var + eps)``): one pass over the
+map instead of two. On the CPU the convolution and a following GELU or ReLU run as one oneDNN call (the
+activation is a post-op on the output while it is in cache), on channels-last maps, where oneDNN's depthwise and
+1x1 kernels are several times faster than on channels-first ones. The folded weights are derived once per state
+of the parameters and running statistics and kept (``weight_cache``). The same function as convolution then
+BatchNorm, up to the rounding of the folded weights (``tests/models/test_folded_conv.py`` bounds it).
+
+oneDNN's convolution is a private torch op (``torch.ops.mkldnn._convolution_pointwise``). It is used only where
+:func:`onednn_conv_works` found it computing ``F.conv2d`` and each post-op on a tiny input (checked once per
+process); elsewhere the folded convolution is ``F.conv2d`` followed by the activation.
+"""
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from zoo.models.components.compute_path import reference_computation_enabled
+from zoo.models.components.onednn_linear import fusable_activation
+from zoo.models.components.weight_cache import derived_from_parameters
+
+
+def computes_conv(op: Callable[..., Tensor] | None) -> bool:
+    """Whether ``op`` behaves as ``torch.ops.mkldnn._convolution_pointwise`` is relied on to: ``F.conv2d`` (with
+    padding, stride and groups) followed by the named post-op, on tiny channels-first and channels-last inputs."""
+    if op is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 6, 5, generator=generator)
+    dense, depthwise = torch.randn(6, 4, 3, 3, generator=generator), torch.randn(4, 1, 3, 3, generator=generator)
+    bias = torch.randn(6, generator=generator)
+    post_ops = {("none", ""): lambda y: y, ("gelu", "none"): F.gelu, ("relu", ""): F.relu}
+    try:
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
+            for layout in (torch.contiguous_format, torch.channels_last):
+                image = x.contiguous(memory_format=layout)
+                for (attr, algorithm), activation in post_ops.items():
+                    for weight, b, stride, groups in ((dense, bias, 1, 1), (depthwise, bias[:4], 2, 4)):
+                        out = op(image, weight, b, [1, 1], [stride, stride], [1, 1], groups, attr, [], algorithm)
+                        expected = activation(F.conv2d(image, weight, b, stride, 1, 1, groups))
+                        if not isinstance(out, Tensor) or out.shape != expected.shape or out.dtype != torch.float32:
+                            return False
+                        if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
+                            return False
+    except Exception:  # noqa: BLE001 - missing kernel, changed signature: the op is not usable
+        return False
+    return True
+
+
+@functools.cache
+def onednn_conv_works() -> bool:
+    """Whether this torch has oneDNN and its private convolution op computes as relied on (checked once)."""
+    return torch.backends.mkldnn.is_available() and computes_conv(
+        getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+    )
+
+
+def folding_applies(module: nn.Module, x: Tensor) -> bool:
+    """Whether a convolution + BatchNorm ``module`` may run folded: eval mode, no gradient recorded for it, not
+    inside ``reference_computation()`` and not while ``torch.compile`` traces (inductor folds on its own)."""
+    return (
+        not module.training
+        and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
+        and not reference_computation_enabled()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def folded_weights(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """The weight and bias of ``norm(conv(x))`` as one convolution (eval-mode statistics)."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.ndim - 1)))
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return weight.contiguous(), bias
+
+
+def folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: Tensor, activation: nn.Module | None = None) -> Tensor:
+    """``activation(norm(conv(x)))`` with ``norm`` folded into ``conv`` (see the module docstring); call only where
+    :func:`folding_applies`."""
+    sources = [conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+    if conv.bias is not None:
+        sources.append(conv.bias)
+    weight, bias = derived_from_parameters(conv, "folded_batch_norm", sources, lambda: folded_weights(conv, norm))
+    post_op = fusable_activation(activation)
+    if (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and isinstance(conv.padding, tuple)
+        and conv.padding_mode == "zeros"
+        and onednn_conv_works()
+    ):
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        if post_op is None:
+            return activation(torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "none", [], ""))
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, *post_op)
+    out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return out if activation is None else activation(out)
