@@ -28,7 +28,9 @@ then perturbed slightly so that no two parameters are equal), and its state dict
 converter for the authors' checkpoints (``zoo.hub.load_official_state_dict``).
 
 Timing: one warm-up step each, then ``--steps`` timed steps each, interleaved (ours, theirs, ours, theirs, ...)
-since these machines switch between fast and slow phases; medians and the ratio theirs / ours. The fp32 GEMM rate
+since these machines switch between fast and slow phases; medians and the ratio theirs / ours, and the median
+process CPU time per step of each side (on a shared machine wall time inflates; CPU time / threads is the
+uncontended wall time at best). The fp32 GEMM rate
 (2048^2 matmul, ``encoder_speed.gemm_rate``) and the load average are printed before and after each family.
 
 Peak memory: each side's peak resident set size (``ru_maxrss``) in a process of its own that builds only that side
@@ -815,8 +817,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = ("| family | model | input | targets | passes | ours s/step | theirs s/step | theirs / ours | "
-              "ours runs s | theirs runs s | peak RSS ours (before) MiB | peak RSS theirs (before) MiB | "
-              "GEMM GFLOP/s in run (family start, end) | load end | check |")
+              "CPU s/step ours, theirs | ours runs s | theirs runs s | peak RSS ours (before) MiB | "
+              "peak RSS theirs (before) MiB | GEMM GFLOP/s in run (family start, end) | load end | check |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for row in rows:
@@ -829,13 +831,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             m = row.get(f"memory_{side}") or {}
             return f"{m['peak_rss_mib']:.0f} ({m['rss_before_steps_mib']:.0f})" if "peak_rss_mib" in m else "-"
 
+        def cpu(side: str) -> str:
+            return f"{statistics.median(t[f'{side}_cpu_s'][1:] or t[f'{side}_cpu_s']):.1f}"
+
         check = row.get("check") or {}
         verdict = check.get("result", "error" if "error" in check else "-")
         if "loss_abs_diff" in check:
             verdict += f" (loss {check['loss_abs_diff']:.1e}, grad {check['worst_gradient_rel_diff']:.1e})"
         print(
             f"| {row['family']} | {t['model']} | {t['input']} | {t['targets']} | {t['iterations']} | {t['ours_s']:.2f} "
-            f"| {t['theirs_s']:.2f} | {t['ratio_theirs_over_ours']:.2f}x | "
+            f"| {t['theirs_s']:.2f} | {t['ratio_theirs_over_ours']:.2f}x | {cpu('ours')}, {cpu('theirs')} | "
             f"{' '.join(f'{x:.1f}' for x in t['ours_runs_s'])} | {' '.join(f'{x:.1f}' for x in t['theirs_runs_s'])} "
             f"| {memory('ours')} | {memory('theirs')} | {t['gemm_gflops_before']:.0f} -> {t['gemm_gflops_after']:.0f} "
             f"({row['gemm_gflops_start']:.0f}, {row['gemm_gflops_end']:.0f}) | {row['load_end']} | {verdict} |"
