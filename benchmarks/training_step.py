@@ -17,6 +17,7 @@ Samples/s are computed from the median.
 
     python benchmarks/training_step.py                      # all families, 2 threads, 1 warm-up + 2 timed steps
     python benchmarks/training_step.py --families sam_med2d --steps 5
+    python benchmarks/training_step.py --families sam_med3d --activation-checkpointing   # peak memory both ways
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def overrides(family: str, data_root: Path, iterations_3d: int) -> list[str]:
     return [*common, f"--data.init_args.root={SAM_MED2D_DEMO}", "--data.init_args.masks_per_image=5"]
 
 
-def run_family(family: str, threads: int, steps: int, iterations_3d: int) -> dict[str, Any]:
+def run_family(
+    family: str, threads: int, steps: int, iterations_3d: int, activation_checkpointing: bool = False
+) -> dict[str, Any]:
     """Build the recipe's module and data, run ``steps`` training steps, return timings and memory."""
     import torch
 
@@ -85,7 +88,10 @@ def run_family(family: str, threads: int, steps: int, iterations_3d: int) -> dic
         if family == "sam_med3d":
             nnunet_copy(data_root / "Dataset001")
         recipe = REPO_ROOT / "recipes" / family / "paper.yaml"
-        cli = cli_main(["--config", str(recipe), *overrides(family, data_root, iterations_3d)], run=False)
+        arguments = ["--config", str(recipe), *overrides(family, data_root, iterations_3d)]
+        if activation_checkpointing:
+            arguments.append("--model.activation_checkpointing=true")
+        cli = cli_main(arguments, run=False)
         module, datamodule = cli.model, cli.datamodule
         datamodule.setup("fit")
         batch = next(iter(datamodule.train_dataloader()))
@@ -110,6 +116,7 @@ def run_family(family: str, threads: int, steps: int, iterations_3d: int) -> dic
     return {
         "family": family,
         "model": module.hparams.model,
+        "activation_checkpointing": activation_checkpointing,
         "input": "x".join(str(s) for s in batch["image"].shape[1:]),
         "images": images,
         "targets": targets,
@@ -130,18 +137,21 @@ def run_family(family: str, threads: int, steps: int, iterations_3d: int) -> dic
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = (
-        "| family | model | input | images x targets | prompt iterations | trainable M | s/step (median) | "
-        "s/step (fastest) | CPU s/step | images/s | targets/s | peak RSS MiB |"
-    )
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    columns = [
+        "family", "model", "activation checkpointing", "input", "images x targets", "prompt iterations",
+        "trainable M", "s/step (median)", "s/step (fastest)", "CPU s/step", "images/s", "targets/s", "peak RSS MiB",
+    ]  # fmt: skip
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for r in rows:
-        print(
-            f"| {r['family']} | {r['model']} | {r['input']} | {r['images']} x {r['targets']} | {r['iterations']} "
-            f"({r['first_prompt']} first) | {r['trainable_params_m']:.1f} | {r['step_seconds']:.2f} | "
-            f"{r['fastest_step_seconds']:.2f} | {r['step_cpu_seconds']:.1f} | {r['images_per_second']:.3f} | {r['targets_per_second']:.3f} | {r['peak_rss_mib']:.0f} |"
-        )
+        cells = [
+            r["family"], r["model"], "on" if r["activation_checkpointing"] else "off", r["input"],
+            f"{r['images']} x {r['targets']}", f"{r['iterations']} ({r['first_prompt']} first)",
+            f"{r['trainable_params_m']:.1f}", f"{r['step_seconds']:.2f}", f"{r['fastest_step_seconds']:.2f}",
+            f"{r['step_cpu_seconds']:.1f}", f"{r['images_per_second']:.3f}", f"{r['targets_per_second']:.3f}",
+            f"{r['peak_rss_mib']:.0f}",
+        ]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,18 +160,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     parser.add_argument("--iterations-3d", type=int, default=11, help="SAM-Med3D prompt iterations (paper: 11)")
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="also run each family with the encoder blocks recomputed in backward (peak memory both ways)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--one", choices=FAMILIES, help=argparse.SUPPRESS)  # internal: run one family, print JSON
+    parser.add_argument("--checkpointing-on", action="store_true", help=argparse.SUPPRESS)  # internal, with --one
     args = parser.parse_args(argv)
     if args.one:
-        print("ROW " + json.dumps(run_family(args.one, args.threads, args.steps, args.iterations_3d)), flush=True)
+        row = run_family(args.one, args.threads, args.steps, args.iterations_3d, args.checkpointing_on)
+        print("ROW " + json.dumps(row), flush=True)
         return 0
 
     rows = []
-    for family in args.families:
+    runs = [(family, False) for family in args.families]
+    if args.activation_checkpointing:
+        runs += [(family, True) for family in args.families]
+    for family, checkpointing in runs:
         command = [
             sys.executable, __file__, "--one", family, "--threads", str(args.threads), "--steps", str(args.steps),
-            "--iterations-3d", str(args.iterations_3d),
+            "--iterations-3d", str(args.iterations_3d), *(["--checkpointing-on"] if checkpointing else []),
         ]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
         result = subprocess.run(command, capture_output=True, text=True, env=env)

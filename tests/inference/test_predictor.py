@@ -116,7 +116,9 @@ def test_several_boxes_give_one_mask_each_like_separate_calls(name):
     for i, box in enumerate(boxes):
         alone = predictor.predict(box=box)
         torch.testing.assert_close(together.logits[i], alone.logits[0], atol=1e-5, rtol=1e-5)
-        assert torch.equal(together.masks[i], alone.masks[0])
+        # Batched and single products round differently (1e-8 here): only a pixel on the decision boundary flips.
+        differ = together.masks[i] != alone.masks[0]
+        assert int(differ.sum()) <= 2 and bool((together.logits[i][differ].abs() < 1e-5).all())
 
 
 @pytest.mark.parametrize("name", FAMILIES_2D)

@@ -199,3 +199,47 @@ def test_the_op_is_checked_once_per_process(monkeypatch):
             linear(x, weight, bias)
     assert len(checks) == 1
     onednn_linear.onednn_linear_works.cache_clear()
+
+
+def test_under_bf16_autocast_the_kept_bfloat16_weight_gives_autocasts_product(monkeypatch):
+    """The product of the bfloat16-rounded operands, in bfloat16, as autocast computes it, but from a bfloat16
+    weight converted once and kept until the parameter changes."""
+    if not onednn_linear.onednn_bf16_linear_works():
+        pytest.skip("no native bfloat16 oneDNN kernels on this CPU")
+    layer = OneDNNLinear(48, 80)
+    x = torch.randn(2, 64, 48)
+    conversions = []
+    real = OneDNNLinear._bfloat16_weights
+    monkeypatch.setattr(OneDNNLinear, "_bfloat16_weights", lambda self: conversions.append(1) or real(self))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn_linear.bf16_applies(x, layer.weight, layer.bias)
+        out = layer(x, nn.GELU())
+        again = layer(x, nn.GELU())
+        with monkeypatch.context() as plain:
+            plain.setattr(onednn_linear, "bf16_applies", lambda *args: False)
+            autocast_out = F.gelu(layer(x))
+    assert out.dtype == autocast_out.dtype == torch.bfloat16
+    assert conversions == [1], "the weight is converted once and kept"
+    torch.testing.assert_close(out, again, rtol=0, atol=0)
+    rounded = F.gelu(F.linear(*(t.to(torch.bfloat16).double() for t in (x, layer.weight, layer.bias))))
+    tolerance = 2**-7 * rounded.abs().max().item()  # bfloat16's 8-bit significand, on the output's scale
+    torch.testing.assert_close(out.double(), rounded, rtol=0, atol=tolerance)
+    torch.testing.assert_close(out.double(), autocast_out.double(), rtol=0, atol=tolerance)
+
+    with torch.no_grad():
+        layer.weight.mul_(-1.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            flipped = layer(x)
+    assert conversions == [1, 1], "a changed weight is converted again"
+    expected = F.linear(*(t.to(torch.bfloat16).double() for t in (x, layer.weight, layer.bias)))
+    torch.testing.assert_close(flipped.double(), expected, rtol=0, atol=2**-7 * expected.abs().max().item())
+
+
+def test_the_bfloat16_path_stays_off_for_training_fp32_and_the_reference():
+    layer, x = OneDNNLinear(48, 80), torch.randn(2, 64, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn_linear.bf16_applies(x, layer.weight, layer.bias), "the weight records gradients"
+        with torch.no_grad(), reference_computation():
+            assert not onednn_linear.bf16_applies(x, layer.weight, layer.bias)
+    with torch.no_grad():
+        assert not onednn_linear.bf16_applies(x, layer.weight, layer.bias), "no autocast"

@@ -14,6 +14,7 @@ from zoo.training.module import PromptableSegmentationModule
 from zoo.training.optim import ParamGroup, apply_lr_scales, param_groups, set_trainable
 from zoo.training.schedules import EvaluationProtocol, TrainingPromptSchedule
 from run_helpers import TINY_3D
+from tiny_models import TINY_LITEMEDSAM
 
 TINY_2D = dict(
     image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=[1],
@@ -272,3 +273,45 @@ def test_a_pattern_that_matches_nothing_is_an_error():
 def test_impossible_schedules_are_rejected(kwargs):
     with pytest.raises(ValueError):
         TrainingPromptSchedule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "batch"),
+    [("sam_med3d_turbo", TINY_3D, batch_3d), ("sam_unet_r34", TINY_UNET, batch_2d)],
+    ids=["sam_med3d", "sam_unet"],
+)
+def test_activation_checkpointing_recomputes_the_encoder_blocks_with_the_same_loss_and_gradients(
+    model, overrides, batch
+):
+    schedule = TrainingPromptSchedule(iterations=3, zero_mask_first=True, click_threshold=0.5)
+    if model == "sam_unet_r34":
+        schedule = TrainingPromptSchedule(iterations=1, first_prompt="box", mask_prompt="none")
+    plain = module(model, overrides, train_prompts=schedule)
+    recomputing = module(model, overrides, train_prompts=schedule, activation_checkpointing=True)
+    assert recomputing.hparams.activation_checkpointing
+    recomputing.net.load_state_dict(plain.net.state_dict())
+    block_calls = []
+    recomputing.net.image_encoder.blocks[0].register_forward_pre_hook(lambda *_: block_calls.append(1))
+
+    data = batch()
+    losses = []
+    for lit in (plain, recomputing):
+        loss = lit.training_step(data, 0)
+        loss.backward()
+        losses.append(loss.detach())
+    assert block_calls == [1, 1], "the first block ran once forward and once more in the backward pass"
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-6)
+    for (name, expected), (_, found) in zip(plain.net.named_parameters(), recomputing.net.named_parameters()):
+        assert (expected.grad is None) == (found.grad is None), name
+        if expected.grad is not None:
+            torch.testing.assert_close(found.grad, expected.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+    block_calls.clear()
+    with torch.no_grad():
+        recomputing.net.encode_image(data["image"])
+    assert block_calls == [1], "no recomputation where nothing is recorded"
+
+
+def test_activation_checkpointing_is_refused_for_an_encoder_without_it():
+    with pytest.raises(ValueError, match="LiteMedSAM's image encoder has no activation checkpointing"):
+        module("litemedsam", dict(TINY_LITEMEDSAM), activation_checkpointing=True)

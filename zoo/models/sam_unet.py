@@ -240,7 +240,7 @@ class SamUNet(
             stage = stage_of_block.get(index)
             if stage is not None:
                 tokens = tokens + self.adapters_in[stage](conv_features[stage]).permute(0, 2, 3, 1)
-            tokens = block(tokens)
+            tokens = self.image_encoder.run_block(block, tokens)
             if stage is not None and stage < self.config.num_bridges:
                 bridge = self.config.num_bridges - 1 - stage
                 bridge_features[bridge] = self.adapters_bridge[bridge](tokens.permute(0, 3, 1, 2))

@@ -64,7 +64,10 @@ class PromptableSegmentationModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         seed: int = 0,
+        activation_checkpointing: bool = False,
     ) -> None:
+        """``activation_checkpointing``: recompute the image encoder's block activations in the backward pass
+        (less memory per step, about one more encoder forward; the same losses and gradients)."""
         super().__init__()
         # Only plain values go into checkpoints, so they load with torch.load(weights_only=True); the full
         # configuration (loss, schedules, optimiser) is saved by LightningCLI as config.yaml beside the run.
@@ -73,6 +76,8 @@ class PromptableSegmentationModule(L.LightningModule):
         )
         self.net = attach_default_processor(build_model(model, model_overrides, weights, sam_init, resnet_init))
         set_trainable(self.net, freeze or [], unfreeze or [])
+        if activation_checkpointing:
+            self.net.set_activation_checkpointing(True)
         self.loss = loss if loss is not None else SegmentationLoss(dice=1.0)
         self.train_prompts = train_prompts or TrainingPromptSchedule()
         self.eval_prompts = eval_prompts or EvaluationProtocol()

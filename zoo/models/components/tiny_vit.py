@@ -352,4 +352,4 @@ class TinyViT(DropsDerivedWeights):
             x = layer(x)
         batch, _, chans = x.shape
         x = x.transpose(1, 2).reshape(batch, chans, self.grid_size, self.grid_size)
-        return self.neck(x)
+        return self.neck(x).contiguous()  # the decoder's products see the standard layout whatever path ran
