@@ -23,6 +23,11 @@ Each family runs in fresh processes, CPU, fp32, ``--threads`` threads:
   - ``sam_unet``: ``train_on_single_gpu.py``'s ``train_one_epoch`` on a one-batch loader (``train_forward``,
     ``FocalDiceloss`` as focal + 20 dice, Adam at 1e-4) on one 256^2 image with 5 boxes.
 
+SAM-Med2D's recipe keeps zero gradients at ``zero_grad`` (``train_prompts.zero_grad: zeros``, the authors' torch
+1.13), so Adam also updates the encoder adapters (180M parameters at full size) in the 8 decoder-only passes; their
+code under the torch installed here (2.x) sets gradients to None and Adam skips them. For the same work on both
+sides, run ours with ``--ours-override=--model.train_prompts.zero_grad=none``.
+
 Both sides start from the same weights: the authors' model is built (seeded random initialisation, every tensor
 then perturbed slightly so that no two parameters are equal), and its state dict is loaded into ours through our
 converter for the authors' checkpoints (``zoo.hub.load_official_state_dict``).
@@ -34,8 +39,11 @@ uncontended wall time at best). The fp32 GEMM rate
 (2048^2 matmul, ``encoder_speed.gemm_rate``) and the load average are printed before and after each family.
 
 Peak memory: each side's peak resident set size (``ru_maxrss``) in a process of its own that builds only that side
-and runs two steps on the saved batch, and its RSS before the first step (so the step's own peak is the
-difference). It is process memory: Python, torch and the model included.
+and runs two steps on the batch the timing process saved, and the same peak just before the first step (after
+building; the table's number in brackets), so the steps' own peak is at least the difference. It is process
+memory: Python, torch, the model and the optimiser state included. The authors' SAM-Med3D ``train.py`` casts the
+label to long, which the MONAI installed here refuses in ``DiceCELoss`` (older MONAI squared it as it is): their
+side gets the same 0/1 label as float.
 
 Equality check (``--check``, on by default) on a tiny config of each family (small ViTs; SAM-UNet at 64^2 with a
 full ResNet-34), same weights both sides, one step 0 on the same real batch at the tiny size: the loss value
@@ -54,6 +62,8 @@ zeros where ours leaves None (outputs computed but unused) count as zeros; a gra
     python benchmarks/authors_training_step.py --sam-med3d ~/src/SAM-Med3D --sam-med2d ~/src/SAM-Med2D \\
         --sam-unet ~/src/sam-unet --json /tmp/authors_training.json
     python benchmarks/authors_training_step.py --families sam_unet --sam-unet ~/src/sam-unet --steps 5 --no-check
+    python benchmarks/authors_training_step.py --families sam_med2d --sam-med2d ~/src/SAM-Med2D \
+        --ours-override=--model.train_prompts.zero_grad=none   # torch 2's zero_grad, as their code runs here
 """
 
 from __future__ import annotations
@@ -80,6 +90,7 @@ FAMILIES = ("sam_med3d", "sam_med2d", "sam_unet")
 CHECKOUT_OPTIONS = {"sam_med3d": "sam_med3d", "sam_med2d": "sam_med2d", "sam_unet": "sam_unet"}
 LOSS_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-3
+OURS_OVERRIDES: list[str] = []  # --ours-override: extra zoo CLI overrides of our recipe (full size only)
 NOISE_FLOOR = 1e-6  # of the largest gradient: below it a gradient is rounding noise (see check_family)
 MIDDLE_MASK_ONLY_3D = 5  # SAM-Med3D: np.random.randint(2, 9) -> 5 under the deterministic rule
 POINTS_PER_PASS_2D = 5  # SAM-Med2D: one fixed entry of point_list [1, 3, 5, 9] on both sides in the check
@@ -218,7 +229,7 @@ def build_ours(family: str, data_root: Path, tiny: bool, iterations_3d: int) -> 
 
     if family == "sam_med3d" and not (data_root / "Dataset001").exists():
         nnunet_copy(data_root / "Dataset001")
-    extra = [f"--model.model_overrides={json.dumps(TINY_OVERRIDES[family])}"] if tiny else []
+    extra = [f"--model.model_overrides={json.dumps(TINY_OVERRIDES[family])}"] if tiny else list(OURS_OVERRIDES)
     recipe = Path(__file__).resolve().parents[1] / "recipes" / family / "paper.yaml"
     cli = cli_main(["--config", str(recipe), *overrides(family, data_root, iterations_3d), *extra], run=False)
     module, datamodule = cli.model, cli.datamodule
@@ -687,7 +698,7 @@ def time_family(family: str, checkout: Path, threads: int, steps: int, iteration
         "ours_runs_s": runs["ours"], "theirs_runs_s": runs["theirs"],
         "ours_cpu_s": cpu["ours"], "theirs_cpu_s": cpu["theirs"],
         "gemm_gflops_before": gemm_before, "gemm_gflops_after": gemm_after, "load_after": os.getloadavg(),
-        "stubbed_imports": theirs.stubbed,
+        "stubbed_imports": theirs.stubbed, "ours_overrides": OURS_OVERRIDES,
     }  # fmt: skip
 
 
@@ -718,6 +729,7 @@ def _worker(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     command = [
         sys.executable, __file__, "--families", args.families[0], "--threads", str(args.threads), "--steps",
         str(args.steps), "--iterations-3d", str(args.iterations_3d), *extra,
+        *(f"--ours-override={override}" for override in args.ours_override),
     ]
     for family in FAMILIES:
         folder = getattr(args, family)
@@ -746,6 +758,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the tiny-config check")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument(
+        "--ours-override", action="append", default=[], metavar="=OVERRIDE",
+        help="an extra zoo CLI override of our recipe at full size (repeatable), e.g. "
+        "--ours-override=--model.train_prompts.zero_grad=none",
+    )  # fmt: skip
     parser.add_argument("--mode", choices=("time", "check", "memory-ours", "memory-theirs"), help=argparse.SUPPRESS)
     parser.add_argument("--batch-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -757,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
         if not checkout.is_dir():
             parser.error(f"--{family.replace('_', '-')} {checkout}: not a directory")
 
+    OURS_OVERRIDES[:] = args.ours_override
     if args.mode is not None:  # internal: one family, one job, in this fresh process
         import torch
 
@@ -777,7 +795,8 @@ def main(argv: list[str] | None = None) -> int:
     from encoder_speed import _load, gemm_rate
 
     torch.set_num_threads(args.threads)
-    print(f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} threads, fp32", flush=True)
+    print(f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} threads, fp32; our recipe overrides: "
+          f"{args.ours_override or 'none'}", flush=True)
     rows, failed = [], False
     for family in args.families:
         one = argparse.Namespace(**{**vars(args), "families": [family]})
