@@ -172,3 +172,35 @@ def test_the_tiny_vit_fast_path_equals_the_reference_and_drops_its_folded_weight
         with reference_computation():
             expected = other(image)
     torch.testing.assert_close(reloaded, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [3, 4, 7])
+def test_mbconv_in_strips_equals_the_whole_map(rows, monkeypatch):
+    """Strips of ``rows`` rows (the last one shorter, the first and last padded with zero rows) give the whole-map
+    computation (the same sums; a strip of a batch is not contiguous, where oneDNN may block it differently: an
+    ulp apart), and the upstream computation within rounding."""
+    from zoo.models.components.tiny_vit import MBConv
+
+    torch.manual_seed(0)
+    block = MBConv(8, 4.0).eval()
+    for module in block.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 8, 17, 9).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = MBConv._forward_in_strips
+    monkeypatch.setattr(MBConv, "_forward_in_strips", lambda self, x: calls.append(1) or real(self, x))
+    with torch.inference_mode():
+        monkeypatch.setattr(MBConv, "strip_min_elements", 2**40)
+        whole = block(x)
+        monkeypatch.setattr(MBConv, "strip_min_elements", 0)
+        monkeypatch.setattr(MBConv, "strip_rows", rows)
+        strips = block(x)
+        with reference_computation():
+            reference = block(x)
+    assert calls == [1]
+    torch.testing.assert_close(strips, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(strips, reference, rtol=0, atol=1e-5)

@@ -81,9 +81,16 @@ def folded_weights(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[Tensor, Tenso
     return weight.contiguous(), bias
 
 
-def folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: Tensor, activation: nn.Module | None = None) -> Tensor:
+def folded_conv(
+    conv: nn.Conv2d,
+    norm: nn.BatchNorm2d,
+    x: Tensor,
+    activation: nn.Module | None = None,
+    padding: tuple[int, int] | None = None,
+) -> Tensor:
     """``activation(norm(conv(x)))`` with ``norm`` folded into ``conv`` (see the module docstring); call only where
-    :func:`folding_applies`."""
+    :func:`folding_applies`. ``padding`` replaces the convolution's own (for a strip padded by its caller)."""
+    padding = tuple(conv.padding) if padding is None else tuple(padding)
     sources = [conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
     if conv.bias is not None:
         sources.append(conv.bias)
@@ -97,9 +104,9 @@ def folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: Tensor, activation: nn
         and conv.padding_mode == "zeros"
         and onednn_conv_works()
     ):
-        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        args = (list(padding), list(conv.stride), list(conv.dilation), conv.groups)
         if post_op is None:
             return activation(torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "none", [], ""))
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, *post_op)
-    out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    out = F.conv2d(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
     return out if activation is None else activation(out)

@@ -73,7 +73,19 @@ class PatchEmbed(nn.Module):
 
 
 class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, residual, then GELU (channels-first)."""
+    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, residual, then GELU.
+
+    At LiteMedSAM's full resolution the expanded map is 64 MB (256 channels at 256^2), written and read back by
+    each step from memory. In inference on channels-last maps the block runs in strips of :attr:`strip_rows` rows
+    instead (each strip's expansion taking one more row above and below for the depthwise kernel): the strip's
+    expanded map stays in cache. Every output element is the same sum of the same inputs by the same kernels (equal
+    to the whole-map result at batch 1; a strip of a larger batch is strided, which oneDNN may block differently,
+    an ulp apart).
+    """
+
+    strip_rows = 32
+    #: Expanded maps above this many elements run in strips (LiteMedSAM's stage 0; not the tiny test models).
+    strip_min_elements = 2**22
 
     def __init__(self, chans: int, expand_ratio: float, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -87,8 +99,34 @@ class MBConv(nn.Module):
         self.drop_path = _drop_path(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        expanded = x.numel() // x.shape[1] * self.conv1.c.out_channels
+        if (
+            folding_applies(self, x)
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[2] > self.strip_rows
+            and expanded > self.strip_min_elements
+        ):
+            return self._forward_in_strips(x)
         y = self.conv2(self.conv1(x, self.act1), self.act2)
         return self.act3(x + self.drop_path(self.conv3(y)))
+
+    def _forward_in_strips(self, x: Tensor) -> Tensor:
+        """The block, strip by strip (inference with folded convolutions; see the class docstring)."""
+        height = x.shape[2]
+        depthwise = self.conv2
+        halo, side = depthwise.c.padding
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        for top in range(0, height, self.strip_rows):
+            bottom = min(height, top + self.strip_rows)
+            first, last = max(0, top - halo), min(height, bottom + halo)
+            hidden = folded_conv(self.conv1.c, self.conv1.bn, x[:, :, first:last], self.act1)
+            missing_above, missing_below = halo - (top - first), halo - (last - bottom)  # zero rows at the edges
+            if missing_above or missing_below:
+                hidden = F.pad(hidden, (0, 0, missing_above, missing_below))
+            hidden = folded_conv(depthwise.c, depthwise.bn, hidden, self.act2, padding=(0, side))
+            projected = folded_conv(self.conv3.c, self.conv3.bn, hidden)
+            out[:, :, top:bottom] = self.act3(x[:, :, top:bottom] + projected)
+        return out
 
 
 class PatchMerging(nn.Module):
