@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
-from zoo.models.components.onednn_linear import fusable_activation
+from zoo.models.components.onednn_linear import agrees, fusable_activation
 from zoo.models.components.weight_cache import derived_from_parameters
 
 
@@ -42,10 +42,7 @@ def computes_conv(op: Callable[..., Tensor] | None) -> bool:
                 for (attr, algorithm), activation in post_ops.items():
                     for weight, b, stride, groups in ((dense, bias, 1, 1), (depthwise, bias[:4], 2, 4)):
                         out = op(image, weight, b, [1, 1], [stride, stride], [1, 1], groups, attr, [], algorithm)
-                        expected = activation(F.conv2d(image, weight, b, stride, 1, 1, groups))
-                        if not isinstance(out, Tensor) or out.shape != expected.shape or out.dtype != torch.float32:
-                            return False
-                        if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
+                        if not agrees(out, activation(F.conv2d(image, weight, b, stride, 1, 1, groups))):
                             return False
     except Exception:  # noqa: BLE001 - missing kernel, changed signature: the op is not usable
         return False

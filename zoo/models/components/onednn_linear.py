@@ -36,6 +36,17 @@ from zoo.models.components.weight_cache import derived_from_parameters
 MIN_MULTIPLY_ADDS = 2**28  # rows x inputs x outputs below which F.linear's kernel was faster
 
 
+def agrees(out: object, expected: Tensor, dtype: torch.dtype = torch.float32, tolerance: float = 1e-4) -> bool:
+    """Whether a private op's ``out`` is a ``dtype`` tensor of ``expected``'s shape and values (``tolerance``
+    relative, a tenth of it absolute): the check behind trusting oneDNN's private ops."""
+    return (
+        isinstance(out, Tensor)
+        and out.dtype == dtype
+        and out.shape == expected.shape
+        and torch.allclose(out.to(expected.dtype), expected, rtol=tolerance, atol=tolerance / 10)
+    )
+
+
 def computes_linear(op: Callable[..., Tensor] | None) -> bool:
     """Whether ``op`` behaves as ``torch.ops.mkldnn._linear_pointwise`` is relied on to: ``F.linear`` followed by
     the named post-op (none, exact and tanh GELU, ReLU), with and without a bias, on a tiny float32 input."""
@@ -53,11 +64,7 @@ def computes_linear(op: Callable[..., Tensor] | None) -> bool:
         with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
             for (attr, algorithm), activation in post_ops.items():
                 for b in (bias, None):
-                    out = op(x, weight, b, attr, [], algorithm)
-                    expected = activation(F.linear(x, weight, b))
-                    if not isinstance(out, Tensor) or out.shape != expected.shape or out.dtype != torch.float32:
-                        return False
-                    if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
+                    if not agrees(op(x, weight, b, attr, [], algorithm), activation(F.linear(x, weight, b))):
                         return False
     except Exception:  # noqa: BLE001 - missing kernel, changed signature: the op is not usable
         return False
@@ -90,9 +97,7 @@ def onednn_bf16_linear_works() -> bool:
             for attr, algorithm, activation in (("none", "", lambda y: y), ("gelu", "none", F.gelu)):
                 out = op(x16, weight16, bias16, attr, [], algorithm)
                 expected = activation(F.linear(x16.float(), weight16.float(), bias16.float()))
-                if not isinstance(out, Tensor) or out.dtype != torch.bfloat16 or out.shape != expected.shape:
-                    return False
-                if not torch.allclose(out.float(), expected, rtol=2e-2, atol=2e-2):
+                if not agrees(out, expected, torch.bfloat16, tolerance=2e-2):
                     return False
     except Exception:  # noqa: BLE001 - missing kernel, changed signature: the op is not usable
         return False
