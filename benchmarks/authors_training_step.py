@@ -23,10 +23,12 @@ Each family runs in fresh processes, CPU, fp32, ``--threads`` threads:
   - ``sam_unet``: ``train_on_single_gpu.py``'s ``train_one_epoch`` on a one-batch loader (``train_forward``,
     ``FocalDiceloss`` as focal + 20 dice, Adam at 1e-4) on one 256^2 image with 5 boxes.
 
-SAM-Med2D's recipe keeps zero gradients at ``zero_grad`` (``train_prompts.zero_grad: zeros``, the authors' torch
-1.13), so Adam also updates the encoder adapters (180M parameters at full size) in the 8 decoder-only passes; their
-code under the torch installed here (2.x) sets gradients to None and Adam skips them. For the same work on both
-sides, run ours with ``--ours-override=--model.train_prompts.zero_grad=none``.
+SAM-Med2D's ``optimizer.zero_grad()`` after each pass means zero gradients under the authors' torch 1.13 and None
+under torch >= 2.0 (installed here). Their side gets the semantics our module runs with: the recipe's
+``train_prompts.zero_grad: zeros`` (as the authors ran it: Adam also moves the encoder adapters, 180M parameters at
+full size, in the 8 decoder-only passes) makes their optimiser's ``zero_grad`` keep zeros too; with
+``--ours-override=--model.train_prompts.zero_grad=none`` both sides set None (Adam skips those parameters). The
+table's ``zero_grad`` column says which ran.
 
 Both sides start from the same weights: the authors' model is built (seeded random initialisation, every tensor
 then perturbed slightly so that no two parameters are equal), and its state dict is loaded into ours through our
@@ -63,7 +65,7 @@ zeros where ours leaves None (outputs computed but unused) count as zeros; a gra
         --sam-unet ~/src/sam-unet --json /tmp/authors_training.json
     python benchmarks/authors_training_step.py --families sam_unet --sam-unet ~/src/sam-unet --steps 5 --no-check
     python benchmarks/authors_training_step.py --families sam_med2d --sam-med2d ~/src/SAM-Med2D \
-        --ours-override=--model.train_prompts.zero_grad=none   # torch 2's zero_grad, as their code runs here
+        --ours-override=--model.train_prompts.zero_grad=none   # both sides: torch >= 2.0's zero_grad
 """
 
 from __future__ import annotations
@@ -343,7 +345,10 @@ def _tiny_decoder_3d(decoder_class: Any, t: dict[str, Any]) -> Any:
                              iou_head_hidden_dim=t["iou_head_hidden_dim"])
 
 
-def theirs_sam_med2d(checkout: Path, batch: dict[str, Any], first: dict[str, Any], tiny: bool) -> Theirs:
+def theirs_sam_med2d(checkout: Path, batch: dict[str, Any], first: dict[str, Any], tiny: bool,
+                     zero_grad: str) -> Theirs:
+    import functools
+
     import torch
 
     stubbed = stub_missing(["albumentations", "albumentations.pytorch", "skimage.measure", "apex", "matplotlib"])
@@ -361,6 +366,8 @@ def theirs_sam_med2d(checkout: Path, batch: dict[str, Any], first: dict[str, Any
         model = train.sam_model_registry["vit_b"](args)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    # their train.py calls zero_grad() with torch's default: zeros under their torch 1.13, None under torch >= 2.0
+    optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=zero_grad == "none")
     criterion = train.FocalDiceloss_IoULoss()
     theirs = Theirs(model, optimizer, lambda: None, stubbed=stubbed)
 
@@ -511,11 +518,13 @@ def _tiny_sam_registry(sam_build: types.ModuleType, t: dict[str, Any]) -> None:
 
 
 def build_theirs(family: str, checkout: Path, batch: dict[str, Any], inputs: dict[str, Any], tiny: bool,
-                 iterations_3d: int, work: Path) -> Theirs:
+                 iterations_3d: int, work: Path, zero_grad: str = "none") -> Theirs:
+    """The authors' side; ``zero_grad`` ("none" or "zeros", SAM-Med2D only): what their per-pass ``zero_grad()``
+    leaves, set to what our module does."""
     if family == "sam_med3d":
         return theirs_sam_med3d(checkout, batch, tiny, iterations_3d, work)
     if family == "sam_med2d":
-        return theirs_sam_med2d(checkout, batch, inputs, tiny)
+        return theirs_sam_med2d(checkout, batch, inputs, tiny, zero_grad)
     return theirs_sam_unet(checkout, batch, inputs, tiny)
 
 
@@ -593,7 +602,8 @@ def check_family(family: str, checkout: Path, iterations_3d: int) -> dict[str, A
         with our_deterministic(family, module):  # their first prompts: the draws ours makes in its first pass
             inputs = their_inputs(family, module, batch, deterministic=True)
         torch.manual_seed(0)
-        theirs = build_theirs(family, checkout, batch, inputs, True, iterations_3d, Path(tmp))
+        theirs = build_theirs(family, checkout, batch, inputs, True, iterations_3d, Path(tmp),
+                              module.train_prompts.zero_grad)
         share_weights(theirs, module.net)
         mapping = name_map(module.net, theirs.model)
         our_grads = capture_first_step(optimizer, module.net.named_parameters)
@@ -673,10 +683,11 @@ def time_family(family: str, checkout: Path, threads: int, steps: int, iteration
     with tempfile.TemporaryDirectory() as tmp:
         module, optimizer, batch = build_ours(family, Path(tmp), tiny=False, iterations_3d=iterations_3d)
         inputs = their_inputs(family, module, batch, deterministic=False)
-        torch.save({"batch": {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, "inputs": inputs},
-                   batch_file)
+        zero_grad = module.train_prompts.zero_grad
+        torch.save({"batch": {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, "inputs": inputs,
+                    "zero_grad": zero_grad}, batch_file)
         torch.manual_seed(0)
-        theirs = build_theirs(family, checkout, batch, inputs, False, iterations_3d, Path(tmp))
+        theirs = build_theirs(family, checkout, batch, inputs, False, iterations_3d, Path(tmp), zero_grad)
         share_weights(theirs, module.net)
         gemm_before = gemm_rate(torch.device("cpu"))
         runs: dict[str, list[float]] = {"ours": [], "theirs": []}
@@ -693,7 +704,7 @@ def time_family(family: str, checkout: Path, threads: int, steps: int, iteration
     return {
         "family": family, "model": module.hparams.model, "input": "x".join(map(str, batch["image"].shape[1:])),
         "targets": int(batch["target"].shape[0]) if "target" in batch else int(batch["masks"].shape[:2].numel()),
-        "iterations": module.train_prompts.iterations, "threads": torch.get_num_threads(),
+        "iterations": module.train_prompts.iterations, "threads": torch.get_num_threads(), "zero_grad": zero_grad,
         "ours_s": ours_s, "theirs_s": theirs_s, "ratio_theirs_over_ours": theirs_s / ours_s,
         "ours_runs_s": runs["ours"], "theirs_runs_s": runs["theirs"],
         "ours_cpu_s": cpu["ours"], "theirs_cpu_s": cpu["theirs"],
@@ -716,7 +727,7 @@ def memory_side(family: str, side: str, checkout: Path, batch_file: Path, iterat
         else:
             saved = torch.load(batch_file, weights_only=False)
             step = build_theirs(family, checkout, saved["batch"], saved["inputs"], False, iterations_3d,
-                                Path(tmp)).step
+                                Path(tmp), saved["zero_grad"]).step
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for _ in range(2):
             step()
@@ -835,8 +846,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("| family | model | input | targets | passes | ours s/step | theirs s/step | theirs / ours | "
-              "CPU s/step ours, theirs | ours runs s | theirs runs s | peak RSS ours (before) MiB | "
+    header = ("| family | model | input | targets | passes | zero_grad | ours s/step | theirs s/step | "
+              "theirs / ours | CPU s/step ours, theirs | ours runs s | theirs runs s | peak RSS ours (before) MiB | "
               "peak RSS theirs (before) MiB | GEMM GFLOP/s in run (family start, end) | load end | check |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -858,7 +869,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if "loss_abs_diff" in check:
             verdict += f" (loss {check['loss_abs_diff']:.1e}, grad {check['worst_gradient_rel_diff']:.1e})"
         print(
-            f"| {row['family']} | {t['model']} | {t['input']} | {t['targets']} | {t['iterations']} | {t['ours_s']:.2f} "
+            f"| {row['family']} | {t['model']} | {t['input']} | {t['targets']} | {t['iterations']} | "
+            f"{t.get('zero_grad', '-')} | {t['ours_s']:.2f} "
             f"| {t['theirs_s']:.2f} | {t['ratio_theirs_over_ours']:.2f}x | {cpu('ours')}, {cpu('theirs')} | "
             f"{' '.join(f'{x:.1f}' for x in t['ours_runs_s'])} | {' '.join(f'{x:.1f}' for x in t['theirs_runs_s'])} "
             f"| {memory('ours')} | {memory('theirs')} | {t['gemm_gflops_before']:.0f} -> {t['gemm_gflops_after']:.0f} "
