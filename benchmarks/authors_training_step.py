@@ -225,33 +225,16 @@ def deterministic_uniform(shape: tuple[int, ...], generator: Any, device: Any) -
 # ----------------------------------------------------------------------------------------------- our side
 def build_ours(family: str, data_root: Path, tiny: bool, iterations_3d: int) -> tuple[Any, Any, dict[str, Any]]:
     """Our recipe module, its optimiser and one batch of the bundled data (as benchmarks/training_step.py)."""
-    from training_step import nnunet_copy, overrides
+    from training_step import build_recipe_step
 
-    from zoo.cli.lightning import cli_main
-
-    if family == "sam_med3d" and not (data_root / "Dataset001").exists():
-        nnunet_copy(data_root / "Dataset001")
     extra = [f"--model.model_overrides={json.dumps(TINY_OVERRIDES[family])}"] if tiny else list(OURS_OVERRIDES)
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / family / "paper.yaml"
-    cli = cli_main(["--config", str(recipe), *overrides(family, data_root, iterations_3d), *extra], run=False)
-    module, datamodule = cli.model, cli.datamodule
-    datamodule.setup("fit")
-    batch = next(iter(datamodule.train_dataloader()))
-    configured = module.configure_optimizers()
-    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
-    module.train()
-    if module.train_prompts.optimizer_step == "per_pass":  # manual optimisation outside a Trainer
-        module.optimizers = lambda use_pl_optimizer=True: optimizer
-        module.manual_backward = lambda loss, *args, **kwargs: loss.backward()
-    return module, optimizer, batch
+    return build_recipe_step(family, data_root, iterations_3d, extra)
 
 
 def our_step(module: Any, optimizer: Any, batch: dict[str, Any]) -> None:
-    loss = module.training_step(batch, 0)
-    if loss is not None:  # summed passes: one backward and one step (per-pass: the module stepped itself)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    from training_step import train_step
+
+    train_step(module, optimizer, batch)
 
 
 # --------------------------------------------------------------------------------------------- their side

@@ -74,6 +74,43 @@ def overrides(family: str, data_root: Path, iterations_3d: int) -> list[str]:
     return [*common, f"--data.init_args.root={SAM_MED2D_DEMO}", "--data.init_args.masks_per_image=5"]
 
 
+def build_recipe_step(
+    family: str, data_root: Path, iterations_3d: int, extra: list[str] | tuple[str, ...] = ()
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The paper recipe's module through the zoo CLI parser (CPU, fp32, the bundled data under ``data_root``), its
+    optimiser in train mode and one batch. ``extra``: more CLI overrides.
+
+    A module that steps its optimiser after every prompt pass (SAM-Med2D's manual optimisation) gets the two
+    Trainer hooks it calls, so that it runs outside a Trainer."""
+    from zoo.cli.lightning import cli_main
+
+    if family == "sam_med3d" and not (data_root / "Dataset001").exists():
+        nnunet_copy(data_root / "Dataset001")
+    recipe = REPO_ROOT / "recipes" / family / "paper.yaml"
+    cli = cli_main(["--config", str(recipe), *overrides(family, data_root, iterations_3d), *extra], run=False)
+    module, datamodule = cli.model, cli.datamodule
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    configured = module.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    module.train()
+    if module.train_prompts.optimizer_step == "per_pass":
+        module.optimizers = lambda use_pl_optimizer=True: optimizer
+        module.manual_backward = lambda loss, *args, **kwargs: loss.backward()
+    return module, optimizer, batch
+
+
+def train_step(module: Any, optimizer: Any, batch: dict[str, Any]) -> Any:
+    """One training step: ``training_step`` (the prompt loop and loss), then, for a summed loss, its backward and
+    one optimiser step (a per-pass module has stepped after each pass itself and returns None)."""
+    loss = module.training_step(batch, 0)
+    if loss is not None:
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def run_family(
     family: str, threads: int, steps: int, iterations_3d: int, activation_checkpointing: bool = False
 ) -> dict[str, Any]:
@@ -81,34 +118,18 @@ def run_family(
     import torch
 
     torch.set_num_threads(threads)
-    from zoo.cli.lightning import cli_main
-
     with tempfile.TemporaryDirectory() as tmp:
-        data_root = Path(tmp)
-        if family == "sam_med3d":
-            nnunet_copy(data_root / "Dataset001")
-        recipe = REPO_ROOT / "recipes" / family / "paper.yaml"
-        arguments = ["--config", str(recipe), *overrides(family, data_root, iterations_3d)]
-        if activation_checkpointing:
-            arguments.append("--model.activation_checkpointing=true")
-        cli = cli_main(arguments, run=False)
-        module, datamodule = cli.model, cli.datamodule
-        datamodule.setup("fit")
-        batch = next(iter(datamodule.train_dataloader()))
-    configured = module.configure_optimizers()
-    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
-    module.train()
+        extra = ["--model.activation_checkpointing=true"] if activation_checkpointing else []
+        module, optimizer, batch = build_recipe_step(family, Path(tmp), iterations_3d, extra)
     targets = int(batch["target"].shape[0]) if "target" in batch else int(batch["masks"].shape[:2].numel())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, cpu_times = [], []
+    times, cpu_times, losses = [], [], []
     for _ in range(steps + 1):
         start, cpu_start = time.perf_counter(), time.process_time()
-        loss = module.training_step(batch, 0)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step(module, optimizer, batch)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
+        losses.append(loss)
     timed = times[1:] or times
     seconds = statistics.median(timed)
     images = int(batch["image"].shape[0])
@@ -132,7 +153,7 @@ def run_family(
         "rss_before_steps_mib": rss_before / 1024,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
-        "loss": float(loss.detach()),
+        "loss": None if losses[-1] is None else float(losses[-1].detach()),  # per-pass modules return None
     }
 
 
