@@ -7,24 +7,11 @@ random draws makes our click samplers and a numpy-style ``choice`` over ``argwhe
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("authors_training_step", BENCHMARKS / "authors_training_step.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = "authors_training_step"  # the script fixture (conftest.py) imports benchmarks/authors_training_step.py
 
 
 def test_refuses_to_run_without_the_checkouts(script, capsys):

@@ -7,15 +7,12 @@ while a summed-loss recipe (SAM-UNet) returns the loss the benchmark then backpr
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPT = "training_step"  # the script fixture (conftest.py) imports benchmarks/training_step.py
 TINY = {
     "sam_med2d": dict(
         image_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, window_size=3, global_attn_indexes=[1],
@@ -23,15 +20,6 @@ TINY = {
     ),
     "sam_unet": dict(image_size=64, embed_dim=32, depth=12, num_heads=2),
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("training_step", BENCHMARKS / "training_step.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("family, per_pass", [("sam_med2d", True), ("sam_unet", False)])

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
-from zoo.models.components.onednn_linear import agrees, fusable_activation
+from zoo.models.components.onednn_linear import agrees, fusable_activation, passes
 from zoo.models.components.weight_cache import derived_from_parameters
 
 
@@ -35,18 +35,17 @@ def computes_conv(op: Callable[..., Tensor] | None) -> bool:
     dense, depthwise = torch.randn(6, 4, 3, 3, generator=generator), torch.randn(4, 1, 3, 3, generator=generator)
     bias = torch.randn(6, generator=generator)
     post_ops = {("none", ""): lambda y: y, ("gelu", "none"): F.gelu, ("relu", ""): F.relu}
-    try:
-        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
-            for layout in (torch.contiguous_format, torch.channels_last):
-                image = x.contiguous(memory_format=layout)
-                for (attr, algorithm), activation in post_ops.items():
-                    for weight, b, stride, groups in ((dense, bias, 1, 1), (depthwise, bias[:4], 2, 4)):
-                        out = op(image, weight, b, [1, 1], [stride, stride], [1, 1], groups, attr, [], algorithm)
-                        if not agrees(out, activation(F.conv2d(image, weight, b, stride, 1, 1, groups))):
-                            return False
-    except Exception:  # noqa: BLE001 - missing kernel, changed signature: the op is not usable
-        return False
-    return True
+    cases = [
+        (x.contiguous(memory_format=layout), weight, b, stride, groups, attr, algorithm, activation)
+        for layout in (torch.contiguous_format, torch.channels_last)
+        for (attr, algorithm), activation in post_ops.items()
+        for weight, b, stride, groups in ((dense, bias, 1, 1), (depthwise, bias[:4], 2, 4))
+    ]
+    return passes(lambda: all(
+        agrees(op(image, weight, b, [1, 1], [stride, stride], [1, 1], groups, attr, [], algorithm),
+               activation(F.conv2d(image, weight, b, stride, 1, 1, groups)))
+        for image, weight, b, stride, groups, attr, algorithm, activation in cases
+    ))  # fmt: skip
 
 
 @functools.cache

@@ -47,6 +47,16 @@ def agrees(out: object, expected: Tensor, dtype: torch.dtype = torch.float32, to
     )
 
 
+def passes(check: Callable[[], bool]) -> bool:
+    """``check()`` of a private op, run in float32 with gradients, inference mode and autocast off; an op that
+    raises (a missing kernel, a changed signature) is not usable."""
+    try:
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
+            return check()
+    except Exception:  # noqa: BLE001 - whatever the op raises, it is not used
+        return False
+
+
 def computes_linear(op: Callable[..., Tensor] | None) -> bool:
     """Whether ``op`` behaves as ``torch.ops.mkldnn._linear_pointwise`` is relied on to: ``F.linear`` followed by
     the named post-op (none, exact and tanh GELU, ReLU), with and without a bias, on a tiny float32 input."""
@@ -60,15 +70,10 @@ def computes_linear(op: Callable[..., Tensor] | None) -> bool:
         ("gelu", "tanh"): lambda y: F.gelu(y, approximate="tanh"),
         ("relu", ""): F.relu,
     }
-    try:
-        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
-            for (attr, algorithm), activation in post_ops.items():
-                for b in (bias, None):
-                    if not agrees(op(x, weight, b, attr, [], algorithm), activation(F.linear(x, weight, b))):
-                        return False
-    except Exception:  # noqa: BLE001 - missing kernel, changed signature: the op is not usable
-        return False
-    return True
+    return passes(lambda: all(
+        agrees(op(x, weight, b, attr, [], algorithm), activation(F.linear(x, weight, b)))
+        for (attr, algorithm), activation in post_ops.items() for b in (bias, None)
+    ))  # fmt: skip
 
 
 @functools.cache
@@ -89,19 +94,12 @@ def onednn_bf16_linear_works() -> bool:
         return False
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((2, 3, 8), (5, 8), (5,)))
-    try:
-        if query() is not True:
-            return False
-        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
-            x16, weight16, bias16 = (t.to(torch.bfloat16) for t in (x, weight, bias))
-            for attr, algorithm, activation in (("none", "", lambda y: y), ("gelu", "none", F.gelu)):
-                out = op(x16, weight16, bias16, attr, [], algorithm)
-                expected = activation(F.linear(x16.float(), weight16.float(), bias16.float()))
-                if not agrees(out, expected, torch.bfloat16, tolerance=2e-2):
-                    return False
-    except Exception:  # noqa: BLE001 - missing kernel, changed signature: the op is not usable
-        return False
-    return True
+    x16, weight16, bias16 = (t.to(torch.bfloat16) for t in (x, weight, bias))
+    return passes(lambda: query() is True and all(
+        agrees(op(x16, weight16, bias16, attr, [], algorithm),
+               activation(F.linear(x16.float(), weight16.float(), bias16.float())), torch.bfloat16, tolerance=2e-2)
+        for attr, algorithm, activation in (("none", "", lambda y: y), ("gelu", "none", F.gelu))
+    ))  # fmt: skip
 
 
 def bf16_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
