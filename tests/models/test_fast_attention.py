@@ -11,7 +11,7 @@ from torch import nn
 import zoo
 from zoo.models.components.attention import RelPosAttention, window_partition, window_unpartition
 from zoo.models.components.compute_path import reference_computation, reference_computation_enabled
-from zoo.models.components.fast_window_attention import padded_window_attention, window_groups
+from zoo.models.components.fast_window_attention import broadcast_sum_mask, padded_window_attention, window_groups
 from zoo.models.components.vit_encoder import ViTBlock
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -181,6 +181,26 @@ def test_fast_windows_run_under_cpu_bf16_autocast():
     assert low.dtype == torch.bfloat16
     # bf16 keeps 8 mantissa bits; the error is relative to the output scale.
     assert (low.float() - exact).abs().max() <= 0.05 * exact.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_mask_written_in_place_is_the_broadcast_sum(dtype, padded):
+    """Without gradients the bias is written into the mask; the same values as the sum autograd builds (and, in
+    bfloat16, as torch's own bfloat16 sum), the padded boxes' column after it."""
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(6, 3, 4, 2, 1, 1, 2, generator=generator).to(dtype)  # SAM-Med3D's query-side term
+    second = torch.randn(6, 3, 4, 1, 3, 4, 2, generator=generator).to(dtype)  # and its key-side terms
+    boxes = [torch.randn(6, 3, 4, 2, generator=generator).to(dtype) for _ in range(2)] if padded else []
+    with torch.no_grad():
+        written = broadcast_sum_mask(first, second, boxes)
+    built = broadcast_sum_mask(first.requires_grad_(), second, boxes)
+    assert built.requires_grad and not written.requires_grad
+    assert written.shape == (6, 24, 24 + padded) and written.is_contiguous() and written.dtype == dtype
+    assert torch.equal(written, built.detach())
+    assert torch.equal(written[..., :24], (first + second).detach().reshape(6, 24, 24))
+    if padded:
+        assert torch.equal(written[..., 24], torch.logsumexp(torch.stack(boxes), dim=0).reshape(6, 24))
 
 
 def _full_size_encoder_agrees(model: nn.Module, image: torch.Tensor) -> None:

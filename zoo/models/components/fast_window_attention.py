@@ -72,10 +72,34 @@ def merge_windows(windows: Tensor, extent: Sequence[int], box: Sequence[int]) ->
     return x.permute(*order).reshape(-1, *box, windows.shape[-1])
 
 
-def _with_padded_column(bias: Tensor, log_padded: list[Tensor]) -> Tensor:
-    """Append the column ``log sum exp`` of the padded boxes' log-weights to the ``Bh x N x N`` bias."""
-    column = log_padded[0] if len(log_padded) == 1 else torch.logsumexp(torch.stack(log_padded), dim=0)
-    return torch.cat([bias, column.reshape(bias.shape[0], -1, 1)], dim=-1)
+def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) -> Tensor:
+    """The ``Bh x N x N`` bias ``first + second`` (broadcasting to ``Bh x *query grid x *key grid``), plus, when
+    ``log_padded`` holds the padded boxes' log-weights (each ``Bh x *query grid``), a last column holding their
+    ``log sum exp``.
+
+    Without gradients the sum is written straight into the mask (a broadcast sum comes out in the inputs' layout,
+    which the ``Bh x N x N`` view would copy, and the column would copy it all again), reduced precision through
+    float32: torch's bfloat16 kernel is several times slower on these short broadcast rows, and the float32 sum
+    rounded once is the same value.
+    """
+    shape = torch.broadcast_shapes(first.shape, second.shape)
+    num_q = math.prod(shape[1 : (len(shape) + 1) // 2])
+    column = None
+    if log_padded:
+        column = log_padded[0] if len(log_padded) == 1 else torch.logsumexp(torch.stack(log_padded), dim=0)
+        column = column.reshape(shape[0], num_q, 1)
+    if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
+        bias = (first + second).reshape(shape[0], num_q, -1)
+        return bias if column is None else torch.cat([bias, column], dim=-1)
+    mask = first.new_empty(shape[0], num_q, math.prod(shape[1:]) // num_q + (column is not None))
+    target = mask[..., : mask.shape[-1] - (column is not None)].view(shape)
+    if first.dtype in (torch.float32, torch.float64):
+        torch.add(first, second, out=target)
+    else:
+        target.copy_(torch.add(first.float(), second.float()))
+    if column is not None:
+        mask[..., -1:] = column
+    return mask
 
 
 def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], window: tuple[int, ...]) -> Tensor:
@@ -94,27 +118,26 @@ def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], win
         rel = relative_position_table(window[axis], window[axis], table.to(q.dtype))[: extent[axis]]
         terms.append(torch.einsum(f"b{letters}c,{letters[axis]}kc->b{letters}k", grid_q, rel))
 
-    # Bh x *extent (queries) x k_0 x ... x k_a, one key axis at a time.
+    # Bh x *extent (queries) x k_0 x ... x k_a, one key axis at a time; the last sum goes into the mask.
     bias = terms[0][..., : extent[0]]
-    for axis in range(1, n):
+    for axis in range(1, n - 1):
         bias = bias[..., None] + terms[axis][..., : extent[axis]].reshape(bh, *extent, *([1] * axis), -1)
-    bias = bias.reshape(bh, num_q, num_q)
-    if extent == window:
-        return bias
+    last = terms[-1][..., : extent[-1]].reshape(bh, *extent, *([1] * (n - 1)), -1)
 
-    real = [torch.logsumexp(t[..., :e], dim=-1) for t, e in zip(terms, extent)]
     boxes = []
-    for axis, e in enumerate(extent):
-        if e == window[axis]:
-            continue
-        log_weight = torch.logsumexp(terms[axis][..., e:], dim=-1)
-        for other in range(n):
-            if other < axis:
-                log_weight = log_weight + real[other]
-            elif other > axis:
-                log_weight = log_weight + torch.logsumexp(terms[other], dim=-1)
-        boxes.append(log_weight)
-    return _with_padded_column(bias, boxes)
+    if extent != window:
+        real = [torch.logsumexp(t[..., :e], dim=-1) for t, e in zip(terms, extent)]
+        for axis, e in enumerate(extent):
+            if e == window[axis]:
+                continue
+            log_weight = torch.logsumexp(terms[axis][..., e:], dim=-1)
+            for other in range(n):
+                if other < axis:
+                    log_weight = log_weight + real[other]
+                elif other > axis:
+                    log_weight = log_weight + torch.logsumexp(terms[other], dim=-1)
+            boxes.append(log_weight)
+    return broadcast_sum_mask(bias[..., None], last, boxes)
 
 
 def sam_med3d_mask(
@@ -142,9 +165,9 @@ def sam_med3d_mask(
     c = torch.einsum("bdhic,ikc->bdhik", q_ext, rel_w)  # Bh x rd x rh x W(kh) x W(kw)
 
     key_terms = b[:, :, :, :rd, None, :rw] + c[:, :, :, None, :rh, :rw]  # Bh x rd x rh x kd x kh x kw
-    bias = (a[:, :, :, :, None, None, :rw] + key_terms[:, :, :, None]).reshape(bh, num_q, num_q)
+    scores = (a[:, :, :, :, None, None, :rw], key_terms[:, :, :, None])  # summed over Bh x rd x rh x rw x keys
     if extent == window:
-        return bias
+        return broadcast_sum_mask(*scores, [])
 
     b_real = torch.logsumexp(b[..., :rd, :], dim=-2)  # Bh x rd x rh x W(kw)
     c_real = torch.logsumexp(c[..., :rh, :], dim=-2)
@@ -160,7 +183,7 @@ def sam_med3d_mask(
         boxes.append(torch.logsumexp(a + per_kw[:, :, :, None, :], dim=-1))
     if rw < ws:  # kd and kh real, kw padded
         boxes.append(torch.logsumexp(a[..., rw:] + (b_real + c_real)[:, :, :, None, rw:], dim=-1))
-    return _with_padded_column(bias, boxes)
+    return broadcast_sum_mask(*scores, boxes)
 
 
 def padded_window_attention(attn: RelPosAttention, x: Tensor, window: Sequence[int]) -> Tensor:
