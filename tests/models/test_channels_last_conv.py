@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from zoo.models.components import channels_last_conv, onednn_linear
 from zoo.models.components.adapter import ChannelSpatialAdapter
 from zoo.models.components.channels_last_conv import conv_channels_last, conv_transpose_channels_last
 from zoo.models.components.compute_path import reference_computation
@@ -128,3 +129,32 @@ def test_adapter_fast_path_equals_upstreams_channels_first_computation(monkeypat
             reference = adapter(x)
         assert calls == [1]
     torch.testing.assert_close(fast, reference, rtol=0, atol=TOL[dtype] * reference.abs().max())
+
+
+def test_adapter_under_bf16_autocast_keeps_its_bfloat16_product_weights(monkeypatch):
+    """Under CPU bfloat16 autocast the adapter's convolution products run on bfloat16 weights converted once and
+    kept, not cast by autocast on every call (at full width, 5 + 9 M weights per block): the output of converting
+    them on each call, bit for bit, and within bfloat16's rounding of the float32 output."""
+    if not onednn_linear.onednn_bf16_linear_works():
+        pytest.skip("no native bfloat16 oneDNN kernels on this CPU")
+    adapter = randomised(ChannelSpatialAdapter(768), seed=12).eval()
+    x = torch.randn(1, 16, 16, 768, generator=torch.Generator().manual_seed(13))
+    derived = []
+    for module in (onednn_linear, channels_last_conv):
+        real = module.derived_from_parameters
+
+        def counting(owner, slot, sources, derive, real=real):
+            return real(owner, slot, sources, lambda: derived.append(slot) or derive())
+
+        monkeypatch.setattr(module, "derived_from_parameters", counting)
+    with torch.no_grad():
+        exact = adapter(x)
+        derived.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first, second = adapter(x), adapter(x)
+            assert sorted(derived) == ["bfloat16", "conv_transpose_taps_torch.bfloat16"], "converted once, kept"
+            for module in (onednn_linear, channels_last_conv):  # nothing kept: converted on this call
+                monkeypatch.setattr(module, "derived_from_parameters", lambda owner, slot, sources, derive: derive())
+            per_call = adapter(x)
+    assert torch.equal(first, second) and torch.equal(first, per_call)
+    assert (first.float() - exact).abs().max() <= 0.05 * exact.abs().max()

@@ -209,8 +209,12 @@ def test_under_bf16_autocast_the_kept_bfloat16_weight_gives_autocasts_product(mo
     layer = OneDNNLinear(48, 80)
     x = torch.randn(2, 64, 48)
     conversions = []
-    real = OneDNNLinear._bfloat16_weights
-    monkeypatch.setattr(OneDNNLinear, "_bfloat16_weights", lambda self: conversions.append(1) or real(self))
+    real = onednn_linear.derived_from_parameters
+
+    def counting(owner, slot, sources, derive):
+        return real(owner, slot, sources, lambda: conversions.append(1) or derive())
+
+    monkeypatch.setattr(onednn_linear, "derived_from_parameters", counting)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert onednn_linear.bf16_applies(x, layer.weight, layer.bias)
         out = layer(x, nn.GELU())

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zoo.models.components.onednn_linear import linear
+from zoo.models.components.onednn_linear import kept_linear
 from zoo.models.components.weight_cache import derived_from_parameters
 
 _ConvNd = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -55,7 +55,8 @@ def conv_channels_last(conv: nn.Module, x: Tensor, activation: nn.Module | None 
         taps.append(padded[(slice(None), *index)])
     # Taps ordered (C_in, kernel offset), as the weight C_out x C_in x *kernel is stored: no weight copy.
     gathered = torch.stack(taps, dim=-1).flatten(-2)
-    return linear(gathered, conv.weight.reshape(conv.out_channels, -1), conv.bias, activation)
+    sources = [conv.weight] if conv.bias is None else [conv.weight, conv.bias]
+    return kept_linear(conv, gathered, conv.weight.reshape(conv.out_channels, -1), conv.bias, activation, sources)
 
 
 def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
@@ -68,13 +69,18 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
     kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
     batch, *spatial, _ = x.shape
 
+    # Under CPU autocast the product runs in autocast's dtype: the weight is kept in it too, not cast per call.
+    dtype = torch.get_autocast_dtype("cpu") if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") else None
+
     def weight() -> Tensor:  # C_in x C_out x *kernel -> prod(kernel) x C_in x C_out
-        return conv.weight.flatten(2).permute(2, 0, 1).contiguous()
+        taps = conv.weight.flatten(2).permute(2, 0, 1)
+        return (taps if dtype is None else taps.to(dtype)).contiguous()
 
     # One product per kernel position, batched: on the SAM-Med2D adapter's shape (64 tokens, 768 -> 16 x 768)
     # the batched product was faster on the CPUs measured than one 768 -> 12288 product.
     tokens = x.reshape(1, -1, conv.in_channels).expand(math.prod(kernel), -1, -1)
-    blocks = torch.bmm(tokens, derived_from_parameters(conv, "conv_transpose_taps", [conv.weight], weight))
+    slot = "conv_transpose_taps" if dtype is None else f"conv_transpose_taps_{dtype}"
+    blocks = torch.bmm(tokens, derived_from_parameters(conv, slot, [conv.weight], weight))
     full = [(n - 1) * s + k for n, s, k in zip(spatial, stride, kernel)]
     out = blocks.new_zeros(batch, *full, conv.out_channels)
     for position, offset in enumerate(itertools.product(*(range(k) for k in kernel))):

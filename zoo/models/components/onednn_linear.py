@@ -12,10 +12,11 @@ An activation that follows the product (the ViT MLP's GELU, the adapter convolut
 post-op on the product's output while it is still in cache: no second pass over it and no second buffer, whose
 fresh pages can cost more than the activation itself.
 
-Under CPU bfloat16 autocast, :class:`OneDNNLinear` keeps a bfloat16 copy of its weight (``weight_cache``) and
-multiplies with it through the same oneDNN op, activation fused, instead of letting autocast cast the float32
-weight again on every call (for a ViT-B encoder, about 170 MB converted per image): autocast's result (a bfloat16
-product of the bfloat16-rounded operands), without the conversions.
+Under CPU bfloat16 autocast, :class:`OneDNNLinear` (and :func:`kept_linear`, for products with weights derived
+from another module's parameters, e.g. a convolution written as a product) keeps a bfloat16 copy of its weight
+(``weight_cache``) and multiplies with it through the same oneDNN op, activation fused, instead of letting
+autocast cast the float32 weight again on every call (for a ViT-B encoder, about 170 MB converted per image):
+autocast's result (a bfloat16 product of the bfloat16-rounded operands), without the conversions.
 
 oneDNN's product is a private torch op (``torch.ops.mkldnn._linear_pointwise``). It is used only where
 :func:`onednn_linear_works` found it, once per process, computing ``F.linear`` and each post-op on a tiny input
@@ -168,18 +169,36 @@ def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: 
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, *post_op)
 
 
+def kept_linear(
+    owner: nn.Module,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    activation: nn.Module | None = None,
+    sources: list[Tensor] | None = None,
+) -> Tensor:
+    """:func:`linear`, for a weight and bias that are, or derive from, ``owner``'s parameters ``sources``
+    (default: the weight and bias themselves; pass the parameters when ``weight`` is a view made per call).
+
+    Where :func:`bf16_applies`, the product runs on bfloat16 copies of them kept on ``owner`` (``weight_cache``).
+    """
+    if not bf16_applies(x, weight, bias):
+        return linear(x, weight, bias, activation)
+    if sources is None:
+        sources = [weight] if bias is None else [weight, bias]
+
+    def bfloat16_copies() -> tuple[Tensor, Tensor | None]:
+        return weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
+
+    weight16, bias16 = derived_from_parameters(owner, "bfloat16", sources, bfloat16_copies)
+    return _onednn_product(x.to(torch.bfloat16), weight16, bias16, activation)
+
+
 class OneDNNLinear(nn.Linear):
     """``nn.Linear`` (same parameters, keys and function) whose large float32 CPU inference products run through
     oneDNN (:func:`linear`), with a following activation fused where oneDNN has it; under CPU bfloat16 autocast
     with a kept bfloat16 copy of the weight (module docstring)."""
 
     def forward(self, x: Tensor, activation: nn.Module | None = None) -> Tensor:
-        """``activation(x @ weight.T + bias)``; see :func:`linear`."""
-        if bf16_applies(x, self.weight, self.bias):
-            sources = [self.weight] if self.bias is None else [self.weight, self.bias]
-            weight, bias = derived_from_parameters(self, "bfloat16", sources, self._bfloat16_weights)
-            return _onednn_product(x.to(torch.bfloat16), weight, bias, activation)
-        return linear(x, self.weight, self.bias, activation)
-
-    def _bfloat16_weights(self) -> tuple[Tensor, Tensor | None]:
-        return self.weight.to(torch.bfloat16), None if self.bias is None else self.bias.to(torch.bfloat16)
+        """``activation(x @ weight.T + bias)``; see :func:`linear` and :func:`kept_linear`."""
+        return kept_linear(self, x, self.weight, self.bias, activation)
