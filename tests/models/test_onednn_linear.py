@@ -247,3 +247,23 @@ def test_the_bfloat16_path_stays_off_for_training_fp32_and_the_reference():
             assert not onednn_linear.bf16_applies(x, layer.weight, layer.bias)
     with torch.no_grad():
         assert not onednn_linear.bf16_applies(x, layer.weight, layer.bias), "no autocast"
+
+
+def test_under_bf16_autocast_a_small_product_keeps_its_weight_and_gives_autocasts_result(monkeypatch):
+    """Below the oneDNN threshold the product is ``F.linear`` as autocast runs it, bit for bit, but with the
+    bfloat16 weight kept instead of converted on every call (a decoder's many small products)."""
+    monkeypatch.setattr(onednn_linear, "MIN_MULTIPLY_ADDS", 2**62)
+    layer = OneDNNLinear(48, 80)
+    x = torch.randn(2, 7, 48)
+    conversions = []
+    real = onednn_linear.derived_from_parameters
+    monkeypatch.setattr(
+        onednn_linear, "derived_from_parameters",
+        lambda owner, slot, sources, derive: real(owner, slot, sources, lambda: conversions.append(1) or derive()),
+    )  # fmt: skip
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, again = layer(x, nn.ReLU()), layer(x, nn.ReLU())
+        expected = F.relu(F.linear(x, layer.weight, layer.bias))
+    assert conversions == [1]
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert torch.equal(out, expected) and torch.equal(again, expected)

@@ -104,8 +104,10 @@ def onednn_bf16_linear_works() -> bool:
 
 
 def bf16_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether :class:`OneDNNLinear` multiplies with its kept bfloat16 weight: a large eager product on the CPU
-    under bfloat16 autocast, float32 weights, no gradient recorded, not inside ``reference_computation()``."""
+    """Whether :func:`kept_linear` (and :class:`OneDNNLinear`) multiplies with its kept bfloat16 weight: an eager
+    product on the CPU under bfloat16 autocast, float32 weights, no gradient recorded, not inside
+    ``reference_computation()``. Large products run through oneDNN's op (:func:`onednn_bf16_linear_works`), the
+    others through ``F.linear``, as autocast would run them."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         x.device.type == "cpu"
@@ -113,11 +115,9 @@ def bf16_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and x.dtype in (torch.float32, torch.bfloat16)
         and all(t.dtype == torch.float32 for t in tensors[1:])
-        and x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.compiler.is_compiling()
         and not reference_computation_enabled()
-        and onednn_bf16_linear_works()
     )
 
 
@@ -191,7 +191,11 @@ def kept_linear(
         return weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
 
     weight16, bias16 = derived_from_parameters(owner, "bfloat16", sources, bfloat16_copies)
-    return _onednn_product(x.to(torch.bfloat16), weight16, bias16, activation)
+    x16 = x.to(torch.bfloat16)
+    if x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS and onednn_bf16_linear_works():
+        return _onednn_product(x16, weight16, bias16, activation)
+    out = F.linear(x16, weight16, bias16)  # autocast's own product, without converting the weight again
+    return out if activation is None else activation(out)
 
 
 class OneDNNLinear(nn.Linear):
