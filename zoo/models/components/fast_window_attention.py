@@ -77,10 +77,10 @@ def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) 
     ``log_padded`` holds the padded boxes' log-weights (each ``Bh x *query grid``), a last column holding their
     ``log sum exp``.
 
-    Without gradients the sum is written straight into the mask (a broadcast sum comes out in the inputs' layout,
-    which the ``Bh x N x N`` view would copy, and the column would copy it all again), reduced precision through
-    float32: torch's bfloat16 kernel is several times slower on these short broadcast rows, and the float32 sum
-    rounded once is the same value.
+    Without gradients, outside ``torch.compile``, the sum is written straight into the mask (a broadcast sum comes
+    out in the inputs' layout, which the ``Bh x N x N`` view would copy, and the column would copy it all again),
+    reduced precision through float32: torch's bfloat16 kernel is several times slower on these short broadcast
+    rows, and the float32 sum rounded once is the same value.
     """
     shape = torch.broadcast_shapes(first.shape, second.shape)
     num_q = math.prod(shape[1 : (len(shape) + 1) // 2])
@@ -88,7 +88,8 @@ def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) 
     if log_padded:
         column = log_padded[0] if len(log_padded) == 1 else torch.logsumexp(torch.stack(log_padded), dim=0)
         column = column.reshape(shape[0], num_q, 1)
-    if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
+    records_grad = torch.is_grad_enabled() and (first.requires_grad or second.requires_grad)
+    if records_grad or torch.compiler.is_compiling():  # autograd and inductor want it functional (inductor fuses it)
         bias = (first + second).reshape(shape[0], num_q, -1)
         return bias if column is None else torch.cat([bias, column], dim=-1)
     mask = first.new_empty(shape[0], num_q, math.prod(shape[1:]) // num_q + (column is not None))
