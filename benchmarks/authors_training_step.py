@@ -80,7 +80,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -729,15 +728,15 @@ def _worker(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
         folder = getattr(args, family)
         if folder is not None:
             command += [f"--{family.replace('_', '-')}", str(folder)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    found = [line[4:] for line in result.stdout.splitlines() if line.startswith("ROW ")]
-    if result.returncode != 0 or not found:
+    from training_step import row_from_child
+
+    row, result = row_from_child(command, args.threads)
+    if row is None:
         return {"error": f"{' '.join(extra)} failed (exit {result.returncode}): {result.stderr[-4000:]}"}
     for line in result.stderr.splitlines():
         if line.startswith(f"{args.families[0]} "):
             print("  " + line, flush=True)
-    return json.loads(found[0])
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,6 +157,15 @@ def run_family(
     }
 
 
+def row_from_child(command: list[str], threads: int) -> tuple[dict[str, Any] | None, subprocess.CompletedProcess]:
+    """Run a benchmark's one-row child process (``threads`` OpenMP threads, the Hub offline): the dict its ``ROW``
+    line holds (None if it failed) and the finished process."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    found = [line[4:] for line in result.stdout.splitlines() if line.startswith("ROW ")]
+    return (json.loads(found[0]) if result.returncode == 0 and found else None), result
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = [
         "family", "model", "activation checkpointing", "input", "images x targets", "prompt iterations",
@@ -204,13 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.executable, __file__, "--one", family, "--threads", str(args.threads), "--steps", str(args.steps),
             "--iterations-3d", str(args.iterations_3d), *(["--checkpointing-on"] if checkpointing else []),
         ]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
-        found = [line[4:] for line in result.stdout.splitlines() if line.startswith("ROW ")]
-        if result.returncode != 0 or not found:
+        row, result = row_from_child(command, args.threads)
+        if row is None:
             print(f"{family} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", file=sys.stderr)
             return 1
-        rows.append(json.loads(found[0]))
+        rows.append(row)
         print(f"{family}: step times {[round(t, 2) for t in rows[-1]['all_step_seconds']]} s", file=sys.stderr)
     print(
         f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} threads, fp32; "

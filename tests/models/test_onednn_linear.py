@@ -267,3 +267,28 @@ def test_under_bf16_autocast_a_small_product_keeps_its_weight_and_gives_autocast
     assert conversions == [1]
     assert out.dtype == expected.dtype == torch.bfloat16
     assert torch.equal(out, expected) and torch.equal(again, expected)
+
+
+def test_a_patch_embedding_keeps_its_kernel_in_bfloat16_until_the_kernel_changes(monkeypatch):
+    """The ViT patch embedding multiplies patch rows by its kernel as a matrix (a reshaped view of the parameter,
+    made anew on every call): its bfloat16 copy is kept on the convolution and follows the parameter."""
+    from zoo.models.components.vit_encoder import PatchEmbed
+
+    embed = PatchEmbed(spatial_dims=3, patch_size=4, in_chans=1, embed_dim=24)
+    x = torch.randn(1, 1, 8, 8, 8)
+    conversions = []
+    real = onednn_linear.derived_from_parameters
+    monkeypatch.setattr(
+        onednn_linear, "derived_from_parameters",
+        lambda owner, slot, sources, derive: real(owner, slot, sources, lambda: conversions.append(owner) or derive()),
+    )  # fmt: skip
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first, again = embed(x), embed(x)
+        assert conversions == [embed.proj], "converted once, kept on the convolution"
+        embed.proj.weight.mul_(-1.0)
+        flipped = embed(x)
+        expected = embed.proj(x).movedim(1, -1)  # autocast's convolution on the changed kernel
+    assert conversions == [embed.proj, embed.proj], "converted again after the kernel changed"
+    assert first.dtype == torch.bfloat16 and torch.equal(first, again)
+    tolerance = 2**-6 * expected.abs().max().item()
+    torch.testing.assert_close(flipped.float(), expected.float(), rtol=0, atol=tolerance)

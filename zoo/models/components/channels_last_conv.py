@@ -55,8 +55,7 @@ def conv_channels_last(conv: nn.Module, x: Tensor, activation: nn.Module | None 
         taps.append(padded[(slice(None), *index)])
     # Taps ordered (C_in, kernel offset), as the weight C_out x C_in x *kernel is stored: no weight copy.
     gathered = torch.stack(taps, dim=-1).flatten(-2)
-    sources = [conv.weight] if conv.bias is None else [conv.weight, conv.bias]
-    return kept_linear(conv, gathered, conv.weight.reshape(conv.out_channels, -1), conv.bias, activation, sources)
+    return kept_linear(conv, gathered, conv.weight.reshape(conv.out_channels, -1), conv.bias, activation)
 
 
 def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:

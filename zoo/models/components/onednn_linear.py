@@ -170,26 +170,21 @@ def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: 
 
 
 def kept_linear(
-    owner: nn.Module,
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    activation: nn.Module | None = None,
-    sources: list[Tensor] | None = None,
+    owner: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: nn.Module | None = None
 ) -> Tensor:
-    """:func:`linear`, for a weight and bias that are, or derive from, ``owner``'s parameters ``sources``
-    (default: the weight and bias themselves; pass the parameters when ``weight`` is a view made per call).
+    """:func:`linear`, for a weight and bias that are ``owner``'s own parameters or views of them (a convolution's
+    kernel reshaped to a matrix).
 
-    Where :func:`bf16_applies`, the product runs on bfloat16 copies of them kept on ``owner`` (``weight_cache``).
+    Where :func:`bf16_applies`, the product runs on bfloat16 copies of them kept on ``owner`` (``weight_cache``),
+    converted again whenever one of ``owner``'s parameters changes.
     """
     if not bf16_applies(x, weight, bias):
         return linear(x, weight, bias, activation)
-    if sources is None:
-        sources = [weight] if bias is None else [weight, bias]
 
     def bfloat16_copies() -> tuple[Tensor, Tensor | None]:
         return weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
 
+    sources = list(owner.parameters(recurse=False))
     weight16, bias16 = derived_from_parameters(owner, "bfloat16", sources, bfloat16_copies)
     x16 = x.to(torch.bfloat16)
     if x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS and onednn_bf16_linear_works():

@@ -11,7 +11,7 @@ from zoo.models.components.attention import RelPosAttention, window_partition, w
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.fast_window_attention import padded_window_attention
 from zoo.models.components.layers import LayerNormNd, MLPBlock, conv_nd
-from zoo.models.components.onednn_linear import linear
+from zoo.models.components.onednn_linear import kept_linear
 from zoo.models.components.weight_cache import DropsDerivedWeights
 
 
@@ -42,7 +42,7 @@ class PatchEmbed(nn.Module):
         split = x.reshape(batch, chans, *[n for g in grid for n in (g, patch)])
         order = [0, *(2 + 2 * i for i in range(dims)), 1, *(3 + 2 * i for i in range(dims))]
         rows = split.permute(order).reshape(batch, *grid, -1)
-        return linear(rows, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
+        return kept_linear(self.proj, rows, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 class ViTBlock(nn.Module):
