@@ -11,6 +11,7 @@ from torch import nn
 import zoo
 from zoo.models.components.attention import RelPosAttention, window_partition, window_unpartition
 from zoo.models.components.compute_path import reference_computation, reference_computation_enabled
+from zoo.models.components import fast_window_attention
 from zoo.models.components.fast_window_attention import broadcast_sum_mask, padded_window_attention, window_groups
 from zoo.models.components.vit_encoder import ViTBlock
 
@@ -201,6 +202,21 @@ def test_the_mask_written_in_place_is_the_broadcast_sum(dtype, padded):
     assert torch.equal(written[..., :24], (first + second).detach().reshape(6, 24, 24))
     if padded:
         assert torch.equal(written[..., 24], torch.logsumexp(torch.stack(boxes), dim=0).reshape(6, 24))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sam_med3d_terms_in_reduced_precision_are_summed_by_a_product_rounding_once(dtype):
+    """SAM-Med3D's query-side term (it reads only the key's last axis) is added by a product with a 0/1 matrix;
+    on a mask of real size its sum is the float32 sum rounded once, as torch's own reduced-precision sum."""
+    generator = torch.Generator().manual_seed(0)
+    first = (torch.randn(12, 8, 8, 5, 1, 1, 5, generator=generator) * 40).to(dtype)  # padded window: w extent 5
+    second = (torch.randn(12, 8, 8, 1, 8, 8, 5, generator=generator) * 40).to(dtype)
+    assert fast_window_attention._last_key_axis_term(first, second)
+    assert fast_window_attention.reduced_precision_product_adds(dtype), "the kernel's rounding changed"
+    body = torch.empty(12, 320, 321, dtype=dtype)[..., :320]  # the mask's columns before the padded keys' one
+    fast_window_attention._add_by_product(first, second, body)
+    assert torch.equal(body, torch.add(first.float(), second.float()).to(dtype).reshape(12, 320, 320))
+    assert torch.equal(body, (first + second).reshape(12, 320, 320))
 
 
 def _full_size_encoder_agrees(model: nn.Module, image: torch.Tensor) -> None:

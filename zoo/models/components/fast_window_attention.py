@@ -13,6 +13,7 @@ product of index sets, so its log-weight is a sum (or, for SAM-Med3D's broadcast
 per-axis log-sum-exps. Summing positive parts in log space keeps it exact and free of cancellation.
 """
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zoo.models.components.attention import RelPosAttention, relative_position_table
+from zoo.models.components.onednn_linear import passes
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,9 @@ def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) 
     Without gradients, outside ``torch.compile``, the sum is written straight into the mask (a broadcast sum comes
     out in the inputs' layout, which the ``Bh x N x N`` view would copy, and the column would copy it all again),
     reduced precision through float32: torch's bfloat16 kernel is several times slower on these short broadcast
-    rows, and the float32 sum rounded once is the same value.
+    rows, and the float32 sum rounded once is the same value. For SAM-Med3D's terms in reduced precision the sum
+    is a copy plus a product (:func:`_add_by_product`), which rounds it once too, without a float32 mask-sized
+    temporary.
     """
     shape = torch.broadcast_shapes(first.shape, second.shape)
     num_q = math.prod(shape[1 : (len(shape) + 1) // 2])
@@ -93,14 +97,54 @@ def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) 
         bias = (first + second).reshape(shape[0], num_q, -1)
         return bias if column is None else torch.cat([bias, column], dim=-1)
     mask = first.new_empty(shape[0], num_q, math.prod(shape[1:]) // num_q + (column is not None))
-    target = mask[..., : mask.shape[-1] - (column is not None)].view(shape)
+    body = mask[..., : mask.shape[-1] - (column is not None)]
     if first.dtype in (torch.float32, torch.float64):
-        torch.add(first, second, out=target)
+        torch.add(first, second, out=body.view(shape))
+    elif _last_key_axis_term(first, second) and reduced_precision_product_adds(first.dtype):
+        _add_by_product(first, second, body)
     else:
-        target.copy_(torch.add(first.float(), second.float()))
+        body.view(shape).copy_(torch.add(first.float(), second.float()))
     if column is not None:
         mask[..., -1:] = column
     return mask
+
+
+def _last_key_axis_term(first: Tensor, second: Tensor) -> bool:
+    """Whether ``first`` varies over no key axis but the last and ``second`` not over the last query axis (as in
+    SAM-Med3D's bias, whose query-side term reads only the key's w index)."""
+    n = (first.ndim - 1) // 2
+    shapes_fit = first.ndim == second.ndim == 2 * n + 1 and n >= 2
+    return shapes_fit and all(size == 1 for size in first.shape[n + 1 : 2 * n]) and second.shape[n] == 1
+
+
+def _add_by_product(first: Tensor, second: Tensor, body: Tensor) -> None:
+    """``body`` (``Bh x N x K``, a view of the mask) = ``first + second`` for :func:`_last_key_axis_term` terms:
+    ``second`` copied along the last query axis, then ``first`` added by a product with a 0/1 matrix that repeats
+    each query's last-axis terms over the other key axes, the product's sum rounded once from float32."""
+    shape = torch.broadcast_shapes(first.shape, second.shape)
+    n = (len(shape) - 1) // 2
+    rows, keys, last = shape[n], math.prod(shape[n + 1 :]), shape[-1]
+    groups = math.prod(shape[:n])
+    body.view(shape).copy_(second.expand(shape))
+    repeat = torch.eye(last, dtype=body.dtype, device=body.device).repeat(1, keys // last)
+    query_terms = first.expand(*shape[: n + 1], *first.shape[n + 1 :]).reshape(groups, rows, last)
+    body.view(groups, rows, keys).baddbmm_(query_terms, repeat.expand(groups, last, keys))
+
+
+@functools.cache
+def reduced_precision_product_adds(dtype: torch.dtype) -> bool:
+    """Whether :func:`_add_by_product` in ``dtype`` gives the float32 sum rounded once, as the product's sum
+    post-op does in the kernels relied on (checked once per dtype, on a tiny input)."""
+
+    def check() -> bool:
+        generator = torch.Generator().manual_seed(0)
+        first = torch.randn(3, 2, 4, 5, 1, 1, 3, generator=generator).to(dtype)
+        second = torch.randn(3, 2, 4, 1, 2, 2, 3, generator=generator).to(dtype)
+        body = torch.empty(3, 40, 12, dtype=dtype)
+        _add_by_product(first, second, body)
+        return torch.equal(body, torch.add(first.float(), second.float()).to(dtype).reshape(3, 40, 12))
+
+    return passes(check)
 
 
 def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], window: tuple[int, ...]) -> Tensor:
