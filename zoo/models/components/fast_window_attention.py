@@ -82,9 +82,9 @@ def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) 
     Without gradients, outside ``torch.compile``, the sum is written straight into the mask (a broadcast sum comes
     out in the inputs' layout, which the ``Bh x N x N`` view would copy, and the column would copy it all again),
     reduced precision through float32: torch's bfloat16 kernel is several times slower on these short broadcast
-    rows, and the float32 sum rounded once is the same value. For SAM-Med3D's terms in reduced precision the sum
-    is a copy plus a product (:func:`_add_by_product`), which rounds it once too, without a float32 mask-sized
-    temporary.
+    rows, and the float32 sum rounded once is the same value. For SAM-Med3D's terms in reduced precision on the
+    CPU the sum is a copy plus a product (:func:`_add_by_product`), which rounds it once too, without a float32
+    mask-sized temporary.
     """
     shape = torch.broadcast_shapes(first.shape, second.shape)
     num_q = math.prod(shape[1 : (len(shape) + 1) // 2])
@@ -100,7 +100,7 @@ def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) 
     body = mask[..., : mask.shape[-1] - (column is not None)]
     if first.dtype in (torch.float32, torch.float64):
         torch.add(first, second, out=body.view(shape))
-    elif _last_key_axis_term(first, second) and reduced_precision_product_adds(first.dtype):
+    elif first.is_cpu and _last_key_axis_term(first, second) and reduced_precision_product_adds(first.dtype):
         _add_by_product(first, second, body)
     else:
         body.view(shape).copy_(torch.add(first.float(), second.float()))

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.onednn_linear import OneDNNLinear
 
 
@@ -20,7 +21,11 @@ def conv_transpose_nd(spatial_dims: int) -> type[nn.Module]:
 class LayerNormNd(nn.Module):
     """LayerNorm over the channel axis (dim 1) of a channels-first 2D or 3D map (SAM's LayerNorm2d/3d).
 
-    Uses the biased variance ``mean((x - mean)^2)`` with ``eps`` inside the square root, as upstream does.
+    Uses the biased variance ``mean((x - mean)^2)`` with ``eps`` inside the square root, as upstream does. Off the
+    reference path that is ``F.layer_norm`` over the channels moved last (one fused kernel forward and backward
+    instead of about ten elementwise passes), and the result keeps that channels-last layout: the convolutions
+    after it then run channels-last too, which was faster for SAM-UNet's decoder (callers feeding a large kernel
+    copy it first, see ``ImageEncoderViT.project``).
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
@@ -30,6 +35,8 @@ class LayerNormNd(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if not reference_computation_enabled():
+            return F.layer_norm(x.movedim(1, -1), (x.shape[1],), self.weight, self.bias, self.eps).movedim(-1, 1)
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / (var + self.eps).sqrt()

@@ -200,16 +200,20 @@ class ImageEncoderViT(DropsDerivedWeights):
         return x if self.pos_embed is None else x + self.pos_embed
 
     def project(self, tokens: Tensor) -> Tensor:
-        """The neck: channels-last tokens to the channels-first image embedding.
+        """The neck: channels-last tokens to the channels-first image embedding (contiguous).
 
-        Given the channels-last view, the 3D convolutions convert their weights to channels-last on every call
-        (SAM-Med3D's 3x3x3 kernel is 16 MB), which costs more than copying the 3D tokens channels-first once: off
-        the reference path they are copied. (In 2D, both ways took the same time on the CPUs measured.)
+        Given a channels-last map (the tokens' view, or a LayerNorm's output off the reference path), the 3D
+        convolutions convert their weights to channels-last on every call (SAM-Med3D's 3x3x3 kernel is 16 MB),
+        which costs more than copying the map channels-first: off the reference path their 3D inputs are copied.
+        (In 2D, both ways took the same time on the CPUs measured.)
         """
-        channels_first = tokens.movedim(-1, 1)
-        if channels_first.ndim == 5 and not reference_computation_enabled():
-            channels_first = channels_first.contiguous()
-        return self.neck(channels_first)
+        x = tokens.movedim(-1, 1)
+        copy_for_conv = x.ndim == 5 and not reference_computation_enabled()
+        for layer in self.neck:
+            if copy_for_conv and isinstance(layer, nn.Conv3d):
+                x = x.contiguous()
+            x = layer(x)
+        return x.contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.embed(x)
