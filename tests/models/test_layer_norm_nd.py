@@ -1,4 +1,5 @@
-"""The channel LayerNorm's fused path equals upstream's elementwise computation, forward and backward."""
+"""The channel LayerNorm's fused path equals upstream's elementwise computation, forward and backward; the 3D neck
+copies its channels-last output channels-first for its convolutions."""
 
 import pytest
 import torch
@@ -30,3 +31,25 @@ def test_fused_channel_layer_norm_matches_the_reference_forward_and_backward(sha
     torch.testing.assert_close(fused, expected, rtol=0, atol=1e-12)
     for name, actual, wanted in zip(("input", "weight", "bias"), fused_grads, expected_grads):
         torch.testing.assert_close(actual, wanted, rtol=0, atol=1e-10, msg=name)
+
+
+def test_the_3d_neck_convolves_channels_first_maps_and_returns_a_contiguous_embedding():
+    """Off the reference path the neck's LayerNorms leave channels-last maps; its 3D convolutions must get them
+    channels-first (else they convert their kernels on every call) and the embedding must be the reference's."""
+    from zoo.models.components.vit_encoder import ImageEncoderViT
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(3, img_size=16, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2,
+                              mlp_ratio=2.0, out_chans=8, sam_med3d_broadcast=True).eval()
+    tokens = torch.randn(1, 4, 4, 4, 16)
+    seen = []
+    for layer in encoder.neck:
+        if isinstance(layer, torch.nn.Conv3d):
+            layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        fast = encoder.project(tokens)
+        assert seen == [True, True]
+        with reference_computation():
+            expected = encoder.project(tokens)
+    assert fast.is_contiguous() and fast.shape == (1, 8, 4, 4, 4)
+    torch.testing.assert_close(fast, expected, rtol=0, atol=1e-5)

@@ -155,7 +155,7 @@ def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], win
     real keys, plus, when the window has padding, a last column holding ``log sum_{padded k} exp(bias[q, k])``.
     """
     n = len(extent)
-    bh, num_q, dim = q.shape
+    bh, _, dim = q.shape
     letters = "dhw"[-n:]
     grid_q = q.reshape(bh, *extent, dim)
     terms = []  # T_a: Bh x *extent x window[a]
@@ -200,7 +200,7 @@ def sam_med3d_mask(
         raise ValueError(f"SAM-Med3D relative positions need cubic windows, got {window}")
     rd, rh, rw = extent
     ws = window[0]
-    bh, num_q, dim = q.shape
+    bh, _, dim = q.shape
     grid_q = q.reshape(bh, rd, rh, rw, dim)
     rel_d, rel_h, rel_w = (relative_position_table(ws, ws, t.to(q.dtype)) for t in tables)
     # Queries at every w index of the window (padded ones are the query bias).

@@ -49,8 +49,8 @@ def agrees(out: object, expected: Tensor, dtype: torch.dtype = torch.float32, to
 
 
 def passes(check: Callable[[], bool]) -> bool:
-    """``check()`` of a private op, run in float32 with gradients, inference mode and autocast off; an op that
-    raises (a missing kernel, a changed signature) is not usable."""
+    """``check()`` of a kernel relied on (a private op, or a public one's rounding), run with gradients, inference
+    mode and autocast off; a kernel that raises (missing, a changed signature) is not usable."""
     try:
         with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
             return check()
