@@ -16,6 +16,12 @@ subspace of rank ``tokens``:
 For SAM-Med3D's decoder (``N = 512``, ``C = 384``, ``D = 192``, 8 heads, 7 tokens) this does 44 instead of 151 MFLOP
 per cross-attention. Same function as :class:`~zoo.models.components.transformer.TokenAttention`'s direct form,
 different rounding.
+
+The per-head products are batched matrix products over the heads, and every score matrix is laid out
+``B x (heads, tokens) x N``: the softmax over the few tokens then reduces over a middle axis with the ``N``
+image tokens contiguous, which vectorises (over a short last axis, or with heads last, it was several times
+slower), and the attention scale is applied to the few tokens' side before the products rather than to the
+scores.
 """
 
 import torch
@@ -23,13 +29,26 @@ from torch import Tensor, nn
 
 
 def _heads(projection: nn.Linear, num_heads: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """A ``C -> heads * d`` projection's weight as ``heads x d x C`` and its bias as ``heads x d``, in ``dtype``.
+    """A ``C -> heads * d`` projection's weight as ``heads x d x C`` and its bias as ``heads x d x 1``, in ``dtype``.
 
     ``dtype`` is that of the projected activations: under autocast the linear layers compute in bf16 while the
-    parameters stay float32, and ``einsum`` (not an autocast op) needs both operands in one dtype.
+    parameters stay float32, and the products below need both operands in one dtype whether or not autocast
+    reaches them (a dispatch mode such as a FLOP counter sees them without it).
     """
     weight = projection.weight.to(dtype).view(num_heads, -1, projection.in_features)
-    return weight, projection.bias.to(dtype).view(num_heads, -1)
+    return weight, projection.bias.to(dtype).view(num_heads, -1, 1)
+
+
+def _split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``B x T x (heads d)`` to ``heads x (B T) x d``: one matrix per head for the batched products."""
+    batch, tokens, _ = x.shape
+    return x.view(batch, tokens, num_heads, -1).permute(2, 0, 1, 3).reshape(num_heads, batch * tokens, -1)
+
+
+def _batch_major(per_head: Tensor, batch: int) -> Tensor:
+    """``heads x (B T) x E`` to ``B x (heads T) x E`` (no copy for a batch of one)."""
+    num_heads, rows, width = per_head.shape
+    return per_head.view(num_heads, batch, rows // batch, width).transpose(0, 1).reshape(batch, -1, width)
 
 
 def image_queries_token_keys(attention: nn.Module, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
@@ -39,20 +58,20 @@ def image_queries_token_keys(attention: nn.Module, queries: Tensor, keys: Tensor
     """
     q_proj, k_proj, v_proj, out_proj = attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
     num_heads = attention.num_heads
-    k = k_proj(keys).unflatten(-1, (num_heads, -1))  # B x T x H x d
-    v = v_proj(values).unflatten(-1, (num_heads, -1))
+    batch = queries.shape[0]
+    k = k_proj(keys)  # B x T x (H d)
+    v = v_proj(values)
     q_weight, q_bias = _heads(q_proj, num_heads, k.dtype)
-    head_dim = q_weight.shape[1]
-    # Each key pulled back to the input space of the queries: score = x . (W_q^T k) + b_q . k. Scores are laid
-    # out (token, head) so that the softmax runs over a middle axis, much faster on the CPU than over a short last one.
-    keys_in_query_space = torch.einsum("bthd,hdc->bthc", k, q_weight).flatten(1, 2)  # B x (T H) x C
-    key_bias = torch.einsum("bthd,hd->bth", k, q_bias).flatten(1, 2)  # B x (T H)
-    scores = torch.baddbmm(key_bias[:, None], queries, keys_in_query_space.transpose(1, 2))
-    weights = (scores * head_dim**-0.5).unflatten(-1, (-1, num_heads)).softmax(dim=-2)  # B x N x T x H
+    k = _split_heads(k * q_weight.shape[1] ** -0.5, num_heads)  # H x (B T) x d, scaled
+    # Each key pulled back to the input space of the queries: score = x . (W_q^T k) + b_q . k.
+    keys_in_query_space = _batch_major(torch.bmm(k, q_weight), batch)  # B x (H T) x C
+    key_bias = _batch_major(torch.bmm(k, q_bias), batch)  # B x (H T) x 1
+    scores = torch.baddbmm(key_bias, keys_in_query_space, queries.transpose(1, 2))  # B x (H T) x N
+    weights = scores.unflatten(1, (num_heads, -1)).softmax(dim=2).flatten(1, 2)
     # Each value pushed through its head's slice of the output projection.
-    o_weight = out_proj.weight.to(v.dtype).view(out_proj.out_features, num_heads, head_dim)
-    values_out = torch.einsum("bthd,chd->bthc", v, o_weight).flatten(1, 2)  # B x (T H) x C
-    return torch.baddbmm(out_proj.bias, weights.flatten(2), values_out)
+    o_weight = out_proj.weight.to(v.dtype).view(out_proj.out_features, num_heads, -1).permute(1, 2, 0)  # H x d x C
+    values_out = _batch_major(torch.bmm(_split_heads(v, num_heads), o_weight), batch)  # B x (H T) x C
+    return torch.baddbmm(out_proj.bias, weights.transpose(1, 2), values_out)
 
 
 def token_queries_image_keys(attention: nn.Module, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
@@ -62,16 +81,18 @@ def token_queries_image_keys(attention: nn.Module, queries: Tensor, keys: Tensor
     """
     q_proj, k_proj, v_proj, out_proj = attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj
     num_heads = attention.num_heads
-    q = q_proj(queries).unflatten(-1, (num_heads, -1))  # B x T x H x d
+    batch, tokens, _ = queries.shape
+    q = q_proj(queries)  # B x T x (H d)
     k_weight, k_bias = _heads(k_proj, num_heads, q.dtype)
     v_weight, v_bias = _heads(v_proj, num_heads, q.dtype)
-    q = q * k_weight.shape[1] ** -0.5
-    queries_in_key_space = torch.einsum("bthd,hdc->bhtc", q, k_weight).flatten(1, 2)  # B x (H T) x C
+    q = _split_heads(q * k_weight.shape[1] ** -0.5, num_heads)  # H x (B T) x d, scaled
+    queries_in_key_space = _batch_major(torch.bmm(q, k_weight), batch)  # B x (H T) x C
     # q . b_k is the same for every key, so the softmax cancels it; kept so that b_k stays in the autograd graph
     # (its gradient is zero either way, but distributed training expects every parameter to be used).
-    query_bias = torch.einsum("bthd,hd->bht", q, k_bias).flatten(1, 2)  # B x (H T)
-    scores = torch.baddbmm(query_bias[..., None], queries_in_key_space, keys.transpose(1, 2))
-    weights = scores.softmax(dim=-1)  # B x (H T) x N
-    pooled = (weights @ values).unflatten(1, (num_heads, -1))  # B x H x T x C
-    attended = torch.einsum("bhtc,hdc->bthd", pooled, v_weight) + v_bias  # B x T x H x d
-    return out_proj(attended.flatten(2))
+    query_bias = _batch_major(torch.bmm(q, k_bias), batch)  # B x (H T) x 1
+    scores = torch.baddbmm(query_bias, queries_in_key_space, keys.transpose(1, 2))
+    pooled = scores.softmax(dim=-1) @ values  # B x (H T) x C
+    pooled = pooled.view(batch, num_heads, tokens, -1).transpose(0, 1).reshape(num_heads, batch * tokens, -1)
+    attended = torch.bmm(pooled, v_weight.transpose(1, 2))  # H x (B T) x d: W_v per head
+    attended = attended.view(num_heads, batch, tokens, -1).permute(1, 2, 0, 3).flatten(2)  # B x T x (H d)
+    return out_proj(attended + v_bias.flatten())
