@@ -119,16 +119,18 @@ def _last_key_axis_term(first: Tensor, second: Tensor) -> bool:
 
 def _add_by_product(first: Tensor, second: Tensor, body: Tensor) -> None:
     """``body`` (``Bh x N x K``, a view of the mask) = ``first + second`` for :func:`_last_key_axis_term` terms:
-    ``second`` copied along the last query axis, then ``first`` added by a product with a 0/1 matrix that repeats
-    each query's last-axis terms over the other key axes, the product's sum rounded once from float32."""
+    ``second`` copied along the last query axis, then ``first`` added by one product of all ``Bh N`` query rows
+    with a 0/1 matrix that repeats each query's last-axis terms over the other key axes, the product's sum
+    rounded once from float32."""
     shape = torch.broadcast_shapes(first.shape, second.shape)
     n = (len(shape) - 1) // 2
     rows, keys, last = shape[n], math.prod(shape[n + 1 :]), shape[-1]
     groups = math.prod(shape[:n])
     body.view(shape).copy_(second.expand(shape))
     repeat = torch.eye(last, dtype=body.dtype, device=body.device).repeat(1, keys // last)
-    query_terms = first.expand(*shape[: n + 1], *first.shape[n + 1 :]).reshape(groups, rows, last)
-    body.view(groups, rows, keys).baddbmm_(query_terms, repeat.expand(groups, last, keys))
+    query_terms = first.expand(*shape[: n + 1], *first.shape[n + 1 :]).reshape(groups * rows, last)
+    # One product over all rows: batched with the 0/1 matrix expanded, the kernel copied it and the mask.
+    body.view(groups * rows, keys).addmm_(query_terms, repeat)
 
 
 @functools.cache
