@@ -205,18 +205,24 @@ def test_the_mask_written_in_place_is_the_broadcast_sum(dtype, padded):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_sam_med3d_terms_in_reduced_precision_are_summed_by_a_product_rounding_once(dtype):
-    """SAM-Med3D's query-side term (it reads only the key's last axis) is added by a product with a 0/1 matrix;
-    on a mask of real size its sum is the float32 sum rounded once, as torch's own reduced-precision sum."""
+@pytest.mark.parametrize("padded", [False, True])
+def test_sam_med3d_terms_in_reduced_precision_are_summed_by_one_product_rounding_once(dtype, padded):
+    """SAM-Med3D's three bias terms (per query a[kw], per (d, h) row b[kd, kw] and c[kh, kw]) are summed by one
+    product with a 0/1 matrix; on a mask of real size (w extent 5 of a window of 8 when padded) every entry is
+    their float32 sum rounded once, and the padded keys' column follows the real keys."""
     generator = torch.Generator().manual_seed(0)
-    first = (torch.randn(12, 8, 8, 5, 1, 1, 5, generator=generator) * 40).to(dtype)  # padded window: w extent 5
-    second = (torch.randn(12, 8, 8, 1, 8, 8, 5, generator=generator) * 40).to(dtype)
-    assert fast_window_attention._last_key_axis_term(first, second)
-    assert fast_window_attention.reduced_precision_product_adds(dtype), "the kernel's rounding changed"
-    body = torch.empty(12, 320, 321, dtype=dtype)[..., :320]  # the mask's columns before the padded keys' one
-    fast_window_attention._add_by_product(first, second, body)
-    assert torch.equal(body, torch.add(first.float(), second.float()).to(dtype).reshape(12, 320, 320))
-    assert torch.equal(body, (first + second).reshape(12, 320, 320))
+    rd, rh, rw = (8, 8, 5) if padded else (8, 8, 8)
+    a, b, c = ((torch.randn(12, rd, rh, k, rw, generator=generator) * 40).to(dtype) for k in (rw, rd, rh))
+    boxes = [torch.randn(12, rd, rh, rw, generator=generator).to(dtype)] if padded else []
+    assert fast_window_attention.product_sums_round_once(dtype), "the kernel's rounding changed"
+    mask = fast_window_attention._sam_med3d_mask_by_product(a, b, c, boxes)
+    keys = rd * rh * rw
+    assert mask.shape == (12, keys, keys + padded) and mask.dtype == dtype
+    total = a.float()[:, :, :, :, None, None, :] + b.float()[:, :, :, None, :, None, :]
+    total = total + c.float()[:, :, :, None, None, :, :]
+    assert torch.equal(mask[..., :keys], total.to(dtype).reshape(12, keys, keys))
+    if padded:
+        assert torch.equal(mask[..., keys], boxes[0].reshape(12, keys))
 
 
 def _full_size_encoder_agrees(model: nn.Module, image: torch.Tensor) -> None:

@@ -82,69 +82,91 @@ def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) 
     Without gradients, outside ``torch.compile``, the sum is written straight into the mask (a broadcast sum comes
     out in the inputs' layout, which the ``Bh x N x N`` view would copy, and the column would copy it all again),
     reduced precision through float32: torch's bfloat16 kernel is several times slower on these short broadcast
-    rows, and the float32 sum rounded once is the same value. For SAM-Med3D's terms in reduced precision on the
-    CPU the sum is a copy plus a product (:func:`_add_by_product`), which rounds it once too, without a float32
-    mask-sized temporary.
+    rows, and the float32 sum rounded once is the same value.
     """
     shape = torch.broadcast_shapes(first.shape, second.shape)
     num_q = math.prod(shape[1 : (len(shape) + 1) // 2])
-    column = None
-    if log_padded:
-        column = log_padded[0] if len(log_padded) == 1 else torch.logsumexp(torch.stack(log_padded), dim=0)
-        column = column.reshape(shape[0], num_q, 1)
-    records_grad = torch.is_grad_enabled() and (first.requires_grad or second.requires_grad)
-    if records_grad or torch.compiler.is_compiling():  # autograd and inductor want it functional (inductor fuses it)
-        bias = (first + second).reshape(shape[0], num_q, -1)
-        return bias if column is None else torch.cat([bias, column], dim=-1)
-    mask = first.new_empty(shape[0], num_q, math.prod(shape[1:]) // num_q + (column is not None))
-    body = mask[..., : mask.shape[-1] - (column is not None)]
-    if first.dtype in (torch.float32, torch.float64):
-        torch.add(first, second, out=body.view(shape))
-    elif first.is_cpu and _last_key_axis_term(first, second) and reduced_precision_product_adds(first.dtype):
-        _add_by_product(first, second, body)
-    else:
-        body.view(shape).copy_(torch.add(first.float(), second.float()))
+    if writes_in_place(first, second):
+        mask, body = _empty_mask(first, shape[0], num_q, math.prod(shape[1:]) // num_q, log_padded)
+        if first.dtype in (torch.float32, torch.float64):
+            torch.add(first, second, out=body.view(shape))
+        else:
+            body.view(shape).copy_(torch.add(first.float(), second.float()))
+        return mask
+    bias = (first + second).reshape(shape[0], num_q, -1)  # autograd and inductor want it functional
+    column = _padded_column(log_padded, shape[0], num_q)
+    return bias if column is None else torch.cat([bias, column], dim=-1)
+
+
+def writes_in_place(*terms: Tensor) -> bool:
+    """Whether a mask built from ``terms`` may be written into a preallocated tensor: no gradient recorded for
+    them and no ``torch.compile`` tracing (inductor fuses the functional sum)."""
+    records_grad = torch.is_grad_enabled() and any(term.requires_grad for term in terms)
+    return not records_grad and not torch.compiler.is_compiling()
+
+
+def _padded_column(log_padded: list[Tensor], batch: int, num_q: int) -> Tensor | None:
+    """The padded boxes' combined log-weight as a ``Bh x N x 1`` column, or None without padding."""
+    if not log_padded:
+        return None
+    column = log_padded[0] if len(log_padded) == 1 else torch.logsumexp(torch.stack(log_padded), dim=0)
+    return column.reshape(batch, num_q, 1)
+
+
+def _empty_mask(like: Tensor, batch: int, num_q: int, num_k: int, log_padded: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """A ``Bh x N x (K + 1 if padded)`` mask with its padded column filled, and ``body``, the view of its first
+    ``K`` columns, left for the caller to write."""
+    column = _padded_column(log_padded, batch, num_q)
+    mask = like.new_empty(batch, num_q, num_k + (column is not None))
     if column is not None:
         mask[..., -1:] = column
+    return mask, mask[..., :num_k]
+
+
+def _sam_med3d_mask_by_product(a: Tensor, b: Tensor, c: Tensor, log_padded: list[Tensor]) -> Tensor:
+    """SAM-Med3D's bias ``a[q, kw] + b[q, kd, kw] + c[q, kh, kw]`` (``a``: ``Bh x rd x rh x rw x rw``; ``b``,
+    ``c``: ``Bh x rd x rh x rd|rh x rw``, shared by the queries of one (d, h) row) written into the mask as ONE
+    product: each query row's terms side by side times a 0/1 matrix that picks, for every key, its three terms.
+    The product sums them in float32 and rounds once; in bfloat16 on the CPU that is several times faster than
+    summing the broadcast terms (rows of ``rw`` elements) and it rounds once instead of twice.
+    """
+    bh, rd, rh, rw, _ = a.shape
+    rows = bh * rd * rh * rw
+    per_row = (bh, rd, rh, rw, -1)
+    terms = torch.cat(
+        [a, b.reshape(bh, rd, rh, 1, -1).expand(per_row), c.reshape(bh, rd, rh, 1, -1).expand(per_row)], dim=-1
+    )
+    mask, body = _empty_mask(a, bh, rd * rh * rw, rd * rh * rw, log_padded)
+    body.view(rows, -1).addmm_(terms.view(rows, -1), _term_selection(rd, rh, rw, a.dtype, a.device), beta=0)
     return mask
 
 
-def _last_key_axis_term(first: Tensor, second: Tensor) -> bool:
-    """Whether ``first`` varies over no key axis but the last and ``second`` not over the last query axis (as in
-    SAM-Med3D's bias, whose query-side term reads only the key's w index)."""
-    n = (first.ndim - 1) // 2
-    shapes_fit = first.ndim == second.ndim == 2 * n + 1 and n >= 2
-    return shapes_fit and all(size == 1 for size in first.shape[n + 1 : 2 * n]) and second.shape[n] == 1
-
-
-def _add_by_product(first: Tensor, second: Tensor, body: Tensor) -> None:
-    """``body`` (``Bh x N x K``, a view of the mask) = ``first + second`` for :func:`_last_key_axis_term` terms:
-    ``second`` copied along the last query axis, then ``first`` added by one product of all ``Bh N`` query rows
-    with a 0/1 matrix that repeats each query's last-axis terms over the other key axes, the product's sum
-    rounded once from float32."""
-    shape = torch.broadcast_shapes(first.shape, second.shape)
-    n = (len(shape) - 1) // 2
-    rows, keys, last = shape[n], math.prod(shape[n + 1 :]), shape[-1]
-    groups = math.prod(shape[:n])
-    body.view(shape).copy_(second.expand(shape))
-    repeat = torch.eye(last, dtype=body.dtype, device=body.device).repeat(1, keys // last)
-    query_terms = first.expand(*shape[: n + 1], *first.shape[n + 1 :]).reshape(groups * rows, last)
-    # One product over all rows: batched with the 0/1 matrix expanded, the kernel copied it and the mask.
-    body.view(groups * rows, keys).addmm_(query_terms, repeat)
+@functools.lru_cache(maxsize=16)
+def _term_selection(rd: int, rh: int, rw: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(rw + rd rw + rh rw) x (rd rh rw)`` 0/1 matrix: key (kd, kh, kw) takes a's kw, b's (kd, kw), c's (kh, kw)."""
+    with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, usable in and out of inference mode
+        grid = torch.meshgrid(torch.arange(rd), torch.arange(rh), torch.arange(rw), indexing="ij")
+        kd, kh, kw = (index.flatten() for index in grid)
+        keys = torch.arange(rd * rh * rw)
+        selection = torch.zeros(rw + rd * rw + rh * rw, rd * rh * rw)
+        for picked in (kw, rw + kd * rw + kw, rw + rd * rw + kh * rw + kw):
+            selection[picked, keys] = 1.0
+        return selection.to(dtype=dtype, device=device)
 
 
 @functools.cache
-def reduced_precision_product_adds(dtype: torch.dtype) -> bool:
-    """Whether :func:`_add_by_product` in ``dtype`` gives the float32 sum rounded once, as the product's sum
-    post-op does in the kernels relied on (checked once per dtype, on a tiny input)."""
+def product_sums_round_once(dtype: torch.dtype) -> bool:
+    """Whether :func:`_sam_med3d_mask_by_product` in ``dtype`` gives the float32 sum of the three terms rounded
+    once, as the kernels relied on do (checked once per dtype, on a tiny input)."""
 
     def check() -> bool:
         generator = torch.Generator().manual_seed(0)
-        first = torch.randn(3, 2, 4, 5, 1, 1, 3, generator=generator).to(dtype)
-        second = torch.randn(3, 2, 4, 1, 2, 2, 3, generator=generator).to(dtype)
-        body = torch.empty(3, 40, 12, dtype=dtype)
-        _add_by_product(first, second, body)
-        return torch.equal(body, torch.add(first.float(), second.float()).to(dtype).reshape(3, 40, 12))
+        # rd 2, rh 3, rw 2: a is Bh x rd x rh x rw x rw, b Bh x rd x rh x rd x rw, c Bh x rd x rh x rh x rw
+        a, b, c = (torch.randn(3, 2, 3, k, 2, generator=generator).to(dtype) for k in (2, 2, 3))
+        mask = _sam_med3d_mask_by_product(a, b, c, [])
+        total = a.float()[:, :, :, :, None, None, :] + b.float()[:, :, :, None, :, None, :]
+        total = total + c.float()[:, :, :, None, None, :, :]
+        return torch.equal(mask, total.to(dtype).reshape(3, 12, 12))
 
     return passes(check)
 
@@ -211,11 +233,21 @@ def sam_med3d_mask(
     b = torch.einsum("bdhic,hkc->bdhik", q_ext, rel_h[:rh])  # Bh x rd x rh x W(kd) x W(kw)
     c = torch.einsum("bdhic,ikc->bdhik", q_ext, rel_w)  # Bh x rd x rh x W(kh) x W(kw)
 
-    key_terms = b[:, :, :, :rd, None, :rw] + c[:, :, :, None, :rh, :rw]  # Bh x rd x rh x kd x kh x kw
-    scores = (a[:, :, :, :, None, None, :rw], key_terms[:, :, :, None])  # summed over Bh x rd x rh x rw x keys
-    if extent == window:
-        return broadcast_sum_mask(*scores, [])
+    boxes = [] if extent == window else _sam_med3d_padded_boxes(a, b, c, extent, window)
+    a, b, c = a[..., :rw], b[..., :rd, :rw], c[..., :rh, :rw]  # the real keys' terms
+    if a.is_cpu and a.dtype in (torch.bfloat16, torch.float16) and writes_in_place(a, b, c, *boxes):
+        if product_sums_round_once(a.dtype):
+            return _sam_med3d_mask_by_product(a, b, c, boxes)
+    key_terms = b[:, :, :, :, None, :] + c[:, :, :, None, :, :]  # Bh x rd x rh x kd x kh x kw
+    return broadcast_sum_mask(a[:, :, :, :, None, None, :], key_terms[:, :, :, None], boxes)
 
+
+def _sam_med3d_padded_boxes(
+    a: Tensor, b: Tensor, c: Tensor, extent: tuple[int, ...], window: tuple[int, ...]
+) -> list[Tensor]:
+    """Log-weights ``Bh x rd x rh x rw`` of the padded keys of SAM-Med3D's window, one per box."""
+    rd, rh, rw = extent
+    ws = window[0]
     b_real = torch.logsumexp(b[..., :rd, :], dim=-2)  # Bh x rd x rh x W(kw)
     c_real = torch.logsumexp(c[..., :rh, :], dim=-2)
     # Boxes over every kw: kd padded (kh anything), or kd real and kh padded.
@@ -230,7 +262,7 @@ def sam_med3d_mask(
         boxes.append(torch.logsumexp(a + per_kw[:, :, :, None, :], dim=-1))
     if rw < ws:  # kd and kh real, kw padded
         boxes.append(torch.logsumexp(a[..., rw:] + (b_real + c_real)[:, :, :, None, rw:], dim=-1))
-    return broadcast_sum_mask(*scores, boxes)
+    return boxes
 
 
 def padded_window_attention(attn: RelPosAttention, x: Tensor, window: Sequence[int]) -> Tensor:
