@@ -225,6 +225,24 @@ def test_sam_med3d_terms_in_reduced_precision_are_summed_by_one_product_rounding
         assert torch.equal(mask[..., keys], boxes[0].reshape(12, keys))
 
 
+@pytest.mark.parametrize("extent", [(14, 14), (2, 14), (14, 2)])
+def test_separable_masks_in_bfloat16_are_one_product_equal_to_the_broadcast_sum(extent, monkeypatch):
+    """SAM's 2D bias in bfloat16 (a real SAM-Med2D window of 14 and its partial ones) is written by one product
+    with a 0/1 matrix; it equals the broadcast sum that autograd builds, padded keys' column included."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(12, extent[0] * extent[1], 64, generator=generator).to(torch.bfloat16)
+    tables = [torch.randn(27, 64, generator=generator) for _ in range(2)]
+    products = []
+    by_product = fast_window_attention._mask_by_product
+    monkeypatch.setattr(fast_window_attention, "_mask_by_product", lambda *a: products.append(a) or by_product(*a))
+    with torch.no_grad():
+        written = fast_window_attention.separable_mask(q, tables, extent, (14, 14))
+    assert len(products) == 1, "the product path was not taken"
+    built = fast_window_attention.separable_mask(q.requires_grad_(), tables, extent, (14, 14))
+    assert built.requires_grad and written.dtype == torch.bfloat16
+    assert torch.equal(written, built.detach())
+
+
 def _full_size_encoder_agrees(model: nn.Module, image: torch.Tensor) -> None:
     """``model.encode_image`` fast vs reference, at default initialisation plus random relative-position tables and
     absolute positions (upstream zero-initialises them, which would hide errors in the bias terms)."""

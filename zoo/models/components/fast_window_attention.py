@@ -123,50 +123,90 @@ def _empty_mask(like: Tensor, batch: int, num_q: int, num_k: int, log_padded: li
     return mask, mask[..., :num_k]
 
 
+def _mask_by_product(term_rows: Tensor, selection: Tensor, batch: int, log_padded: list[Tensor]) -> Tensor:
+    """A mask written as ONE product: ``term_rows`` (``Bh N x T``, each query's bias terms side by side) times
+    ``selection`` (``T x K``, 0/1, picking each key's terms). The product sums a key's terms in float32 and rounds
+    once; for reduced precision on the CPU that is several times faster than summing broadcast terms, whose rows
+    are one window side long, and it rounds once where chained sums round at every step."""
+    num_q = term_rows.shape[0] // batch
+    mask, body = _empty_mask(term_rows, batch, num_q, selection.shape[1], log_padded)
+    body.view(term_rows.shape[0], -1).addmm_(term_rows, selection, beta=0)
+    return mask
+
+
 def _sam_med3d_mask_by_product(a: Tensor, b: Tensor, c: Tensor, log_padded: list[Tensor]) -> Tensor:
-    """SAM-Med3D's bias ``a[q, kw] + b[q, kd, kw] + c[q, kh, kw]`` (``a``: ``Bh x rd x rh x rw x rw``; ``b``,
-    ``c``: ``Bh x rd x rh x rd|rh x rw``, shared by the queries of one (d, h) row) written into the mask as ONE
-    product: each query row's terms side by side times a 0/1 matrix that picks, for every key, its three terms.
-    The product sums them in float32 and rounds once; in bfloat16 on the CPU that is several times faster than
-    summing the broadcast terms (rows of ``rw`` elements) and it rounds once instead of twice.
-    """
+    """SAM-Med3D's bias ``a[q, kw] + b[q, kd, kw] + c[q, kh, kw]`` by :func:`_mask_by_product` (``a``:
+    ``Bh x rd x rh x rw x rw``; ``b``, ``c``: ``Bh x rd x rh x rd|rh x rw``, shared by the queries of a (d, h) row)."""
     bh, rd, rh, rw, _ = a.shape
-    rows = bh * rd * rh * rw
     per_row = (bh, rd, rh, rw, -1)
     terms = torch.cat(
         [a, b.reshape(bh, rd, rh, 1, -1).expand(per_row), c.reshape(bh, rd, rh, 1, -1).expand(per_row)], dim=-1
     )
-    mask, body = _empty_mask(a, bh, rd * rh * rw, rd * rh * rw, log_padded)
-    body.view(rows, -1).addmm_(terms.view(rows, -1), _term_selection(rd, rh, rw, a.dtype, a.device), beta=0)
-    return mask
+    selection = _sam_med3d_selection(rd, rh, rw, a.dtype, a.device)
+    return _mask_by_product(terms.view(bh * rd * rh * rw, -1), selection, bh, log_padded)
+
+
+def _pick_matrix(picks: list[Tensor], widths: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """0/1 matrix ``sum(widths) x K``: for each term ``t`` (``widths[t]`` rows), key ``j`` takes row ``picks[t][j]``.
+
+    Built as an ordinary tensor (not an inference tensor) so that a cached one serves in and out of inference mode.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        keys = torch.arange(picks[0].numel())
+        selection = torch.zeros(sum(widths), keys.numel())
+        for offset, picked in zip(itertools.accumulate([0, *widths[:-1]]), picks):
+            selection[offset + picked, keys] = 1.0
+        return selection.to(dtype=dtype, device=device)
+
+
+def _key_indices(extent: tuple[int, ...]) -> list[Tensor]:
+    """Per axis, each key's index along it, keys in row-major order over ``extent``."""
+    grid = torch.meshgrid(*(torch.arange(e) for e in extent), indexing="ij")
+    return [index.flatten() for index in grid]
 
 
 @functools.lru_cache(maxsize=16)
-def _term_selection(rd: int, rh: int, rw: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(rw + rd rw + rh rw) x (rd rh rw)`` 0/1 matrix: key (kd, kh, kw) takes a's kw, b's (kd, kw), c's (kh, kw)."""
-    with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, usable in and out of inference mode
-        grid = torch.meshgrid(torch.arange(rd), torch.arange(rh), torch.arange(rw), indexing="ij")
-        kd, kh, kw = (index.flatten() for index in grid)
-        keys = torch.arange(rd * rh * rw)
-        selection = torch.zeros(rw + rd * rw + rh * rw, rd * rh * rw)
-        for picked in (kw, rw + kd * rw + kw, rw + rd * rw + kh * rw + kw):
-            selection[picked, keys] = 1.0
-        return selection.to(dtype=dtype, device=device)
+def _sam_med3d_selection(rd: int, rh: int, rw: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Key (kd, kh, kw) takes a's kw, b's (kd, kw) and c's (kh, kw)."""
+    kd, kh, kw = _key_indices((rd, rh, rw))
+    return _pick_matrix([kw, kd * rw + kw, kh * rw + kw], [rw, rd * rw, rh * rw], dtype, device)
+
+
+@functools.lru_cache(maxsize=16)
+def _separable_selection(extent: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Key (k_0, ..., k_n) takes term a's k_a, for every axis a."""
+    return _pick_matrix(_key_indices(extent), list(extent), dtype, device)
+
+
+def uses_product_mask(*terms: Tensor) -> bool:
+    """Whether a mask of these reduced-precision CPU terms is built by :func:`_mask_by_product`: written in place
+    (:func:`writes_in_place`) and the kernel found to round as relied on (:func:`product_sums_round_once`)."""
+    first = terms[0]
+    return (
+        first.is_cpu
+        and first.dtype in (torch.bfloat16, torch.float16)
+        and writes_in_place(*terms)
+        and product_sums_round_once(first.dtype)
+    )
 
 
 @functools.cache
 def product_sums_round_once(dtype: torch.dtype) -> bool:
-    """Whether :func:`_sam_med3d_mask_by_product` in ``dtype`` gives the float32 sum of the three terms rounded
-    once, as the kernels relied on do (checked once per dtype, on a tiny input)."""
+    """Whether :func:`_mask_by_product` in ``dtype`` gives each key's terms summed in float32 and rounded once, as
+    the kernels relied on do (checked once per dtype, on tiny SAM-Med3D and separable masks)."""
 
     def check() -> bool:
         generator = torch.Generator().manual_seed(0)
         # rd 2, rh 3, rw 2: a is Bh x rd x rh x rw x rw, b Bh x rd x rh x rd x rw, c Bh x rd x rh x rh x rw
         a, b, c = (torch.randn(3, 2, 3, k, 2, generator=generator).to(dtype) for k in (2, 2, 3))
-        mask = _sam_med3d_mask_by_product(a, b, c, [])
         total = a.float()[:, :, :, :, None, None, :] + b.float()[:, :, :, None, :, None, :]
         total = total + c.float()[:, :, :, None, None, :, :]
-        return torch.equal(mask, total.to(dtype).reshape(3, 12, 12))
+        med3d = torch.equal(_sam_med3d_mask_by_product(a, b, c, []), total.to(dtype).reshape(3, 12, 12))
+        rows, cols = (torch.randn(3, 2, 3, k, generator=generator).to(dtype) for k in (2, 3))  # extent 2 x 3
+        selection = _separable_selection((2, 3), dtype, rows.device)
+        separable = _mask_by_product(torch.cat([rows, cols], dim=-1).view(18, 5), selection, 3, [])
+        expected = (rows.float()[..., :, None] + cols.float()[..., None, :]).to(dtype).reshape(3, 6, 6)
+        return med3d and torch.equal(separable, expected)
 
     return passes(check)
 
@@ -187,25 +227,29 @@ def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], win
         rel = relative_position_table(window[axis], window[axis], table.to(q.dtype))[: extent[axis]]
         terms.append(torch.einsum(f"b{letters}c,{letters[axis]}kc->b{letters}k", grid_q, rel))
 
-    # Bh x *extent (queries) x k_0 x ... x k_a, one key axis at a time; the last sum goes into the mask.
-    bias = terms[0][..., : extent[0]]
-    for axis in range(1, n - 1):
-        bias = bias[..., None] + terms[axis][..., : extent[axis]].reshape(bh, *extent, *([1] * axis), -1)
-    last = terms[-1][..., : extent[-1]].reshape(bh, *extent, *([1] * (n - 1)), -1)
-
     boxes = []
     if extent != window:
-        real = [torch.logsumexp(t[..., :e], dim=-1) for t, e in zip(terms, extent)]
+        real_log_weights = [torch.logsumexp(t[..., :e], dim=-1) for t, e in zip(terms, extent)]
         for axis, e in enumerate(extent):
             if e == window[axis]:
                 continue
             log_weight = torch.logsumexp(terms[axis][..., e:], dim=-1)
             for other in range(n):
                 if other < axis:
-                    log_weight = log_weight + real[other]
+                    log_weight = log_weight + real_log_weights[other]
                 elif other > axis:
                     log_weight = log_weight + torch.logsumexp(terms[other], dim=-1)
             boxes.append(log_weight)
+
+    real = [term[..., :e] for term, e in zip(terms, extent)]  # each Bh x *extent x e_a
+    if uses_product_mask(*real, *boxes):
+        term_rows = torch.cat(real, dim=-1).view(bh * math.prod(extent), -1)
+        return _mask_by_product(term_rows, _separable_selection(extent, q.dtype, q.device), bh, boxes)
+    # Bh x *extent (queries) x k_0 x ... x k_a, one key axis at a time; the last sum goes into the mask.
+    bias = real[0]
+    for axis in range(1, n - 1):
+        bias = bias[..., None] + real[axis].reshape(bh, *extent, *([1] * axis), -1)
+    last = real[-1].reshape(bh, *extent, *([1] * (n - 1)), -1)
     return broadcast_sum_mask(bias[..., None], last, boxes)
 
 
@@ -235,9 +279,8 @@ def sam_med3d_mask(
 
     boxes = [] if extent == window else _sam_med3d_padded_boxes(a, b, c, extent, window)
     a, b, c = a[..., :rw], b[..., :rd, :rw], c[..., :rh, :rw]  # the real keys' terms
-    if a.is_cpu and a.dtype in (torch.bfloat16, torch.float16) and writes_in_place(a, b, c, *boxes):
-        if product_sums_round_once(a.dtype):
-            return _sam_med3d_mask_by_product(a, b, c, boxes)
+    if uses_product_mask(a, b, c, *boxes):
+        return _sam_med3d_mask_by_product(a, b, c, boxes)
     key_terms = b[:, :, :, :, None, :] + c[:, :, :, None, :, :]  # Bh x rd x rh x kd x kh x kw
     return broadcast_sum_mask(a[:, :, :, :, None, None, :], key_terms[:, :, :, None], boxes)
 
