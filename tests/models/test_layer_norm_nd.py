@@ -1,5 +1,5 @@
 """The channel LayerNorm's fused path equals upstream's elementwise computation, forward and backward; the 3D neck
-copies its channels-last output channels-first for its convolutions."""
+copies its channels-last output channels-first for its convolutions, which keep bfloat16 weights under autocast."""
 
 import pytest
 import torch
@@ -53,3 +53,26 @@ def test_the_3d_neck_convolves_channels_first_maps_and_returns_a_contiguous_embe
             expected = encoder.project(tokens)
     assert fast.is_contiguous() and fast.shape == (1, 8, 4, 4, 4)
     torch.testing.assert_close(fast, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_the_neck_under_bf16_autocast_convolves_with_kept_bf16_weights_as_autocast_would(spatial_dims, monkeypatch):
+    """Under CPU bfloat16 autocast the neck's convolutions use bfloat16 copies of their weights kept on them, not a
+    conversion per call; the embedding is bit-identical to autocast converting the weights itself."""
+    from zoo.models.components import channels_last_conv
+    from zoo.models.components.vit_encoder import ImageEncoderViT
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(spatial_dims, img_size=16, patch_size=4, in_chans=1, embed_dim=16, depth=1,
+                              num_heads=2, mlp_ratio=2.0, out_chans=8, sam_med3d_broadcast=spatial_dims == 3).eval()
+    tokens = torch.randn(1, *([4] * spatial_dims), 16)
+    kept = []
+    derive = channels_last_conv.derived_from_parameters
+    monkeypatch.setattr(channels_last_conv, "derived_from_parameters", lambda *a: kept.append(a[1]) or derive(*a))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = encoder.project(tokens)
+        x = tokens.movedim(-1, 1)
+        for layer in encoder.neck:  # autocast's own convolutions
+            x = layer(x.contiguous() if x.ndim == 5 else x)
+    assert kept == ["bfloat16", "bfloat16"], "both convolutions take the kept weights"
+    assert fast.dtype == x.dtype and torch.equal(fast, x.contiguous())

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zoo.models.components.onednn_linear import kept_linear
+from zoo.models.components.onednn_linear import bf16_applies, kept_linear
 from zoo.models.components.weight_cache import derived_from_parameters
 
 _ConvNd = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -87,3 +87,18 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
         out[(slice(None), *index)] += blocks[position].view(batch, *spatial, conv.out_channels)
     out = out[(slice(None), *(slice(p, f - p) for p, f in zip(padding, full)))]
     return out if conv.bias is None else out + conv.bias
+
+
+def conv_with_kept_bf16_weight(conv: nn.Module, x: Tensor) -> Tensor:
+    """``conv(x)`` for a plain ``ConvNd``; where :func:`~zoo.models.components.onednn_linear.bf16_applies` (CPU
+    bfloat16 autocast, no gradient recorded) with bfloat16 copies of its weight and bias kept on it
+    (``weight_cache``) instead of autocast converting them on every call (SAM-Med3D's neck kernel is 16 MB).
+    The same result as autocast's: the product of the bfloat16-rounded operands."""
+    if not bf16_applies(x, conv.weight, conv.bias):
+        return conv(x)
+
+    def bfloat16_copies() -> tuple[Tensor, Tensor | None]:
+        return conv.weight.to(torch.bfloat16), None if conv.bias is None else conv.bias.to(torch.bfloat16)
+
+    weight16, bias16 = derived_from_parameters(conv, "bfloat16", list(conv.parameters(recurse=False)), bfloat16_copies)
+    return conv._conv_forward(x.to(torch.bfloat16), weight16, bias16)

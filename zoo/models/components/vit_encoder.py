@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zoo.models.components.adapter import ChannelSpatialAdapter
 from zoo.models.components.attention import RelPosAttention, window_partition, window_unpartition
+from zoo.models.components.channels_last_conv import conv_with_kept_bf16_weight
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.fast_window_attention import padded_window_attention
 from zoo.models.components.layers import LayerNormNd, MLPBlock, conv_nd
@@ -205,14 +206,16 @@ class ImageEncoderViT(DropsDerivedWeights):
         Given a channels-last map (the tokens' view, or a LayerNorm's output off the reference path), the 3D
         convolutions convert their weights to channels-last on every call (SAM-Med3D's 3x3x3 kernel is 16 MB),
         which costs more than copying the map channels-first: off the reference path their 3D inputs are copied.
-        (In 2D, both ways took the same time on the CPUs measured.)
+        (In 2D, both ways took the same time on the CPUs measured.) Under CPU bfloat16 autocast the convolutions
+        keep bfloat16 copies of their weights (``conv_with_kept_bf16_weight``).
         """
         x = tokens.movedim(-1, 1)
-        copy_for_conv = x.ndim == 5 and not reference_computation_enabled()
+        fast = not reference_computation_enabled()
         for layer in self.neck:
-            if copy_for_conv and isinstance(layer, nn.Conv3d):
-                x = x.contiguous()
-            x = layer(x)
+            if fast and isinstance(layer, (nn.Conv2d, nn.Conv3d)):
+                x = conv_with_kept_bf16_weight(layer, x.contiguous() if x.ndim == 5 else x)
+            else:
+                x = layer(x)
         return x.contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
