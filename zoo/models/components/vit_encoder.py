@@ -212,7 +212,7 @@ class ImageEncoderViT(DropsDerivedWeights):
         x = tokens.movedim(-1, 1)
         fast = not reference_computation_enabled()
         for layer in self.neck:
-            if fast and isinstance(layer, (nn.Conv2d, nn.Conv3d)):
+            if fast and type(layer) in (nn.Conv2d, nn.Conv3d):  # not a subclass with its own forward (a wrapper)
                 x = conv_with_kept_bf16_weight(layer, x.contiguous() if x.ndim == 5 else x)
             else:
                 x = layer(x)
