@@ -152,9 +152,22 @@ def test_adapter_under_bf16_autocast_keeps_its_bfloat16_product_weights(monkeypa
         derived.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             first, second = adapter(x), adapter(x)
-            assert sorted(derived) == ["bfloat16", "conv_transpose_taps_torch.bfloat16"], "converted once, kept"
+            kept_once = ["bfloat16[768, 6912]", "conv_transpose_taps_torch.bfloat16"]
+            assert sorted(derived) == kept_once, "converted once, kept"
             for module in (onednn_linear, channels_last_conv):  # nothing kept: converted on this call
                 monkeypatch.setattr(module, "derived_from_parameters", lambda owner, slot, sources, derive: derive())
             per_call = adapter(x)
     assert torch.equal(first, second) and torch.equal(first, per_call)
     assert (first.float() - exact).abs().max() <= 0.05 * exact.abs().max()
+
+
+def test_kept_bfloat16_copies_are_kept_per_weight_shape():
+    """A convolution's weight kept as a matrix (its channels-last product) and as a kernel (its own convolution)
+    are two entries: asking for one shape never returns the other."""
+    conv = torch.nn.Conv2d(4, 6, 3).eval()
+    with torch.no_grad():
+        matrix, _ = onednn_linear.kept_bfloat16(conv, conv.weight.reshape(6, -1), conv.bias)
+        kernel, bias = onednn_linear.kept_bfloat16(conv, conv.weight, conv.bias)
+        again, _ = onednn_linear.kept_bfloat16(conv, conv.weight, conv.bias)
+    assert matrix.shape == (6, 36) and kernel.shape == (6, 4, 3, 3) and again is kernel
+    assert kernel.dtype == bias.dtype == torch.bfloat16 and torch.equal(kernel, conv.weight.to(torch.bfloat16))

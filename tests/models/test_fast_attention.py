@@ -215,7 +215,8 @@ def test_sam_med3d_terms_in_reduced_precision_are_summed_by_one_product_rounding
     a, b, c = ((torch.randn(12, rd, rh, k, rw, generator=generator) * 40).to(dtype) for k in (rw, rd, rh))
     boxes = [torch.randn(12, rd, rh, rw, generator=generator).to(dtype)] if padded else []
     assert fast_window_attention.product_sums_round_once(dtype), "the kernel's rounding changed"
-    mask = fast_window_attention._sam_med3d_mask_by_product(a, b, c, boxes)
+    selection = fast_window_attention._sam_med3d_selection(rd, rh, rw, dtype, a.device)
+    mask = fast_window_attention._sam_med3d_mask_by_product(a, b, c, boxes, selection)
     keys = rd * rh * rw
     assert mask.shape == (12, keys, keys + padded) and mask.dtype == dtype
     total = a.float()[:, :, :, :, None, None, :] + b.float()[:, :, :, None, :, None, :]
@@ -232,13 +233,17 @@ def test_separable_masks_in_bfloat16_are_one_product_equal_to_the_broadcast_sum(
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(12, extent[0] * extent[1], 64, generator=generator).to(torch.bfloat16)
     tables = [torch.randn(27, 64, generator=generator) for _ in range(2)]
-    products = []
+    owner, products = nn.Module(), []
+    assert fast_window_attention.product_sums_round_once(torch.bfloat16), "the kernel's rounding changed"
     by_product = fast_window_attention._mask_by_product
     monkeypatch.setattr(fast_window_attention, "_mask_by_product", lambda *a: products.append(a) or by_product(*a))
-    with torch.no_grad():
-        written = fast_window_attention.separable_mask(q, tables, extent, (14, 14))
-    assert len(products) == 1, "the product path was not taken"
-    built = fast_window_attention.separable_mask(q.requires_grad_(), tables, extent, (14, 14))
+    with torch.inference_mode():
+        fast_window_attention.separable_mask(q, tables, extent, (14, 14), owner=owner)
+    with torch.no_grad():  # the selection kept in inference mode serves outside it too
+        written = fast_window_attention.separable_mask(q, tables, extent, (14, 14), owner=owner)
+    assert len(products) == 2, "the product path was not taken"
+    assert products[0][1] is products[1][1], "the selection matrix is kept on the attention module"
+    built = fast_window_attention.separable_mask(q.requires_grad_(), tables, extent, (14, 14), owner=owner)
     assert built.requires_grad and written.dtype == torch.bfloat16
     assert torch.equal(written, built.detach())
 

@@ -67,12 +67,14 @@ def test_the_neck_under_bf16_autocast_convolves_with_kept_bf16_weights_as_autoca
                               num_heads=2, mlp_ratio=2.0, out_chans=8, sam_med3d_broadcast=spatial_dims == 3).eval()
     tokens = torch.randn(1, *([4] * spatial_dims), 16)
     kept = []
-    derive = channels_last_conv.derived_from_parameters
-    monkeypatch.setattr(channels_last_conv, "derived_from_parameters", lambda *a: kept.append(a[1]) or derive(*a))
+    keep = channels_last_conv.kept_bfloat16
+    monkeypatch.setattr(channels_last_conv, "kept_bfloat16", lambda conv, *a: kept.append(conv) or keep(conv, *a))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         fast = encoder.project(tokens)
         x = tokens.movedim(-1, 1)
         for layer in encoder.neck:  # autocast's own convolutions
             x = layer(x.contiguous() if x.ndim == 5 else x)
-    assert kept == ["bfloat16", "bfloat16"], "both convolutions take the kept weights"
+    assert kept == [layer for layer in encoder.neck if isinstance(layer, torch.nn.Conv2d | torch.nn.Conv3d)], (
+        "both convolutions take the kept weights"
+    )
     assert fast.dtype == x.dtype and torch.equal(fast, x.contiguous())

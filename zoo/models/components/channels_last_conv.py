@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zoo.models.components.onednn_linear import bf16_applies, kept_linear
+from zoo.models.components.onednn_linear import bf16_applies, kept_bfloat16, kept_linear
 from zoo.models.components.weight_cache import derived_from_parameters
 
 _ConvNd = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -96,9 +96,5 @@ def conv_with_kept_bf16_weight(conv: nn.Module, x: Tensor) -> Tensor:
     The same result as autocast's: the product of the bfloat16-rounded operands."""
     if not bf16_applies(x, conv.weight, conv.bias):
         return conv(x)
-
-    def bfloat16_copies() -> tuple[Tensor, Tensor | None]:
-        return conv.weight.to(torch.bfloat16), None if conv.bias is None else conv.bias.to(torch.bfloat16)
-
-    weight16, bias16 = derived_from_parameters(conv, "bfloat16", list(conv.parameters(recurse=False)), bfloat16_copies)
+    weight16, bias16 = kept_bfloat16(conv, conv.weight, conv.bias)
     return conv._conv_forward(x.to(torch.bfloat16), weight16, bias16)

@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zoo.models.components.attention import RelPosAttention, relative_position_table
 from zoo.models.components.onednn_linear import passes
+from zoo.models.components.weight_cache import kept_index
 
 
 @dataclass(frozen=True)
@@ -134,29 +135,26 @@ def _mask_by_product(term_rows: Tensor, selection: Tensor, batch: int, log_padde
     return mask
 
 
-def _sam_med3d_mask_by_product(a: Tensor, b: Tensor, c: Tensor, log_padded: list[Tensor]) -> Tensor:
+def _sam_med3d_mask_by_product(a: Tensor, b: Tensor, c: Tensor, log_padded: list[Tensor], selection: Tensor) -> Tensor:
     """SAM-Med3D's bias ``a[q, kw] + b[q, kd, kw] + c[q, kh, kw]`` by :func:`_mask_by_product` (``a``:
-    ``Bh x rd x rh x rw x rw``; ``b``, ``c``: ``Bh x rd x rh x rd|rh x rw``, shared by the queries of a (d, h) row)."""
+    ``Bh x rd x rh x rw x rw``; ``b``, ``c``: ``Bh x rd x rh x rd|rh x rw``, shared by the queries of a (d, h) row;
+    ``selection`` from :func:`_sam_med3d_selection`)."""
     bh, rd, rh, rw, _ = a.shape
     per_row = (bh, rd, rh, rw, -1)
     terms = torch.cat(
         [a, b.reshape(bh, rd, rh, 1, -1).expand(per_row), c.reshape(bh, rd, rh, 1, -1).expand(per_row)], dim=-1
     )
-    selection = _sam_med3d_selection(rd, rh, rw, a.dtype, a.device)
     return _mask_by_product(terms.view(bh * rd * rh * rw, -1), selection, bh, log_padded)
 
 
 def _pick_matrix(picks: list[Tensor], widths: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """0/1 matrix ``sum(widths) x K``: for each term ``t`` (``widths[t]`` rows), key ``j`` takes row ``picks[t][j]``.
-
-    Built as an ordinary tensor (not an inference tensor) so that a cached one serves in and out of inference mode.
-    """
-    with torch.inference_mode(False), torch.no_grad():
-        keys = torch.arange(picks[0].numel())
-        selection = torch.zeros(sum(widths), keys.numel())
-        for offset, picked in zip(itertools.accumulate([0, *widths[:-1]]), picks):
-            selection[offset + picked, keys] = 1.0
-        return selection.to(dtype=dtype, device=device)
+    Kept on the attention module by its callers (``kept_index``)."""
+    keys = torch.arange(picks[0].numel())
+    selection = torch.zeros(sum(widths), keys.numel())
+    for offset, picked in zip(itertools.accumulate([0, *widths[:-1]]), picks):
+        selection[offset + picked, keys] = 1.0
+    return selection.to(dtype=dtype, device=device)
 
 
 def _key_indices(extent: tuple[int, ...]) -> list[Tensor]:
@@ -165,14 +163,12 @@ def _key_indices(extent: tuple[int, ...]) -> list[Tensor]:
     return [index.flatten() for index in grid]
 
 
-@functools.lru_cache(maxsize=16)
 def _sam_med3d_selection(rd: int, rh: int, rw: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Key (kd, kh, kw) takes a's kw, b's (kd, kw) and c's (kh, kw)."""
     kd, kh, kw = _key_indices((rd, rh, rw))
     return _pick_matrix([kw, kd * rw + kw, kh * rw + kw], [rw, rd * rw, rh * rw], dtype, device)
 
 
-@functools.lru_cache(maxsize=16)
 def _separable_selection(extent: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Key (k_0, ..., k_n) takes term a's k_a, for every axis a."""
     return _pick_matrix(_key_indices(extent), list(extent), dtype, device)
@@ -201,7 +197,8 @@ def product_sums_round_once(dtype: torch.dtype) -> bool:
         a, b, c = (torch.randn(3, 2, 3, k, 2, generator=generator).to(dtype) for k in (2, 2, 3))
         total = a.float()[:, :, :, :, None, None, :] + b.float()[:, :, :, None, :, None, :]
         total = total + c.float()[:, :, :, None, None, :, :]
-        med3d = torch.equal(_sam_med3d_mask_by_product(a, b, c, []), total.to(dtype).reshape(3, 12, 12))
+        med3d_mask = _sam_med3d_mask_by_product(a, b, c, [], _sam_med3d_selection(2, 3, 2, dtype, a.device))
+        med3d = torch.equal(med3d_mask, total.to(dtype).reshape(3, 12, 12))
         rows, cols = (torch.randn(3, 2, 3, k, generator=generator).to(dtype) for k in (2, 3))  # extent 2 x 3
         selection = _separable_selection((2, 3), dtype, rows.device)
         separable = _mask_by_product(torch.cat([rows, cols], dim=-1).view(18, 5), selection, 3, [])
@@ -211,12 +208,15 @@ def product_sums_round_once(dtype: torch.dtype) -> bool:
     return passes(check)
 
 
-def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], window: tuple[int, ...]) -> Tensor:
+def separable_mask(
+    q: Tensor, tables: list[Tensor], extent: tuple[int, ...], window: tuple[int, ...], owner: nn.Module
+) -> Tensor:
     """Attention mask for standard decomposed relative positions over one zero-padded window.
 
     ``q``: unscaled queries ``Bh x prod(extent) x c`` of the real tokens of windows of shape ``window``.
     bias[q, k] = sum_a T_a[q, k_a] with T_a[q, j] = <q, R_a[q_a, j]>. Returns ``Bh x N x N`` biases over the
     real keys, plus, when the window has padding, a last column holding ``log sum_{padded k} exp(bias[q, k])``.
+    ``owner`` (the attention module) keeps the product path's selection matrices (``kept_index``).
     """
     n = len(extent)
     bh, _, dim = q.shape
@@ -244,7 +244,9 @@ def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], win
     real = [term[..., :e] for term, e in zip(terms, extent)]  # each Bh x *extent x e_a
     if uses_product_mask(*real, *boxes):
         term_rows = torch.cat(real, dim=-1).view(bh * math.prod(extent), -1)
-        return _mask_by_product(term_rows, _separable_selection(extent, q.dtype, q.device), bh, boxes)
+        key = ("separable_selection", extent, q.dtype, q.device)
+        selection = kept_index(owner, key, lambda: _separable_selection(extent, q.dtype, q.device))
+        return _mask_by_product(term_rows, selection, bh, boxes)
     # Bh x *extent (queries) x k_0 x ... x k_a, one key axis at a time; the last sum goes into the mask.
     bias = real[0]
     for axis in range(1, n - 1):
@@ -254,7 +256,7 @@ def separable_mask(q: Tensor, tables: list[Tensor], extent: tuple[int, ...], win
 
 
 def sam_med3d_mask(
-    q: Tensor, q_pad: Tensor, tables: list[Tensor], extent: tuple[int, ...], window: tuple[int, ...]
+    q: Tensor, q_pad: Tensor, tables: list[Tensor], extent: tuple[int, ...], window: tuple[int, ...], owner: nn.Module
 ) -> Tensor:
     """Like :func:`separable_mask` for SAM-Med3D's broadcasting (see ``decomposed_rel_pos_bias``).
 
@@ -280,7 +282,9 @@ def sam_med3d_mask(
     boxes = [] if extent == window else _sam_med3d_padded_boxes(a, b, c, extent, window)
     a, b, c = a[..., :rw], b[..., :rd, :rw], c[..., :rh, :rw]  # the real keys' terms
     if uses_product_mask(a, b, c, *boxes):
-        return _sam_med3d_mask_by_product(a, b, c, boxes)
+        key = ("sam_med3d_selection", extent, a.dtype, a.device)
+        selection = kept_index(owner, key, lambda: _sam_med3d_selection(rd, rh, rw, a.dtype, a.device))
+        return _sam_med3d_mask_by_product(a, b, c, boxes, selection)
     key_terms = b[:, :, :, :, None, :] + c[:, :, :, None, :, :]  # Bh x rd x rh x kd x kh x kw
     return broadcast_sum_mask(a[:, :, :, :, None, None, :], key_terms[:, :, :, None], boxes)
 
@@ -337,9 +341,9 @@ def padded_window_attention(attn: RelPosAttention, x: Tensor, window: Sequence[i
             tables = attn.rel_pos_tables()
             if attn.sam_med3d_broadcast:
                 q_pad = pad_q.expand(num_windows, heads, head_dim).reshape(-1, head_dim)
-                mask = sam_med3d_mask(flat_q, q_pad, tables, group.extent, window)
+                mask = sam_med3d_mask(flat_q, q_pad, tables, group.extent, window, owner=attn)
             else:
-                mask = separable_mask(flat_q, tables, group.extent, window)
+                mask = separable_mask(flat_q, tables, group.extent, window, owner=attn)
             mask = mask.view(num_windows, heads, num_tokens, -1)
         elif padded:  # every padded key has the same logit: log(count) adds their weights
             mask = q.new_zeros(num_windows, heads, num_tokens, num_tokens + 1)

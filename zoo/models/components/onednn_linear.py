@@ -169,6 +169,17 @@ def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: 
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, *post_op)
 
 
+def kept_bfloat16(owner: nn.Module, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """bfloat16 copies of ``weight`` and ``bias`` (``owner``'s parameters or views of them), kept on ``owner``
+    (``weight_cache``) per weight shape and converted again whenever one of its parameters changes."""
+
+    def bfloat16_copies() -> tuple[Tensor, Tensor | None]:
+        return weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
+
+    sources = list(owner.parameters(recurse=False))
+    return derived_from_parameters(owner, f"bfloat16{list(weight.shape)}", sources, bfloat16_copies)
+
+
 def kept_linear(
     owner: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: nn.Module | None = None
 ) -> Tensor:
@@ -180,12 +191,7 @@ def kept_linear(
     """
     if not bf16_applies(x, weight, bias):
         return linear(x, weight, bias, activation)
-
-    def bfloat16_copies() -> tuple[Tensor, Tensor | None]:
-        return weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
-
-    sources = list(owner.parameters(recurse=False))
-    weight16, bias16 = derived_from_parameters(owner, "bfloat16", sources, bfloat16_copies)
+    weight16, bias16 = kept_bfloat16(owner, weight, bias)
     x16 = x.to(torch.bfloat16)
     if x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS and onednn_bf16_linear_works():
         return _onednn_product(x16, weight16, bias16, activation)
