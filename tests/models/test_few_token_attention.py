@@ -50,6 +50,30 @@ def test_factored_cross_attention_equals_direct(direction, batch):
         torch.testing.assert_close(result.double(), direct, rtol=0, atol=ROUNDING_TOL * scale)
 
 
+@pytest.mark.parametrize("direction", ["image-to-tokens", "tokens-to-image"])
+def test_factored_cross_attention_through_onednn_products_stays_within_rounding(direction, monkeypatch):
+    """A single prompt set's image-sized products go through oneDNN where it is used (any size here)."""
+    from zoo.models.components import onednn_linear
+
+    if not onednn_linear.onednn_linear_works():
+        pytest.skip("this torch has no working oneDNN product")
+    monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 0)
+    calls = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or kernel(*args))
+    attention = random_attention(dim=48, heads=4, downsample=2, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(7)
+    tokens = torch.randn(1, 5, 48, generator=generator, dtype=torch.float64) * 2
+    image = torch.randn(1, 40, 48, generator=generator, dtype=torch.float64) * 2
+    q, k, v = (image, tokens, tokens * 0.5) if direction == "image-to-tokens" else (tokens, image, image * 0.5)
+    with torch.no_grad(), reference_computation():
+        direct = attention(q, k, v)
+    with torch.inference_mode():
+        factored = attention.float()(q.float(), k.float(), v.float())
+    assert len(calls) >= 2, "both image-sized products"
+    torch.testing.assert_close(factored.double(), direct, rtol=0, atol=ROUNDING_TOL * direct.abs().max().item())
+
+
 def test_many_tokens_per_head_keep_the_direct_form():
     attention = random_attention(dim=48, heads=4, downsample=2, dtype=torch.float64)
     assert not attention._factoring_pays(few=6, many=40)  # 4 x 6 = 24 is not below the internal width

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 @pytest.fixture(autouse=True)
 def any_size_takes_onednn(monkeypatch):
     """The tests' small products stand in for the encoders' large ones."""
-    monkeypatch.setattr(onednn_linear, "MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 0)
 
 
 def operands(rows: int = 7, inputs: int = 48, outputs: int = 80):
@@ -60,7 +60,7 @@ def test_falls_back_everywhere_else():
     trainable = nn.Parameter(weight.clone())
     assert not onednn_applies(x, trainable, bias), "autograd records the product"
     assert not onednn_applies(x.double(), weight.double(), bias.double()), "float64"
-    assert not onednn_applies(x, weight.t().contiguous().t(), bias), "non-contiguous weight"
+    assert not onednn_applies(x, torch.randn(80, 96)[:, ::2], bias), "neither rows nor columns contiguous"
     with torch.no_grad():
         assert onednn_applies(x, trainable, bias)
         with reference_computation():
@@ -133,7 +133,7 @@ def test_small_products_keep_f_linear(monkeypatch):
     x, weight, bias = operands()  # 2 x 7 x 48 @ 48 -> 80: 53760 multiply-adds
     with torch.inference_mode():
         assert onednn_applies(x, weight, bias)
-        monkeypatch.setattr(onednn_linear, "MIN_MULTIPLY_ADDS", 2 * 7 * 48 * 80 + 1)
+        monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 2 * 7 * 48 * 80 + 1)
         assert not onednn_applies(x, weight, bias)
         torch.testing.assert_close(linear(x, weight, bias, nn.GELU()), F.gelu(F.linear(x, weight, bias)))
 
@@ -252,7 +252,7 @@ def test_the_bfloat16_path_stays_off_for_training_fp32_and_the_reference():
 def test_under_bf16_autocast_a_small_product_keeps_its_weight_and_gives_autocasts_result(monkeypatch):
     """Below the oneDNN threshold the product is ``F.linear`` as autocast runs it, bit for bit, but with the
     bfloat16 weight kept instead of converted on every call (a decoder's many small products)."""
-    monkeypatch.setattr(onednn_linear, "MIN_MULTIPLY_ADDS", 2**62)
+    monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 2**62)
     layer = OneDNNLinear(48, 80)
     x = torch.randn(2, 7, 48)
     conversions = []
@@ -292,3 +292,64 @@ def test_a_patch_embedding_keeps_its_kernel_in_bfloat16_until_the_kernel_changes
     assert first.dtype == torch.bfloat16 and torch.equal(first, again)
     tolerance = 2**-6 * expected.abs().max().item()
     torch.testing.assert_close(flipped.float(), expected.float(), rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize(
+    ("vendor", "mkl", "threshold"),
+    [
+        ("GenuineIntel", True, onednn_linear.MIN_MULTIPLY_ADDS),
+        ("AuthenticAMD", True, onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL),
+        ("AuthenticAMD", False, onednn_linear.MIN_MULTIPLY_ADDS),  # another BLAS: its own speed, not MKL's
+        ("", True, onednn_linear.MIN_MULTIPLY_ADDS),  # unknown vendor: as measured on Intel
+    ],
+)
+def test_threshold_follows_who_serves_f_linear(monkeypatch, vendor, mkl, threshold):
+    """MKL runs generic code on CPUs of other vendors, where oneDNN takes every product but the smallest."""
+    monkeypatch.undo()  # the autouse fixture's threshold
+    monkeypatch.setattr(onednn_linear, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    onednn_linear.mkl_on_non_intel_cpu.cache_clear()
+    try:
+        assert onednn_linear.min_multiply_adds() == threshold
+        x, weight, bias = operands(rows=threshold // (48 * 80) + 1)  # 2 x rows x 48 @ 48 -> 80: at the threshold
+        with torch.inference_mode():
+            assert onednn_applies(x, weight, bias) == onednn_linear.onednn_linear_works()
+            assert not onednn_applies(x[:, : max(1, threshold // (2 * 48 * 80) - 1)], weight, bias)
+    finally:
+        onednn_linear.mkl_on_non_intel_cpu.cache_clear()
+
+
+def test_cpu_vendor_reads_proc_cpuinfo_or_the_platform(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
+    real_path = onednn_linear.Path
+    monkeypatch.setattr(onednn_linear, "Path", lambda name: cpuinfo if name == "/proc/cpuinfo" else real_path(name))
+    assert onednn_linear.cpu_vendor() == "AuthenticAMD"
+    monkeypatch.setattr(onednn_linear, "Path", lambda name: tmp_path / "missing")
+    windows = "AMD64 Family 25 Model 17 Stepping 1, AuthenticAMD"
+    monkeypatch.setattr(onednn_linear.platform, "processor", lambda: windows)
+    assert onednn_linear.cpu_vendor() == "AuthenticAMD"
+    monkeypatch.setattr(onednn_linear.platform, "processor", lambda: "")
+    assert onednn_linear.cpu_vendor() == ""
+
+
+@pytest.mark.parametrize("bias_shape", [None, (80,), (1, 7, 1)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_batched_product_equals_baddbmm_and_takes_onednn_for_a_batch_of_one(monkeypatch, bias_shape, transposed):
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(1, 48, 7, generator=generator).transpose(1, 2) if transposed else torch.randn(1, 7, 48)
+    b = torch.randn(1, 48, 80, generator=generator)
+    b = b if transposed else torch.randn(1, 80, 48, generator=generator).transpose(1, 2)  # either layout of rows
+    bias = None if bias_shape is None else torch.randn(*bias_shape, generator=generator)
+    calls = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or kernel(*args))
+    with torch.inference_mode():
+        out = onednn_linear.batched_product(a, b, bias)
+        exact = torch.bmm(a.double(), b.double()) + (0 if bias is None else bias.double())
+        assert calls == [1]
+        assert out.shape == (1, 7, 80)
+        torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
+        a2, b2 = a.expand(2, -1, -1), b.expand(2, -1, -1)
+        two = onednn_linear.batched_product(a2, b2, bias)  # larger batches: baddbmm's own
+        assert calls == [1] and torch.equal(two, torch.bmm(a2, b2) if bias is None else torch.baddbmm(bias, a2, b2))

@@ -21,11 +21,14 @@ The per-head products are batched matrix products over the heads, and every scor
 ``B x (heads, tokens) x N``: the softmax over the few tokens then reduces over a middle axis with the ``N``
 image tokens contiguous, which vectorises (over a short last axis, or with heads last, it was several times
 slower), and the attention scale is applied to the few tokens' side before the products rather than to the
-scores.
+scores. A single prompt set's ``N``-sized products go through
+:func:`~zoo.models.components.onednn_linear.batched_product`: oneDNN's kernel where it is faster than the BLAS's.
 """
 
 import torch
 from torch import Tensor, nn
+
+from zoo.models.components.onednn_linear import batched_product
 
 
 def _heads(projection: nn.Linear, num_heads: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -66,12 +69,12 @@ def image_queries_token_keys(attention: nn.Module, queries: Tensor, keys: Tensor
     # Each key pulled back to the input space of the queries: score = x . (W_q^T k) + b_q . k.
     keys_in_query_space = _batch_major(torch.bmm(k, q_weight), batch)  # B x (H T) x C
     key_bias = _batch_major(torch.bmm(k, q_bias), batch)  # B x (H T) x 1
-    scores = torch.baddbmm(key_bias, keys_in_query_space, queries.transpose(1, 2))  # B x (H T) x N
+    scores = batched_product(keys_in_query_space, queries.transpose(1, 2), key_bias)  # B x (H T) x N
     weights = scores.unflatten(1, (num_heads, -1)).softmax(dim=2).flatten(1, 2)
     # Each value pushed through its head's slice of the output projection.
     o_weight = out_proj.weight.to(v.dtype).view(out_proj.out_features, num_heads, -1).permute(1, 2, 0)  # H x d x C
     values_out = _batch_major(torch.bmm(_split_heads(v, num_heads), o_weight), batch)  # B x (H T) x C
-    return torch.baddbmm(out_proj.bias, weights.transpose(1, 2), values_out)
+    return batched_product(weights.transpose(1, 2), values_out, out_proj.bias)
 
 
 def token_queries_image_keys(attention: nn.Module, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
@@ -90,8 +93,8 @@ def token_queries_image_keys(attention: nn.Module, queries: Tensor, keys: Tensor
     # q . b_k is the same for every key, so the softmax cancels it; kept so that b_k stays in the autograd graph
     # (its gradient is zero either way, but distributed training expects every parameter to be used).
     query_bias = _batch_major(torch.bmm(q, k_bias), batch)  # B x (H T) x 1
-    scores = torch.baddbmm(query_bias, queries_in_key_space, keys.transpose(1, 2))
-    pooled = scores.softmax(dim=-1) @ values  # B x (H T) x C
+    scores = batched_product(queries_in_key_space, keys.transpose(1, 2), query_bias)
+    pooled = batched_product(scores.softmax(dim=-1), values)  # B x (H T) x C
     pooled = pooled.view(batch, num_heads, tokens, -1).transpose(0, 1).reshape(num_heads, batch * tokens, -1)
     attended = torch.bmm(pooled, v_weight.transpose(1, 2))  # H x (B T) x d: W_v per head
     attended = attended.view(num_heads, batch, tokens, -1).permute(1, 2, 0, 3).flatten(2)  # B x T x (H d)

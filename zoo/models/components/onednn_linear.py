@@ -1,11 +1,15 @@
 """``F.linear`` through oneDNN's matrix product for large float32 inference products on the CPU.
 
-On the CPUs measured (AVX2 and AVX-512/AMX, 2 threads) oneDNN ran the encoders' projections and MLPs faster than
-``F.linear``'s default path, most of all the few-row, wide product of SAM-Med2D's adapter down convolution written
-as a linear map. On small products its per-call overhead loses (the mask decoder's clicks were slower with it), so
-only products of at least :data:`MIN_MULTIPLY_ADDS` take it: the encoders' qkv, MLP and adapter products do
-(SAM-Med2D's 256-token output projection does not), no decoder product does. Same function, same weights (nothing
-is copied or cached); only the summation order differs, as between any two GEMM kernels.
+Which products take it depends on who serves ``F.linear``. Where torch's BLAS is MKL on an Intel CPU (AVX2 and
+AVX-512/AMX measured, 2 threads), oneDNN ran the encoders' projections and MLPs faster, most of all the few-row,
+wide product of SAM-Med2D's adapter down convolution written as a linear map, but lost on small products to its
+per-call overhead (the mask decoder's clicks were slower with it): only products of at least
+:data:`MIN_MULTIPLY_ADDS` take it there, which the encoders' qkv, MLP and adapter products are (SAM-Med2D's
+256-token output projection is not) and no decoder product is. On other CPUs MKL runs generic code paths: on the
+AMD EPYC (AVX-512) measured its float32 products ran at under half oneDNN's rate at every size above about a
+million multiply-adds, so there every product of at least :data:`MIN_MULTIPLY_ADDS_NON_INTEL_MKL` takes oneDNN
+(:func:`min_multiply_adds`), the decoders' token MLPs and upscaling products included. Same function, same
+weights (nothing is copied or cached); only the summation order differs, as between any two GEMM kernels.
 ``benchmarks/encoder_speed.py`` measures both paths.
 
 An activation that follows the product (the ViT MLP's GELU, the adapter convolution's ReLU) runs as oneDNN's
@@ -25,7 +29,9 @@ oneDNN's product is a private torch op (``torch.ops.mkldnn._linear_pointwise``).
 """
 
 import functools
+import platform
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +40,33 @@ from torch.nn import functional as F
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.weight_cache import derived_from_parameters
 
-MIN_MULTIPLY_ADDS = 2**28  # rows x inputs x outputs below which F.linear's kernel was faster
+MIN_MULTIPLY_ADDS = 2**28  # rows x inputs x outputs below which F.linear's kernel was faster (MKL, Intel CPU)
+MIN_MULTIPLY_ADDS_NON_INTEL_MKL = 2**21  # the same where MKL serves a CPU of another vendor (oneDNN's ~12 us call)
+INTEL = "GenuineIntel"
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...), or ``""`` where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    processor = platform.processor()  # Windows: "... Family 25 Model 17 Stepping 1, AuthenticAMD"
+    return processor.rpartition(",")[2].strip() if "," in processor else ""
+
+
+@functools.cache
+def mkl_on_non_intel_cpu() -> bool:
+    """Whether torch's BLAS is MKL and the CPU is known not to be Intel's (checked once)."""
+    vendor = cpu_vendor()
+    return torch.backends.mkl.is_available() and vendor not in (INTEL, "")
+
+
+def min_multiply_adds() -> int:
+    """The size (rows x inputs x outputs) from which a product takes oneDNN's kernel on this machine."""
+    return MIN_MULTIPLY_ADDS_NON_INTEL_MKL if mkl_on_non_intel_cpu() else MIN_MULTIPLY_ADDS
 
 
 def agrees(out: object, expected: Tensor, dtype: torch.dtype = torch.float32, tolerance: float = 1e-4) -> bool:
@@ -71,10 +103,12 @@ def computes_linear(op: Callable[..., Tensor] | None) -> bool:
         ("gelu", "tanh"): lambda y: F.gelu(y, approximate="tanh"),
         ("relu", ""): F.relu,
     }
+    # Also with a transposed weight and input, as :func:`batched_product` passes them.
+    transposed = (x[0].t().contiguous().t(), weight.t().contiguous().t(), bias, "none", [], "")
     return passes(lambda: all(
         agrees(op(x, weight, b, attr, [], algorithm), activation(F.linear(x, weight, b)))
         for (attr, algorithm), activation in post_ops.items() for b in (bias, None)
-    ))  # fmt: skip
+    ) and agrees(op(*transposed), F.linear(x[0], weight, bias)))  # fmt: skip
 
 
 @functools.cache
@@ -122,9 +156,10 @@ def bf16_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
 
 
 def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether :func:`linear` takes oneDNN's path: a large eager float32 CPU inference product, contiguous weight.
+    """Whether :func:`linear` takes oneDNN's path: a large eager float32 CPU inference product, a weight with
+    contiguous rows or columns.
 
-    Not for products under :data:`MIN_MULTIPLY_ADDS`, not under autocast (the product must follow autocast's
+    Not for products under :func:`min_multiply_adds`, not under autocast (the product must follow autocast's
     dtype), not while recording gradients, not while ``torch.compile`` traces (inductor chooses its own kernels),
     not inside ``reference_computation()`` and not where :func:`onednn_linear_works` is false.
     """
@@ -132,8 +167,8 @@ def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> boo
     return (
         x.device.type == "cpu"
         and all(t.dtype == torch.float32 for t in tensors)
-        and weight.is_contiguous()
-        and x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS
+        and (weight.is_contiguous() or weight.t().is_contiguous())
+        and x.numel() * weight.shape[0] >= min_multiply_adds()
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
@@ -169,6 +204,20 @@ def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: 
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, *post_op)
 
 
+def batched_product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``torch.baddbmm(bias, a, b)`` (``torch.bmm(a, b)`` without a bias) for ``B x M x K`` and ``B x K x N``.
+
+    A batch of one is :func:`linear`'s product of ``a[0]`` and ``b[0]`` transposed where :func:`onednn_applies`
+    (no copy of either: oneDNN reads transposed operands); a bias of ``N`` values goes into the product, another
+    one (e.g. ``B x M x 1``) is added to its result.
+    """
+    if a.shape[0] == 1 and b.shape[0] == 1 and onednn_applies(a[0], b[0].t(), bias):
+        column_bias = bias if bias is not None and bias.dim() == 1 and bias.shape[0] == b.shape[2] else None
+        out = torch.ops.mkldnn._linear_pointwise(a[0], b[0].t(), column_bias, "none", [], "").unsqueeze(0)
+        return out if bias is None or column_bias is not None else out.add_(bias)
+    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
+
+
 def kept_bfloat16(owner: nn.Module, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """bfloat16 copies of ``weight`` and ``bias`` (``owner``'s parameters or views of them), kept on ``owner``
     (``weight_cache``) per weight shape and converted again whenever one of its parameters changes."""
@@ -193,7 +242,7 @@ def kept_linear(
         return linear(x, weight, bias, activation)
     weight16, bias16 = kept_bfloat16(owner, weight, bias)
     x16 = x.to(torch.bfloat16)
-    if x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS and onednn_bf16_linear_works():
+    if x.numel() * weight.shape[0] >= min_multiply_adds() and onednn_bf16_linear_works():
         return _onednn_product(x16, weight16, bias16, activation)
     out = F.linear(x16, weight16, bias16)  # autocast's own product, without converting the weight again
     return out if activation is None else activation(out)
