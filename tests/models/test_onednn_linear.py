@@ -353,3 +353,53 @@ def test_batched_product_equals_baddbmm_and_takes_onednn_for_a_batch_of_one(monk
         a2, b2 = a.expand(2, -1, -1), b.expand(2, -1, -1)
         two = onednn_linear.batched_product(a2, b2, bias)  # larger batches: baddbmm's own
         assert calls == [1] and torch.equal(two, torch.bmm(a2, b2) if bias is None else torch.baddbmm(bias, a2, b2))
+
+
+@pytest.fixture
+def mkl_on_another_vendor(monkeypatch):
+    """Training products take oneDNN only where MKL serves a non-Intel CPU: stand in for one."""
+    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_cpu", lambda: True)
+
+
+def recorded_kernel_calls(monkeypatch) -> list[int]:
+    calls = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or kernel(*args))
+    return calls
+
+
+def test_training_products_and_gradients_are_onednns_where_mkl_serves_others(monkeypatch, mkl_on_another_vendor):
+    x, weight, bias = (nn.Parameter(t) for t in operands(rows=30))
+    calls = recorded_kernel_calls(monkeypatch)
+    assert onednn_linear.onednn_trains(x, weight, bias) and not onednn_applies(x, weight, bias)
+    out = linear(x, weight, bias, nn.GELU())
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == "OneDNNLinearFunctionBackward"
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(grad)
+    assert len(calls) == 3, "forward, input gradient, weight gradient"
+    exact = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    F.gelu(F.linear(*exact)).backward(grad.double())
+    for ours, reference in zip((x, weight, bias), exact):
+        scale = reference.grad.abs().max()
+        torch.testing.assert_close(ours.grad.double(), reference.grad, rtol=0, atol=1e-5 * scale)
+
+
+def test_a_frozen_layer_keeps_no_reference_to_its_input(monkeypatch, mkl_on_another_vendor):
+    x = nn.Parameter(operands(rows=30)[0])
+    weight, bias = operands(rows=30)[1:]  # frozen: only the input's gradient
+    out = linear(x, weight, bias)
+    saved_input, saved_weight = out.grad_fn.saved_tensors
+    assert saved_input is None and saved_weight is weight
+    calls = recorded_kernel_calls(monkeypatch)
+    out.backward(torch.ones_like(out))
+    assert len(calls) == 1
+    torch.testing.assert_close(x.grad, torch.ones_like(out) @ weight, rtol=0, atol=1e-5)
+
+
+def test_training_keeps_autograds_linear_where_mkl_serves_intel(monkeypatch):
+    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_cpu", lambda: False)
+    x, weight, bias = (nn.Parameter(t) for t in operands(rows=30))
+    calls = recorded_kernel_calls(monkeypatch)
+    assert not onednn_linear.onednn_trains(x, weight, bias)
+    linear(x, weight, bias).sum().backward()
+    assert calls == [] and x.grad is not None

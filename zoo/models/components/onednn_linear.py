@@ -1,4 +1,4 @@
-"""``F.linear`` through oneDNN's matrix product for large float32 inference products on the CPU.
+"""``F.linear`` through oneDNN's matrix product for large float32 products on the CPU.
 
 Which products take it depends on who serves ``F.linear``. Where torch's BLAS is MKL on an Intel CPU (AVX2 and
 AVX-512/AMX measured, 2 threads), oneDNN ran the encoders' projections and MLPs faster, most of all the few-row,
@@ -10,7 +10,9 @@ AMD EPYC (AVX-512) measured its float32 products ran at under half oneDNN's rate
 million multiply-adds, so there every product of at least :data:`MIN_MULTIPLY_ADDS_NON_INTEL_MKL` takes oneDNN
 (:func:`min_multiply_adds`), the decoders' token MLPs and upscaling products included. Same function, same
 weights (nothing is copied or cached); only the summation order differs, as between any two GEMM kernels.
-``benchmarks/encoder_speed.py`` measures both paths.
+``benchmarks/encoder_speed.py`` measures both paths. On those CPUs training's products are oneDNN's too
+(:class:`OneDNNLinearFunction`: the forward product and the input and weight gradients), where autograd's
+``F.linear`` would run all three on MKL's generic code; on Intel CPUs training keeps ``F.linear``.
 
 An activation that follows the product (the ViT MLP's GELU, the adapter convolution's ReLU) runs as oneDNN's
 post-op on the product's output while it is still in cache: no second pass over it and no second buffer, whose
@@ -155,26 +157,71 @@ def bf16_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     )
 
 
-def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether :func:`linear` takes oneDNN's path: a large eager float32 CPU inference product, a weight with
-    contiguous rows or columns.
-
-    Not for products under :func:`min_multiply_adds`, not under autocast (the product must follow autocast's
-    dtype), not while recording gradients, not while ``torch.compile`` traces (inductor chooses its own kernels),
-    not inside ``reference_computation()`` and not where :func:`onednn_linear_works` is false.
-    """
+def _onednn_may_compute(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """The conditions shared by oneDNN's inference and training products: a large eager float32 CPU product, a
+    weight with contiguous rows or columns, no autocast, no ``torch.compile`` tracing, not the reference path."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         x.device.type == "cpu"
         and all(t.dtype == torch.float32 for t in tensors)
         and (weight.is_contiguous() or weight.t().is_contiguous())
         and x.numel() * weight.shape[0] >= min_multiply_adds()
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not reference_computation_enabled()
         and onednn_linear_works()
     )
+
+
+def _records_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether :func:`linear` takes oneDNN's inference path: a large eager float32 CPU inference product, a weight
+    with contiguous rows or columns.
+
+    Not for products under :func:`min_multiply_adds`, not under autocast (the product must follow autocast's
+    dtype), not while recording gradients (see :func:`onednn_trains`), not while ``torch.compile`` traces
+    (inductor chooses its own kernels), not inside ``reference_computation()`` and not where
+    :func:`onednn_linear_works` is false.
+    """
+    return not _records_grad(x, weight, bias) and _onednn_may_compute(x, weight, bias)
+
+
+def onednn_trains(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether :func:`linear` records a product whose forward and backward products are oneDNN's
+    (:class:`OneDNNLinearFunction`): as :func:`onednn_applies`, but while recording gradients, and only where MKL
+    serves a non-Intel CPU (:func:`mkl_on_non_intel_cpu`), where it measured at half oneDNN's rate; elsewhere
+    autograd's own ``F.linear``."""
+    return _records_grad(x, weight, bias) and mkl_on_non_intel_cpu() and _onednn_may_compute(x, weight, bias)
+
+
+class OneDNNLinearFunction(torch.autograd.Function):
+    """``F.linear`` with its forward product and its input and weight gradients computed by oneDNN's product
+    (transposed operands are read in place). Not differentiable twice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # noqa: D102
+        # x is needed only for the weight's gradient: a frozen layer keeps no reference to its input.
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # noqa: D102
+        x, weight = ctx.saved_tensors
+        product = torch.ops.mkldnn._linear_pointwise
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = product(grad, weight.t(), None, "none", [], "")  # grad @ W
+        rows = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:  # grad^T @ x; a contiguous grad^T measured faster than the transposed view
+            grad_weight = product(rows.t().contiguous(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "")
+        if ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        return grad_x, grad_weight, grad_bias
 
 
 def fusable_activation(activation: nn.Module | None) -> tuple[str, list, str] | None:
@@ -190,11 +237,15 @@ def fusable_activation(activation: nn.Module | None) -> tuple[str, list, str] | 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: nn.Module | None = None) -> Tensor:
     """``activation(F.linear(x, weight, bias))`` (no activation if None), through oneDNN where
-    :func:`onednn_applies`, with the activation fused into the product where oneDNN has it."""
-    if not onednn_applies(x, weight, bias):
+    :func:`onednn_applies`, with the activation fused into the product where oneDNN has it, and recorded with
+    oneDNN's products for the backward pass where :func:`onednn_trains`."""
+    if onednn_applies(x, weight, bias):
+        return _onednn_product(x, weight, bias, activation)
+    if onednn_trains(x, weight, bias):
+        out = OneDNNLinearFunction.apply(x, weight, bias)
+    else:
         out = F.linear(x, weight, bias)
-        return out if activation is None else activation(out)
-    return _onednn_product(x, weight, bias, activation)
+    return out if activation is None else activation(out)
 
 
 def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: nn.Module | None) -> Tensor:
