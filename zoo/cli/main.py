@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from zoo.cli import app, benchmark, convert, demo, export, publish
+from zoo.cli.allocator import keep_freed_memory
 from zoo.errors import CheckpointError, DataError, PromptError
 
 #: Training and evaluation subcommands, handed to LightningCLI with the rest of the command line.
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``zoo COMMAND ...``; returns the exit status."""
+    keep_freed_memory()  # see zoo.cli.allocator: the console script's process only
     parser = build_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     if args.run is not run_lightning and rest:
