@@ -16,6 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 def any_size_takes_onednn(monkeypatch):
     """The tests' small products stand in for the encoders' large ones."""
     monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 0)
+    monkeypatch.setattr(onednn_linear, "MIN_MULTIPLY_ADDS", 0)  # the bfloat16 products' threshold
 
 
 def operands(rows: int = 7, inputs: int = 48, outputs: int = 80):
@@ -252,7 +253,7 @@ def test_the_bfloat16_path_stays_off_for_training_fp32_and_the_reference():
 def test_under_bf16_autocast_a_small_product_keeps_its_weight_and_gives_autocasts_result(monkeypatch):
     """Below the oneDNN threshold the product is ``F.linear`` as autocast runs it, bit for bit, but with the
     bfloat16 weight kept instead of converted on every call (a decoder's many small products)."""
-    monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 2**62)
+    monkeypatch.setattr(onednn_linear, "MIN_MULTIPLY_ADDS", 2**62)
     layer = OneDNNLinear(48, 80)
     x = torch.randn(2, 7, 48)
     conversions = []

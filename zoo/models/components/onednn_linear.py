@@ -20,7 +20,8 @@ fresh pages can cost more than the activation itself.
 
 Under CPU bfloat16 autocast, :class:`OneDNNLinear` (and :func:`kept_linear`, for products with weights derived
 from another module's parameters, e.g. a convolution written as a product) keeps a bfloat16 copy of its weight
-(``weight_cache``) and multiplies with it through the same oneDNN op, activation fused, instead of letting
+(``weight_cache``) and multiplies with it through the same oneDNN op, activation fused (products of at least
+:data:`MIN_MULTIPLY_ADDS` on every CPU: bfloat16 ``F.linear`` is oneDNN's product already), instead of letting
 autocast cast the float32 weight again on every call (for a ViT-B encoder, about 170 MB converted per image):
 autocast's result (a bfloat16 product of the bfloat16-rounded operands), without the conversions.
 
@@ -258,9 +259,9 @@ def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: 
 def batched_product(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """``torch.baddbmm(bias, a, b)`` (``torch.bmm(a, b)`` without a bias) for ``B x M x K`` and ``B x K x N``.
 
-    A batch of one is :func:`linear`'s product of ``a[0]`` and ``b[0]`` transposed where :func:`onednn_applies`
-    (no copy of either: oneDNN reads transposed operands); a bias of ``N`` values goes into the product, another
-    one (e.g. ``B x M x 1``) is added to its result.
+    A batch of one is oneDNN's product of ``a[0]`` and ``b[0]`` transposed where :func:`onednn_applies` (no copy
+    of either: oneDNN reads transposed operands); a bias of ``N`` values goes into the product, another one (e.g.
+    ``B x M x 1``) is added to its result.
     """
     if a.shape[0] == 1 and b.shape[0] == 1 and onednn_applies(a[0], b[0].t(), bias):
         column_bias = bias if bias is not None and bias.dim() == 1 and bias.shape[0] == b.shape[2] else None
@@ -293,7 +294,9 @@ def kept_linear(
         return linear(x, weight, bias, activation)
     weight16, bias16 = kept_bfloat16(owner, weight, bias)
     x16 = x.to(torch.bfloat16)
-    if x.numel() * weight.shape[0] >= min_multiply_adds() and onednn_bf16_linear_works():
+    # bfloat16 F.linear is oneDNN's product already: the threshold measured on Intel holds everywhere (on the AMD
+    # machine the lower one measured 1-2% slower).
+    if x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS and onednn_bf16_linear_works():
         return _onednn_product(x16, weight16, bias16, activation)
     out = F.linear(x16, weight16, bias16)  # autocast's own product, without converting the weight again
     return out if activation is None else activation(out)
