@@ -31,6 +31,14 @@ def channels_first(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, 1)
 
 
+@pytest.fixture(params=[False, True], ids=["batched-product", "one-product"])
+def either_transposed_form(request, monkeypatch):
+    """The transposed convolution's two forms: batched per kernel position (MKL on Intel), one product through
+    ``linear`` (where MKL serves a non-Intel CPU)."""
+    monkeypatch.setattr(channels_last_conv, "mkl_on_non_intel_cpu", lambda: request.param)
+    return request.param
+
+
 CASES = [  # fast function, torch module class per spatial dims, spatial dims, input grid, kernel, stride, padding, bias
     (conv_channels_last, CONV, 2, (16, 16), 3, 2, 1, False),  # SAM-Med2D's adapter, down
     (conv_channels_last, CONV, 2, (7, 5), 3, 1, 1, True),
@@ -45,7 +53,9 @@ CASES = [  # fast function, torch module class per spatial dims, spatial dims, i
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("fast, kind, spatial_dims, grid, kernel, stride, padding, bias", CASES)
-def test_channels_last_products_equal_torch(fast, kind, spatial_dims, grid, kernel, stride, padding, bias, dtype):
+def test_channels_last_products_equal_torch(
+    fast, kind, spatial_dims, grid, kernel, stride, padding, bias, dtype, either_transposed_form
+):
     conv = randomised(kind[spatial_dims](6, 5, kernel, stride, padding, bias=bias), seed=len(grid)).to(dtype)
     x = torch.randn(2, 6, *grid, generator=torch.Generator().manual_seed(2), dtype=dtype)
     with torch.no_grad():
@@ -65,7 +75,7 @@ def test_convolution_applies_an_activation_to_its_result(activation):
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=TOL[torch.float32] * expected.abs().max().item())
 
 
-def test_gradients_match_torch_when_training():
+def test_gradients_match_torch_when_training(either_transposed_form):
     """With autograd on (training on the CPU) nothing is cached and every parameter gets torch's gradient."""
     down = randomised(nn.Conv2d(4, 3, 3, 2, 1), seed=5).double()
     up = randomised(nn.ConvTranspose2d(3, 4, 4, 2, 1), seed=6).double()
@@ -88,7 +98,7 @@ def test_gradients_match_torch_when_training():
     assert not up.__dict__.get("_derived_weights", DerivedWeights()).entries
 
 
-def test_cached_transposed_weight_follows_in_place_updates():
+def test_cached_transposed_weight_follows_in_place_updates(either_transposed_form):
     up = randomised(nn.ConvTranspose2d(3, 4, 4, 2, 1), seed=8)
     x = torch.randn(1, 5, 5, 3, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():

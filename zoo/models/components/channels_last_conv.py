@@ -17,7 +17,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zoo.models.components.onednn_linear import bf16_applies, kept_bfloat16, kept_linear
+from zoo.models.components.onednn_linear import (
+    bf16_applies,
+    kept_bfloat16,
+    kept_linear,
+    linear,
+    mkl_on_non_intel_cpu,
+    records_grad,
+)
 from zoo.models.components.weight_cache import derived_from_parameters
 
 _ConvNd = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -75,11 +82,23 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
         taps = conv.weight.flatten(2).permute(2, 0, 1)
         return (taps if dtype is None else taps.to(dtype)).contiguous()
 
-    # One product per kernel position, batched: on the SAM-Med2D adapter's shape (64 tokens, 768 -> 16 x 768)
-    # the batched product was faster on the CPUs measured than one 768 -> 12288 product.
-    tokens = x.reshape(1, -1, conv.in_channels).expand(math.prod(kernel), -1, -1)
-    slot = "conv_transpose_taps" if dtype is None else f"conv_transpose_taps_{dtype}"
-    blocks = torch.bmm(tokens, derived_from_parameters(conv, slot, [conv.weight], weight))
+    positions = math.prod(kernel)
+    if dtype is None and mkl_on_non_intel_cpu() and not records_grad(x, conv.weight):
+        # Where MKL serves a non-Intel CPU its batched product runs at half oneDNN's rate: one product
+        # C_in -> (kernel position, C_out) through ``linear`` instead (SAM-Med2D's adapter, an AMD EPYC: 6.3 -> 3.1
+        # ms). Not in training, where it measured no faster (the matrix is derived again on every call).
+        def matrix() -> Tensor:  # C_in x C_out x *kernel -> (prod(kernel) C_out) x C_in
+            return conv.weight.flatten(2).permute(2, 1, 0).reshape(-1, conv.in_channels).contiguous()
+
+        by_position = derived_from_parameters(conv, "conv_transpose_matrix", [conv.weight], matrix)
+        blocks = linear(x.reshape(-1, conv.in_channels), by_position).view(-1, positions, conv.out_channels)
+        blocks = blocks.transpose(0, 1)  # prod(kernel) x (B *spatial) x C_out, a view
+    else:
+        # One product per kernel position, batched: on the SAM-Med2D adapter's shape (64 tokens, 768 -> 16 x 768)
+        # the batched product was faster on the Intel CPUs measured than one 768 -> 12288 product.
+        tokens = x.reshape(1, -1, conv.in_channels).expand(positions, -1, -1)
+        slot = "conv_transpose_taps" if dtype is None else f"conv_transpose_taps_{dtype}"
+        blocks = torch.bmm(tokens, derived_from_parameters(conv, slot, [conv.weight], weight))
     full = [(n - 1) * s + k for n, s, k in zip(spatial, stride, kernel)]
     out = blocks.new_zeros(batch, *full, conv.out_channels)
     for position, offset in enumerate(itertools.product(*(range(k) for k in kernel))):

@@ -174,9 +174,9 @@ def _onednn_may_compute(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     )
 
 
-def _records_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def records_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an operation on ``tensors`` (None entries ignored)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
@@ -188,7 +188,7 @@ def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> boo
     (inductor chooses its own kernels), not inside ``reference_computation()`` and not where
     :func:`onednn_linear_works` is false.
     """
-    return not _records_grad(x, weight, bias) and _onednn_may_compute(x, weight, bias)
+    return not records_grad(x, weight, bias) and _onednn_may_compute(x, weight, bias)
 
 
 def onednn_trains(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
@@ -196,7 +196,7 @@ def onednn_trains(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool
     (:class:`OneDNNLinearFunction`): as :func:`onednn_applies`, but while recording gradients, and only where MKL
     serves a non-Intel CPU (:func:`mkl_on_non_intel_cpu`), where it measured at half oneDNN's rate; elsewhere
     autograd's own ``F.linear``."""
-    return _records_grad(x, weight, bias) and mkl_on_non_intel_cpu() and _onednn_may_compute(x, weight, bias)
+    return records_grad(x, weight, bias) and mkl_on_non_intel_cpu() and _onednn_may_compute(x, weight, bias)
 
 
 class OneDNNLinearFunction(torch.autograd.Function):
