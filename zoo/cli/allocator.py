@@ -3,8 +3,9 @@
 glibc's malloc serves blocks above its mmap threshold with fresh mappings and returns freed memory at the top of
 its heap to the kernel once more than its trim threshold is free. A network allocates and frees the same
 megabyte-sized activations on every block, pass and step, so with the defaults the kernel maps the same pages in
-again and again: on an AMD EPYC (2 threads) 42 000 page faults and 77 ms of kernel time per SAM-UNet training
-step, and SAM-Med3D's encoder 9 % (float32) to 14 % (bfloat16) slower than with the thresholds raised.
+again and again: on an AMD EPYC (2 threads) 41 000 page faults and 86 ms of kernel time per full-size SAM-UNet
+training step of 0.58 s, against 7 600 faults and 0.48-0.52 s with the thresholds raised; the encoders gained
+1-4 % (``benchmarks/encoder_speed.py --keep-freed-memory``).
 
 The ``zoo`` console script raises both at start-up (:func:`keep_freed_memory`): what a process frees stays
 reserved for its next allocations, as jemalloc or tcmalloc would keep it; peak memory does not grow (the same
