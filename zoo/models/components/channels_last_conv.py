@@ -23,9 +23,8 @@ from zoo.models.components.onednn_linear import (
     kept_linear,
     linear,
     mkl_on_non_intel_cpu,
-    records_grad,
 )
-from zoo.models.components.weight_cache import derived_from_parameters
+from zoo.models.components.weight_cache import derived_from_parameters, records_grad
 
 _ConvNd = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ConvTransposeNd = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -68,8 +67,9 @@ def conv_channels_last(conv: nn.Module, x: Tensor, activation: nn.Module | None 
 def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv`` (a ``ConvTransposeNd``) on ``x`` ``B x *spatial x C_in``, returning ``B x *out_spatial x C_out``.
 
-    Each input position writes a kernel-sized block of the output, ``stride`` apart: one batched matrix product
-    gives every block, and they are summed into place (the overlap-add), then ``padding`` is cropped off each side.
+    Each input position writes a kernel-sized block of the output, ``stride`` apart: one matrix product (batched
+    per kernel position, or a single one where MKL serves a non-Intel CPU) gives every block, and they are summed
+    into place (the overlap-add), then ``padding`` is cropped off each side.
     """
     _check_plain(conv, _ConvTransposeNd)
     kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
@@ -77,10 +77,6 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
 
     # Under CPU autocast the product runs in autocast's dtype: the weight is kept in it too, not cast per call.
     dtype = torch.get_autocast_dtype("cpu") if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") else None
-
-    def weight() -> Tensor:  # C_in x C_out x *kernel -> prod(kernel) x C_in x C_out
-        taps = conv.weight.flatten(2).permute(2, 0, 1)
-        return (taps if dtype is None else taps.to(dtype)).contiguous()
 
     positions = math.prod(kernel)
     if dtype is None and mkl_on_non_intel_cpu() and not records_grad(x, conv.weight):
@@ -96,6 +92,10 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
     else:
         # One product per kernel position, batched: on the SAM-Med2D adapter's shape (64 tokens, 768 -> 16 x 768)
         # the batched product was faster on the Intel CPUs measured than one 768 -> 12288 product.
+        def weight() -> Tensor:  # C_in x C_out x *kernel -> prod(kernel) x C_in x C_out
+            taps = conv.weight.flatten(2).permute(2, 0, 1)
+            return (taps if dtype is None else taps.to(dtype)).contiguous()
+
         tokens = x.reshape(1, -1, conv.in_channels).expand(positions, -1, -1)
         slot = "conv_transpose_taps" if dtype is None else f"conv_transpose_taps_{dtype}"
         blocks = torch.bmm(tokens, derived_from_parameters(conv, slot, [conv.weight], weight))

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from zoo.models.components.attention import RelPosAttention, relative_position_table
 from zoo.models.components.onednn_linear import passes
-from zoo.models.components.weight_cache import kept_index
+from zoo.models.components.weight_cache import kept_index, records_grad
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,7 @@ def broadcast_sum_mask(first: Tensor, second: Tensor, log_padded: list[Tensor]) 
 def writes_in_place(*terms: Tensor) -> bool:
     """Whether a mask built from ``terms`` may be written into a preallocated tensor: no gradient recorded for
     them and no ``torch.compile`` tracing (inductor fuses the functional sum)."""
-    records_grad = torch.is_grad_enabled() and any(term.requires_grad for term in terms)
-    return not records_grad and not torch.compiler.is_compiling()
+    return not records_grad(*terms) and not torch.compiler.is_compiling()
 
 
 def _padded_column(log_padded: list[Tensor], batch: int, num_q: int) -> Tensor | None:

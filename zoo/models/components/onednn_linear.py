@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
-from zoo.models.components.weight_cache import derived_from_parameters
+from zoo.models.components.weight_cache import derived_from_parameters, records_grad
 
 MIN_MULTIPLY_ADDS = 2**28  # rows x inputs x outputs below which F.linear's kernel was faster (MKL, Intel CPU)
 MIN_MULTIPLY_ADDS_NON_INTEL_MKL = 2**21  # the same where MKL serves a CPU of another vendor (oneDNN's ~12 us call)
@@ -172,11 +172,6 @@ def _onednn_may_compute(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and not reference_computation_enabled()
         and onednn_linear_works()
     )
-
-
-def records_grad(*tensors: Tensor | None) -> bool:
-    """Whether autograd records an operation on ``tensors`` (None entries ignored)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:

@@ -135,13 +135,17 @@ def _store(module: nn.Module) -> DerivedWeights:
     return store
 
 
+def records_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an operation on ``tensors`` (None entries ignored)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def derived_from_parameters(
     module: nn.Module, slot: str, params: Sequence[Tensor], derive: Callable[[], Derived]
 ) -> Derived:
     """``derive()``, computed once per state of ``params`` and kept on ``module`` under ``slot``."""
-    records_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
     if (
-        records_grad
+        records_grad(*params)
         or torch.compiler.is_compiling()  # traced into the graph instead
         or reference_computation_enabled()
         or any(p.is_inference() for p in params)
