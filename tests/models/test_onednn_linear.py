@@ -404,3 +404,87 @@ def test_training_keeps_autograds_linear_where_mkl_serves_intel(monkeypatch):
     assert not onednn_linear.onednn_trains(x, weight, bias)
     linear(x, weight, bias).sum().backward()
     assert calls == [] and x.grad is not None
+
+
+def counted_packing(monkeypatch) -> list[str]:
+    """Slots derived through ``derived_from_parameters`` (each a conversion, reorder or copy of a weight)."""
+    derived = []
+    real = onednn_linear.derived_from_parameters
+    monkeypatch.setattr(
+        onednn_linear, "derived_from_parameters",
+        lambda owner, slot, sources, derive: real(owner, slot, sources, lambda: derived.append(slot) or derive()),
+    )  # fmt: skip
+    return derived
+
+
+def test_a_small_float32_weight_is_kept_in_onednns_layout_and_follows_the_parameter(monkeypatch):
+    """The same product bit for bit as oneDNN's on the plain weight, with the reorder done once per state of the
+    parameter instead of inside every call."""
+    if not onednn_linear.onednn_packing_works():
+        pytest.skip("oneDNN's weight reorder is not usable in this torch")
+    layer = OneDNNLinear(48, 80).eval()
+    x = torch.randn(2, 7, 48)
+    derived = counted_packing(monkeypatch)
+    kernel = torch.ops.mkldnn._linear_pointwise
+    with torch.no_grad():
+        out, again = layer(x, nn.GELU()), layer(x, nn.GELU())
+        plain = kernel(x, layer.weight, layer.bias, "gelu", [], "none")
+        assert derived == ["onednn_packed_torch.float32[80, 48]"], "reordered once, kept"
+        assert torch.equal(out, plain) and torch.equal(again, plain)
+        layer.weight.mul_(-1.0)
+        flipped = layer(x)
+    assert len(derived) == 2, "reordered again after the weight changed"
+    assert torch.equal(flipped, kernel(x, layer.weight, layer.bias, "none", [], ""))
+    exact = F.linear(x.double(), layer.weight.detach().double(), layer.bias.detach().double())
+    torch.testing.assert_close(flipped.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
+
+
+def test_large_float32_weights_and_training_keep_the_plain_weight(monkeypatch):
+    """A large float32 weight is not copied (the copy would double an encoder's weights), and nothing is kept
+    while autograd records the product."""
+    layer = OneDNNLinear(48, 80)
+    x = torch.randn(2, 7, 48)
+    derived = counted_packing(monkeypatch)
+    monkeypatch.setattr(onednn_linear, "MAX_PACKED_FLOAT32_BYTES", 80 * 48 * 4 - 1)
+    with torch.no_grad():
+        out = layer(x)
+    layer(x).sum().backward()  # training: F.linear (or oneDNN's autograd function), no kept copy
+    assert derived == [] and layer.weight.grad is not None
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=0, atol=1e-5)
+
+
+def test_under_bf16_autocast_a_onednn_product_keeps_its_bfloat16_weight_in_onednns_layout(monkeypatch):
+    """In place of the plain bfloat16 copy (no extra memory), and the same product bit for bit."""
+    if not onednn_linear.onednn_bf16_packing_works():
+        pytest.skip("no native bfloat16 oneDNN kernels, or no usable weight reorder, on this CPU")
+    layer = OneDNNLinear(48, 80).eval()
+    x = torch.randn(2, 64, 48)
+    derived = counted_packing(monkeypatch)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, again = layer(x, nn.GELU()), layer(x, nn.GELU())
+        plain = torch.ops.mkldnn._linear_pointwise(
+            x.to(torch.bfloat16), layer.weight.to(torch.bfloat16), layer.bias.to(torch.bfloat16), "gelu", [], "none"
+        )
+    assert derived == ["onednn_packed_torch.bfloat16[80, 48]"]
+    assert out.dtype == torch.bfloat16 and torch.equal(out, plain) and torch.equal(again, plain)
+
+
+def test_without_a_working_reorder_the_plain_weight_is_used(monkeypatch):
+    monkeypatch.setattr(onednn_linear, "onednn_packing_works", lambda: False)
+    monkeypatch.setattr(onednn_linear, "onednn_bf16_packing_works", lambda: False)
+    layer = OneDNNLinear(48, 80).eval()
+    x = torch.randn(2, 7, 48)
+    derived = counted_packing(monkeypatch)
+    with torch.no_grad():
+        out = layer(x)
+    assert derived == []
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=0, atol=1e-5)
+
+
+def test_the_reorder_is_trusted_only_where_the_product_with_it_computes_f_linear(monkeypatch):
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    assert onednn_linear.computes_linear(onednn_linear._packing_op()) == onednn_linear.onednn_packing_works()
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda w, size: reorder(w * 1.5, size))
+    assert not onednn_linear.computes_linear(onednn_linear._packing_op())
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", None)  # a torch without the op
+    assert onednn_linear._packing_op() is None and not onednn_linear.computes_linear(None)

@@ -21,7 +21,6 @@ from zoo.models.components.onednn_linear import (
     bf16_applies,
     kept_bfloat16,
     kept_linear,
-    linear,
     mkl_on_non_intel_cpu,
 )
 from zoo.models.components.weight_cache import derived_from_parameters, records_grad
@@ -87,7 +86,7 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
             return conv.weight.flatten(2).permute(2, 1, 0).reshape(-1, conv.in_channels).contiguous()
 
         by_position = derived_from_parameters(conv, "conv_transpose_matrix", [conv.weight], matrix)
-        blocks = linear(x.reshape(-1, conv.in_channels), by_position).view(-1, positions, conv.out_channels)
+        blocks = kept_linear(conv, x.reshape(-1, conv.in_channels), by_position).view(-1, positions, conv.out_channels)
         blocks = blocks.transpose(0, 1)  # prod(kernel) x (B *spatial) x C_out, a view
     else:
         # One product per kernel position, batched: on the SAM-Med2D adapter's shape (64 tokens, 768 -> 16 x 768)

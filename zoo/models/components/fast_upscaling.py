@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zoo.models.components.layers import LayerNormNd
-from zoo.models.components.onednn_linear import linear
+from zoo.models.components.onednn_linear import kept_linear
 from zoo.models.components.weight_cache import derived_from_parameters, kept_index
 
 CHUNK_BYTES = 1 << 20
@@ -89,11 +89,11 @@ def channels_last_masks(
     first_weight, first_bias = _subvoxel_linear_weights(first)
     second_weight, second_bias = _subvoxel_linear_weights(second)
     # The first stage writes a quarter of what the second does: one product over all tokens keeps its GEMM efficient.
-    x = linear(tokens, first_weight, first_bias).unflatten(-1, (-1, first.out_channels))  # B x N x K1 x C1
+    x = kept_linear(first, tokens, first_weight, first_bias).unflatten(-1, (-1, first.out_channels))  # B x N x K1 x C1
     x = act1(F.layer_norm(x, (first.out_channels,), norm.weight, norm.bias, norm.eps))
     chunks = []
     for chunk in x.split(chunk_tokens, dim=1):
-        y = linear(chunk, second_weight, second_bias, act2).unflatten(-1, (-1, second.out_channels))
+        y = kept_linear(second, chunk, second_weight, second_bias, act2).unflatten(-1, (-1, second.out_channels))
         chunks.append(y.flatten(1, -2) @ hyper_t)  # B x (n K1 K2) x M
     masks = torch.cat(chunks, dim=1)  # B x (grid, K1, K2) x M
     upscaled = [g * k1 * k2 for g, k1, k2 in zip(grid, first.kernel_size, second.kernel_size)]

@@ -9,7 +9,9 @@ per-call overhead (the mask decoder's clicks were slower with it): only products
 AMD EPYC (AVX-512) measured its float32 products ran at under half oneDNN's rate at every size above about a
 million multiply-adds, so there every product of at least :data:`MIN_MULTIPLY_ADDS_NON_INTEL_MKL` takes oneDNN
 (:func:`min_multiply_adds`), the decoders' token MLPs and upscaling products included. Same function, same
-weights (nothing is copied or cached); only the summation order differs, as between any two GEMM kernels.
+weights; only the summation order differs, as between any two GEMM kernels. Given a plain weight, oneDNN reorders
+it into its own layout inside every call; a module's small weights are kept in that layout for inference instead
+(:func:`kept_packed`, :func:`kept_linear`), the same products bit for bit.
 ``benchmarks/encoder_speed.py`` measures both paths. On those CPUs training's products are oneDNN's too
 (:class:`OneDNNLinearFunction`: the forward product and the input and weight gradients), where autograd's
 ``F.linear`` would run all three on MKL's generic code; on Intel CPUs training keeps ``F.linear``.
@@ -41,10 +43,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
-from zoo.models.components.weight_cache import derived_from_parameters, records_grad
+from zoo.models.components.weight_cache import derived_from_parameters, keeps_derived, records_grad
 
 MIN_MULTIPLY_ADDS = 2**28  # rows x inputs x outputs below which F.linear's kernel was faster (MKL, Intel CPU)
 MIN_MULTIPLY_ADDS_NON_INTEL_MKL = 2**21  # the same where MKL serves a CPU of another vendor (oneDNN's ~12 us call)
+MAX_PACKED_FLOAT32_BYTES = 4 * 2**20  # float32 weights up to this size are kept in oneDNN's layout (see kept_linear)
 INTEL = "GenuineIntel"
 
 
@@ -114,6 +117,22 @@ def computes_linear(op: Callable[..., Tensor] | None) -> bool:
     ) and agrees(op(*transposed), F.linear(x[0], weight, bias)))  # fmt: skip
 
 
+def computes_bf16_linear(op: Callable[..., Tensor] | None) -> bool:
+    """Whether ``op`` computes ``F.linear`` and its GELU post-op in bfloat16, as :func:`computes_linear` in float32,
+    on a CPU whose oneDNN reports native bfloat16 kernels."""
+    query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if op is None or query is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((2, 3, 8), (5, 8), (5,)))
+    x16, weight16, bias16 = (t.to(torch.bfloat16) for t in (x, weight, bias))
+    return passes(lambda: query() is True and all(
+        agrees(op(x16, weight16, bias16, attr, [], algorithm),
+               activation(F.linear(x16.float(), weight16.float(), bias16.float())), torch.bfloat16, tolerance=2e-2)
+        for attr, algorithm, activation in (("none", "", lambda y: y), ("gelu", "none", F.gelu))
+    ))  # fmt: skip
+
+
 @functools.cache
 def onednn_linear_works() -> bool:
     """Whether this torch has oneDNN and its private linear op computes as relied on (checked once)."""
@@ -126,18 +145,29 @@ def onednn_linear_works() -> bool:
 def onednn_bf16_linear_works() -> bool:
     """Whether the private linear op also computes ``F.linear`` and its GELU post-op in bfloat16, on a CPU with
     native bfloat16 kernels (checked once)."""
+    return onednn_linear_works() and computes_bf16_linear(getattr(torch.ops.mkldnn, "_linear_pointwise", None))
+
+
+def _packing_op() -> Callable[..., Tensor] | None:
+    """The private linear op taking its weight through the private reorder into oneDNN's own layout, or None."""
     op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    if not onednn_linear_works() or op is None or query is None:
-        return False
-    generator = torch.Generator().manual_seed(0)
-    x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((2, 3, 8), (5, 8), (5,)))
-    x16, weight16, bias16 = (t.to(torch.bfloat16) for t in (x, weight, bias))
-    return passes(lambda: query() is True and all(
-        agrees(op(x16, weight16, bias16, attr, [], algorithm),
-               activation(F.linear(x16.float(), weight16.float(), bias16.float())), torch.bfloat16, tolerance=2e-2)
-        for attr, algorithm, activation in (("none", "", lambda y: y), ("gelu", "none", F.gelu))
-    ))  # fmt: skip
+    reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+    if op is None or reorder is None:
+        return None
+    return lambda x, weight, *rest: op(x, reorder(weight.contiguous(), None), *rest)
+
+
+@functools.cache
+def onednn_packing_works() -> bool:
+    """Whether oneDNN's private weight reorder exists and the linear op computes ``F.linear`` and its post-ops
+    with a weight in the layout it returns (checked once)."""
+    return onednn_linear_works() and computes_linear(_packing_op())
+
+
+@functools.cache
+def onednn_bf16_packing_works() -> bool:
+    """:func:`onednn_packing_works` for bfloat16 weights (checked once)."""
+    return onednn_bf16_linear_works() and onednn_packing_works() and computes_bf16_linear(_packing_op())
 
 
 def bf16_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
@@ -276,6 +306,32 @@ def kept_bfloat16(owner: nn.Module, weight: Tensor, bias: Tensor | None) -> tupl
     return derived_from_parameters(owner, f"bfloat16{list(weight.shape)}", sources, bfloat16_copies)
 
 
+def kept_packed(
+    owner: nn.Module, weight: Tensor, bias: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor | None]:
+    """``weight`` in ``dtype`` and in oneDNN's own layout for its linear op (an opaque tensor that only that op
+    reads), and ``bias`` in ``dtype``, kept on ``owner`` like :func:`kept_bfloat16`'s copies.
+
+    Given a plain weight, oneDNN's product first reorders it into that layout, on every call: the kept layout
+    saves that pass over the weight, most of a product's time for few rows (a decoder's 7 prompt tokens).
+    """
+
+    def packed() -> tuple[Tensor, Tensor | None]:
+        reordered = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype).contiguous(), None)
+        return reordered, None if bias is None else bias.to(dtype)
+
+    sources = list(owner.parameters(recurse=False))
+    return derived_from_parameters(owner, f"onednn_packed_{dtype}{list(weight.shape)}", sources, packed)
+
+
+def _keeps_packed(owner: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether a weight of ``owner``'s is kept in oneDNN's layout (:func:`kept_packed`) for a ``dtype`` product that
+    takes oneDNN's op: the reorder is checked to work and what is derived is kept (``weight_cache``), else each
+    call would reorder it anyway."""
+    works = onednn_bf16_packing_works() if dtype == torch.bfloat16 else onednn_packing_works()
+    return works and keeps_derived(list(owner.parameters(recurse=False)))
+
+
 def kept_linear(
     owner: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: nn.Module | None = None
 ) -> Tensor:
@@ -284,15 +340,33 @@ def kept_linear(
 
     Where :func:`bf16_applies`, the product runs on bfloat16 copies of them kept on ``owner`` (``weight_cache``),
     converted again whenever one of ``owner``'s parameters changes.
+
+    A product that takes oneDNN's op multiplies with the weight kept in oneDNN's own layout (:func:`kept_packed`):
+    every bfloat16 one (in place of the plain bfloat16 copy, no extra memory) and float32 ones whose weight is at
+    most :data:`MAX_PACKED_FLOAT32_BYTES`. Same products, bit for bit. A float32 weight kept so is a second copy
+    of it: the cap keeps that to the small ones (the decoders', the ViT's output projection), where the saved
+    reorder is a large part of a product; the encoders' large weights would double (over 1 GB more for SAM-Med2D)
+    for 2-6% of an encoder's time on the AMD EPYC measured.
     """
     if not bf16_applies(x, weight, bias):
+        if (
+            onednn_applies(x, weight, bias)
+            and weight.numel() * weight.element_size() <= MAX_PACKED_FLOAT32_BYTES
+            and _keeps_packed(owner, torch.float32)
+        ):
+            packed, _ = kept_packed(owner, weight, None, torch.float32)
+            return _onednn_product(x, packed, bias, activation)
         return linear(x, weight, bias, activation)
-    weight16, bias16 = kept_bfloat16(owner, weight, bias)
     x16 = x.to(torch.bfloat16)
     # bfloat16 F.linear is oneDNN's product already: the threshold measured on Intel holds everywhere (on the AMD
     # machine the lower one measured 1-2% slower).
     if x.numel() * weight.shape[0] >= MIN_MULTIPLY_ADDS and onednn_bf16_linear_works():
+        if _keeps_packed(owner, torch.bfloat16):
+            weight16, bias16 = kept_packed(owner, weight, bias, torch.bfloat16)
+        else:
+            weight16, bias16 = kept_bfloat16(owner, weight, bias)
         return _onednn_product(x16, weight16, bias16, activation)
+    weight16, bias16 = kept_bfloat16(owner, weight, bias)
     out = F.linear(x16, weight16, bias16)  # autocast's own product, without converting the weight again
     return out if activation is None else activation(out)
 

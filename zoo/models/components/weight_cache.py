@@ -140,17 +140,25 @@ def records_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def derived_from_parameters(
-    module: nn.Module, slot: str, params: Sequence[Tensor], derive: Callable[[], Derived]
-) -> Derived:
-    """``derive()``, computed once per state of ``params`` and kept on ``module`` under ``slot``."""
-    if (
+def keeps_derived(params: Sequence[Tensor]) -> bool:
+    """Whether :func:`derived_from_parameters` keeps what it derives from ``params`` (module docstring: not while
+    autograd records them, not while ``torch.compile`` traces, not inside ``reference_computation()``, not for
+    inference tensors, not where version counters cannot be relied on)."""
+    return not (
         records_grad(*params)
         or torch.compiler.is_compiling()  # traced into the graph instead
         or reference_computation_enabled()
         or any(p.is_inference() for p in params)
         or not version_counters_work()
-    ):
+    )
+
+
+def derived_from_parameters(
+    module: nn.Module, slot: str, params: Sequence[Tensor], derive: Callable[[], Derived]
+) -> Derived:
+    """``derive()``, computed once per state of ``params`` and kept on ``module`` under ``slot``
+    (where :func:`keeps_derived`; computed on every call elsewhere)."""
+    if not keeps_derived(params):
         return derive()
     store = _store(module)
     inference = torch.is_inference_mode_enabled()
