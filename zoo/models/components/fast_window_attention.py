@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from zoo.models.components.attention import RelPosAttention, relative_position_table
+from zoo.models.components.headwise_attention import attention
 from zoo.models.components.onednn_linear import passes
 from zoo.models.components.weight_cache import kept_index, records_grad
 
@@ -350,7 +350,7 @@ def padded_window_attention(attn: RelPosAttention, x: Tensor, window: Sequence[i
         if padded:
             k = torch.cat([k, pad_k[None, :, None, :].expand(num_windows, heads, 1, head_dim)], dim=2)
             v = torch.cat([v, pad_v[None, :, None, :].expand(num_windows, heads, 1, head_dim)], dim=2)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        attended = attention(q, k, v, mask)
         attended = attended.permute(0, 2, 1, 3).reshape(num_windows, num_tokens, channels)
         out[(slice(None), *group.slices)] = merge_windows(attended, group.extent, box.shape[1:-1])
     return attn.proj(out)
