@@ -23,8 +23,8 @@ from torch.nn import functional as F
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.folded_conv import folded_conv, folding_applies
 from zoo.models.components.layers import LayerNormNd
-from zoo.models.components.onednn_linear import OneDNNLinear
-from zoo.models.components.weight_cache import DropsDerivedWeights
+from zoo.models.components.onednn_linear import INTEL, OneDNNLinear, cpu_vendor
+from zoo.models.components.weight_cache import DropsDerivedWeights, records_grad
 
 
 class Conv2dBN(nn.Sequential):
@@ -185,10 +185,44 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(windows, tokens, self.num_heads, 3 * self.key_dim).transpose(1, 2)
         q, k, v = qkv.split(self.key_dim, dim=-1)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        if not reference_computation_enabled():
-            bias = bias[None]  # a 4-D mask takes the CPU's fused attention kernel; a 3-D one the unfused math
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # default scale key_dim ** -0.5, as upstream
+        if explicit_bf16_attention_applies(q, bias):
+            out = explicit_bf16_attention(q, k, v, bias)
+        else:
+            if not reference_computation_enabled():
+                bias = bias[None]  # a 4-D mask takes the CPU's fused attention kernel; a 3-D one the unfused math
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # default scale key_dim ** -0.5, as upstream
         return self.proj(out.transpose(1, 2).reshape(windows, tokens, -1))
+
+
+def explicit_bf16_attention_applies(q: Tensor, bias: Tensor) -> bool:
+    """Whether :class:`Attention` runs :func:`explicit_bf16_attention`: bfloat16 CPU inference (autocast), not
+    traced by ``torch.compile``, not inside ``reference_computation()``, on a CPU not made by Intel (where it was
+    measured faster than the fused kernel; Intel's bfloat16 kernels were not measured)."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype == bias.dtype == torch.bfloat16
+        and not records_grad(q, bias)
+        and not torch.compiler.is_compiling()
+        and not reference_computation_enabled()
+        and cpu_vendor() not in (INTEL, "")
+    )
+
+
+def explicit_bf16_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` for ``windows x heads x N x d`` bfloat16 queries, keys and values and a
+    ``heads x N x N`` bias, as batched bfloat16 products (oneDNN's), the bias added to the scores in place.
+
+    The fused kernel keeps the scores in float32 up to the softmax; here they are rounded to bfloat16 after the
+    product and again after the bias, as the authors' own explicit attention under autocast rounds them after
+    the product and the scale. On TinyViT's 49- and 196-token windows the fused kernel spent most of its time
+    outside its products.
+    """
+    windows, heads, tokens, dim = q.shape
+    scaled = (q * dim**-0.5).reshape(windows * heads, tokens, dim)
+    k, v = k.reshape(windows * heads, tokens, dim), v.reshape(windows * heads, tokens, dim)
+    scores = torch.bmm(scaled, k.transpose(1, 2)).view(windows, heads, tokens, tokens)
+    weights = scores.add_(bias).softmax(dim=-1)
+    return torch.bmm(weights.view(windows * heads, tokens, tokens), v).view(windows, heads, tokens, dim)
 
 
 class Mlp(nn.Module):

@@ -1,0 +1,63 @@
+"""TinyViT's window attention under CPU bfloat16 autocast as explicit batched products: autocast's precision,
+only where it applies."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zoo.models.components import tiny_vit
+from zoo.models.components.compute_path import reference_computation
+from zoo.models.components.tiny_vit import Attention, explicit_bf16_attention, explicit_bf16_attention_applies
+
+
+def operands(windows=6, heads=2, tokens=9, dim=8, seed=0):
+    """Queries, keys and values as the attention's strided views of one projection, and a per-head bias."""
+    generator = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(windows, tokens, heads, 3 * dim, generator=generator).transpose(1, 2)
+    q, k, v = qkv.split(dim, dim=-1)
+    return q, k, v, torch.randn(heads, tokens, tokens, generator=generator)
+
+
+def test_equals_attention_with_its_bias_to_bfloat16_rounding():
+    q, k, v, bias = operands()
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=bias.double())
+    out = explicit_bf16_attention(*(t.to(torch.bfloat16) for t in (q, k, v, bias)))
+    fused = F.scaled_dot_product_attention(*(t.to(torch.bfloat16) for t in (q, k, v, bias[None])))
+    assert out.dtype == torch.bfloat16 and out.shape == exact.shape
+    error, fused_error = ((t.double() - exact).abs().max() for t in (out, fused))
+    assert error <= 2**-6 * exact.abs().max(), "bfloat16's rounding of scores, weights and output"
+    assert error <= 4 * fused_error + 2**-8, "of the order of the fused kernel's"
+    # float64 operands: the same sums without rounding
+    torch.testing.assert_close(explicit_bf16_attention(q.double(), k.double(), v.double(), bias.double()), exact)
+
+
+def test_applies_only_to_bfloat16_cpu_inference_on_cpus_not_made_by_intel(monkeypatch):
+    q, k, v, bias = (t.to(torch.bfloat16) for t in operands())
+    monkeypatch.setattr(tiny_vit, "cpu_vendor", lambda: "AuthenticAMD")
+    assert explicit_bf16_attention_applies(q, bias)
+    assert not explicit_bf16_attention_applies(q.float(), bias.float()), "float32 keeps the fused kernel"
+    with reference_computation():
+        assert not explicit_bf16_attention_applies(q, bias)
+    assert not explicit_bf16_attention_applies(nn.Parameter(q.clone()), bias), "autograd records it"
+    for vendor in ("GenuineIntel", ""):  # Intel's kernels were not measured; an unknown vendor neither
+        monkeypatch.setattr(tiny_vit, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert not explicit_bf16_attention_applies(q, bias)
+
+
+def test_attention_under_bf16_autocast_takes_the_explicit_products_and_stays_close_to_float32(monkeypatch):
+    monkeypatch.setattr(tiny_vit, "cpu_vendor", lambda: "AuthenticAMD")
+    attention = Attention(dim=16, num_heads=2, window_size=3).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in attention.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    x = torch.randn(4, 9, 16, generator=generator)
+    calls = []
+    real = tiny_vit.explicit_bf16_attention
+    monkeypatch.setattr(tiny_vit, "explicit_bf16_attention", lambda *args: calls.append(1) or real(*args))
+    with torch.no_grad():
+        exact = attention(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attention(x)
+    assert calls == [1]
+    assert (out.float() - exact).abs().max() <= 2**-5 * exact.abs().max()
