@@ -135,6 +135,45 @@ def test_the_private_op_counts_only_where_it_computes_conv2d_and_its_post_ops():
         assert not folded_conv.computes_conv(wrong), wrong.__name__
 
 
+@pytest.mark.parametrize("activation", ["gelu", "none"])
+def test_under_bf16_autocast_the_folded_convolution_is_bfloat16_with_its_activation_fused(monkeypatch, activation):
+    """autocast's convolution (bfloat16 operands, the folded weights rounded once and kept), the activation as the
+    op's post-op: within bfloat16's rounding of the float32 result."""
+    if not folded_conv.onednn_bf16_conv_works():
+        pytest.skip("no native bfloat16 oneDNN convolution on this CPU")
+    kernel, calls = torch.ops.mkldnn._convolution_pointwise, []
+    spy = lambda *args: calls.append((args[0].dtype, args[-3])) or kernel(*args)  # noqa: E731 - input dtype, post-op
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", spy)
+    derived = []
+    real = folded_conv.derived_from_parameters
+    monkeypatch.setattr(
+        folded_conv, "derived_from_parameters",
+        lambda owner, slot, sources, derive: real(owner, slot, sources, lambda: derived.append(slot) or derive()),
+    )  # fmt: skip
+    module, act = conv_bn(), ACTIVATIONS[activation]
+    x = torch.randn(2, 8, 11, 9).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, again = module(x, act), module(x, act)
+    assert calls == [(torch.bfloat16, activation)] * 2
+    assert sorted(derived) == ["folded_batch_norm", "folded_batch_norm_bf16"], "folded and rounded once, kept"
+    assert out.dtype == torch.bfloat16 and torch.equal(out, again)
+    with torch.no_grad():
+        exact = unfolded(module, x, act)
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=2**-6 * exact.abs().max())
+
+
+def test_the_bfloat16_check_fails_an_op_that_drops_the_post_op():
+    kernel = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+    if not folded_conv.onednn_bf16_conv_works():
+        pytest.skip("no native bfloat16 oneDNN convolution on this CPU")
+
+    def ignores_post_op(x, weight, bias, padding, stride, dilation, groups, attr, scalars, algorithm):
+        return kernel(x, weight, bias, padding, stride, dilation, groups, "none", [], "")
+
+    assert folded_conv.computes_conv(kernel, torch.bfloat16)
+    assert not folded_conv.computes_conv(ignores_post_op, torch.bfloat16)
+
+
 def tiny_vit() -> TinyViT:
     torch.manual_seed(0)
     model = TinyViT(
