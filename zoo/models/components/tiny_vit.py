@@ -210,18 +210,18 @@ def explicit_bf16_attention_applies(q: Tensor, bias: Tensor) -> bool:
 
 def explicit_bf16_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     """``softmax(q k^T / sqrt(d) + bias) v`` for ``windows x heads x N x d`` bfloat16 queries, keys and values and a
-    ``heads x N x N`` bias, as batched bfloat16 products (oneDNN's), the bias added to the scores in place.
+    ``heads x N x N`` bias, as batched bfloat16 products (oneDNN's), bias and softmax in float32.
 
-    The fused kernel keeps the scores in float32 up to the softmax; here they are rounded to bfloat16 after the
-    product and again after the bias, as the authors' own explicit attention under autocast rounds them after
-    the product and the scale. On TinyViT's 49- and 196-token windows the fused kernel spent most of its time
-    outside its products.
+    As the authors' explicit attention computes under autocast: the scores are rounded to bfloat16 once, after
+    their product (the fused kernel keeps them in float32), and the softmax weights once, before the product with
+    the values. On TinyViT's 49- and 196-token windows the fused kernel spent most of its time outside its
+    products.
     """
     windows, heads, tokens, dim = q.shape
     scaled = (q * dim**-0.5).reshape(windows * heads, tokens, dim)
     k, v = k.reshape(windows * heads, tokens, dim), v.reshape(windows * heads, tokens, dim)
     scores = torch.bmm(scaled, k.transpose(1, 2)).view(windows, heads, tokens, tokens)
-    weights = scores.add_(bias).softmax(dim=-1)
+    weights = torch.softmax(scores.float().add_(bias), dim=-1).to(q.dtype)
     return torch.bmm(weights.view(windows * heads, tokens, tokens), v).view(windows, heads, tokens, dim)
 
 
