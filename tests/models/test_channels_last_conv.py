@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from derivations import recorded_derivations
 from torch import nn
 
 from zoo.models.components import channels_last_conv, onednn_linear
@@ -149,14 +150,7 @@ def test_adapter_under_bf16_autocast_keeps_its_bfloat16_product_weights(monkeypa
         pytest.skip("no native bfloat16 oneDNN kernels on this CPU")
     adapter = randomised(ChannelSpatialAdapter(768), seed=12).eval()
     x = torch.randn(1, 16, 16, 768, generator=torch.Generator().manual_seed(13))
-    derived = []
-    for module in (onednn_linear, channels_last_conv):
-        real = module.derived_from_parameters
-
-        def counting(owner, slot, sources, derive, real=real):
-            return real(owner, slot, sources, lambda: derived.append(slot) or derive())
-
-        monkeypatch.setattr(module, "derived_from_parameters", counting)
+    derived = recorded_derivations(monkeypatch, onednn_linear, channels_last_conv)
     with torch.no_grad():
         exact = adapter(x)
         derived.clear()

@@ -3,6 +3,7 @@ convolution then BatchNorm either way."""
 
 import pytest
 import torch
+from derivations import recorded_derivations
 from torch import nn
 from torch.nn import functional as F
 
@@ -142,14 +143,9 @@ def test_under_bf16_autocast_the_folded_convolution_is_bfloat16_with_its_activat
     if not folded_conv.onednn_bf16_conv_works():
         pytest.skip("no native bfloat16 oneDNN convolution on this CPU")
     kernel, calls = torch.ops.mkldnn._convolution_pointwise, []
-    spy = lambda *args: calls.append((args[0].dtype, args[-3])) or kernel(*args)  # noqa: E731 - input dtype, post-op
+    spy = lambda *args: calls.append((args[0].dtype, args[-3])) or kernel(*args)  # input dtype, post-op
     monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", spy)
-    derived = []
-    real = folded_conv.derived_from_parameters
-    monkeypatch.setattr(
-        folded_conv, "derived_from_parameters",
-        lambda owner, slot, sources, derive: real(owner, slot, sources, lambda: derived.append(slot) or derive()),
-    )  # fmt: skip
+    derived = recorded_derivations(monkeypatch, folded_conv)
     module, act = conv_bn(), ACTIVATIONS[activation]
     x = torch.randn(2, 8, 11, 9).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -7,9 +7,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from zoo.models.components import headwise_attention
-from zoo.models.components.attention import RelPosAttention, window_partition, window_unpartition
-from zoo.models.components.fast_window_attention import padded_window_attention
+from zoo.models.components.attention import (
+    RelPosAttention,
+    window_partition,
+    window_unpartition,
+)
 from zoo.models.components.compute_path import reference_computation
+from zoo.models.components.fast_window_attention import padded_window_attention
 from zoo.models.components.headwise_attention import attention, headwise_applies
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
@@ -86,7 +90,7 @@ def test_the_fused_kernel_runs_everywhere_else(headwise_everywhere, monkeypatch)
 def test_the_masked_product_is_trusted_only_where_it_adds_the_mask(monkeypatch):
     product = torch.ops.mkldnn._linear_pointwise.binary
     assert headwise_attention.computes_masked_product(product)
-    doubled = lambda x, other, weight, bias, attr: product(x, other * 2, weight, bias, attr)  # noqa: E731
+    doubled = lambda x, other, weight, bias, attr: product(x, other * 2, weight, bias, attr)
     assert not headwise_attention.computes_masked_product(doubled)
     assert not headwise_attention.computes_masked_product(None)
 

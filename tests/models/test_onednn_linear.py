@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from derivations import recorded_derivations
 from torch import nn
 from torch.nn import functional as F
 
@@ -209,13 +210,7 @@ def test_under_bf16_autocast_the_kept_bfloat16_weight_gives_autocasts_product(mo
         pytest.skip("no native bfloat16 oneDNN kernels on this CPU")
     layer = OneDNNLinear(48, 80)
     x = torch.randn(2, 64, 48)
-    conversions = []
-    real = onednn_linear.derived_from_parameters
-
-    def counting(owner, slot, sources, derive):
-        return real(owner, slot, sources, lambda: conversions.append(1) or derive())
-
-    monkeypatch.setattr(onednn_linear, "derived_from_parameters", counting)
+    conversions = recorded_derivations(monkeypatch, onednn_linear, record=lambda owner, slot: 1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert onednn_linear.bf16_applies(x, layer.weight, layer.bias)
         out = layer(x, nn.GELU())
@@ -256,12 +251,7 @@ def test_under_bf16_autocast_a_small_product_keeps_its_weight_and_gives_autocast
     monkeypatch.setattr(onednn_linear, "MIN_MULTIPLY_ADDS", 2**62)
     layer = OneDNNLinear(48, 80)
     x = torch.randn(2, 7, 48)
-    conversions = []
-    real = onednn_linear.derived_from_parameters
-    monkeypatch.setattr(
-        onednn_linear, "derived_from_parameters",
-        lambda owner, slot, sources, derive: real(owner, slot, sources, lambda: conversions.append(1) or derive()),
-    )  # fmt: skip
+    conversions = recorded_derivations(monkeypatch, onednn_linear, record=lambda owner, slot: 1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out, again = layer(x, nn.ReLU()), layer(x, nn.ReLU())
         expected = F.relu(F.linear(x, layer.weight, layer.bias))
@@ -277,12 +267,7 @@ def test_a_patch_embedding_keeps_its_kernel_in_bfloat16_until_the_kernel_changes
 
     embed = PatchEmbed(spatial_dims=3, patch_size=4, in_chans=1, embed_dim=24)
     x = torch.randn(1, 1, 8, 8, 8)
-    conversions = []
-    real = onednn_linear.derived_from_parameters
-    monkeypatch.setattr(
-        onednn_linear, "derived_from_parameters",
-        lambda owner, slot, sources, derive: real(owner, slot, sources, lambda: conversions.append(owner) or derive()),
-    )  # fmt: skip
+    conversions = recorded_derivations(monkeypatch, onednn_linear, record=lambda owner, slot: owner)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         first, again = embed(x), embed(x)
         assert conversions == [embed.proj], "converted once, kept on the convolution"
@@ -406,17 +391,6 @@ def test_training_keeps_autograds_linear_where_mkl_serves_intel(monkeypatch):
     assert calls == [] and x.grad is not None
 
 
-def counted_packing(monkeypatch) -> list[str]:
-    """Slots derived through ``derived_from_parameters`` (each a conversion, reorder or copy of a weight)."""
-    derived = []
-    real = onednn_linear.derived_from_parameters
-    monkeypatch.setattr(
-        onednn_linear, "derived_from_parameters",
-        lambda owner, slot, sources, derive: real(owner, slot, sources, lambda: derived.append(slot) or derive()),
-    )  # fmt: skip
-    return derived
-
-
 def test_a_small_float32_weight_is_kept_in_onednns_layout_and_follows_the_parameter(monkeypatch):
     """The same product bit for bit as oneDNN's on the plain weight, with the reorder done once per state of the
     parameter instead of inside every call."""
@@ -424,7 +398,7 @@ def test_a_small_float32_weight_is_kept_in_onednns_layout_and_follows_the_parame
         pytest.skip("oneDNN's weight reorder is not usable in this torch")
     layer = OneDNNLinear(48, 80).eval()
     x = torch.randn(2, 7, 48)
-    derived = counted_packing(monkeypatch)
+    derived = recorded_derivations(monkeypatch, onednn_linear)
     kernel = torch.ops.mkldnn._linear_pointwise
     with torch.no_grad():
         out, again = layer(x, nn.GELU()), layer(x, nn.GELU())
@@ -444,7 +418,7 @@ def test_large_float32_weights_and_training_keep_the_plain_weight(monkeypatch):
     while autograd records the product."""
     layer = OneDNNLinear(48, 80)
     x = torch.randn(2, 7, 48)
-    derived = counted_packing(monkeypatch)
+    derived = recorded_derivations(monkeypatch, onednn_linear)
     monkeypatch.setattr(onednn_linear, "MAX_PACKED_FLOAT32_BYTES", 80 * 48 * 4 - 1)
     with torch.no_grad():
         out = layer(x)
@@ -459,7 +433,7 @@ def test_under_bf16_autocast_a_onednn_product_keeps_its_bfloat16_weight_in_onedn
         pytest.skip("no native bfloat16 oneDNN kernels, or no usable weight reorder, on this CPU")
     layer = OneDNNLinear(48, 80).eval()
     x = torch.randn(2, 64, 48)
-    derived = counted_packing(monkeypatch)
+    derived = recorded_derivations(monkeypatch, onednn_linear)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out, again = layer(x, nn.GELU()), layer(x, nn.GELU())
         plain = torch.ops.mkldnn._linear_pointwise(
@@ -474,7 +448,7 @@ def test_without_a_working_reorder_the_plain_weight_is_used(monkeypatch):
     monkeypatch.setattr(onednn_linear, "onednn_bf16_packing_works", lambda: False)
     layer = OneDNNLinear(48, 80).eval()
     x = torch.randn(2, 7, 48)
-    derived = counted_packing(monkeypatch)
+    derived = recorded_derivations(monkeypatch, onednn_linear)
     with torch.no_grad():
         out = layer(x)
     assert derived == []

@@ -7,7 +7,11 @@ from torch.nn import functional as F
 
 from zoo.models.components import tiny_vit
 from zoo.models.components.compute_path import reference_computation
-from zoo.models.components.tiny_vit import Attention, explicit_bf16_attention, explicit_bf16_attention_applies
+from zoo.models.components.tiny_vit import (
+    Attention,
+    explicit_bf16_attention,
+    explicit_bf16_attention_applies,
+)
 
 
 def operands(windows=6, heads=2, tokens=9, dim=8, seed=0):
@@ -33,7 +37,7 @@ def test_equals_attention_with_its_bias_to_bfloat16_rounding():
 
 
 def test_applies_only_to_bfloat16_cpu_inference_on_cpus_not_made_by_intel(monkeypatch):
-    q, k, v, bias = (t.to(torch.bfloat16) for t in operands())
+    q, _, _, bias = (t.to(torch.bfloat16) for t in operands())
     monkeypatch.setattr(tiny_vit, "cpu_vendor", lambda: "AuthenticAMD")
     assert explicit_bf16_attention_applies(q, bias)
     assert not explicit_bf16_attention_applies(q.float(), bias.float()), "float32 keeps the fused kernel"
