@@ -66,3 +66,11 @@ def test_attention_under_bf16_autocast_takes_the_explicit_products_and_stays_clo
             out = attention(x)
     assert calls == [1]
     assert (out.float() - exact).abs().max() <= 2**-5 * exact.abs().max()
+
+
+def test_windows_in_chunks_give_the_whole_batchs_result(monkeypatch):
+    q, k, v, bias = (t.to(torch.bfloat16) for t in operands(windows=7))
+    whole = explicit_bf16_attention(q, k, v, bias)
+    for windows_per_chunk in (1, 3):  # chunks of 1 window, and of 3, 3 and 1
+        monkeypatch.setattr(tiny_vit, "CHUNK_SCORES", windows_per_chunk * 2 * 9 * 9)  # heads x tokens x tokens
+        assert torch.equal(explicit_bf16_attention(q, k, v, bias), whole)

@@ -283,6 +283,10 @@ def _run_process(fabric: Any, job: _Job) -> dict[str, Any] | None:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, records)
         records = [record for part in gathered for record in part]
+        # Take the process group down in every process while all are alive, as torch asks before exit: left to
+        # interpreter exit, gloo's teardown can race another process's exit (one abort seen under load).
+        dist.barrier()
+        dist.destroy_process_group()
     if rank != 0:
         return None
     return {"records": records, "models": [dataclasses.asdict(info) for info in infos]}

@@ -161,6 +161,9 @@ def attention_bias_index(window_size: int) -> Tensor:
     return (rows[:, None] - rows[None, :]).abs() * window_size + (cols[:, None] - cols[None, :]).abs()
 
 
+CHUNK_SCORES = 2**20  # attention scores per chunk of windows in explicit_bf16_attention (4 MiB in float32)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention within one window: LayerNorm, qkv, attention with a learned bias per offset, proj.
 
@@ -215,14 +218,21 @@ def explicit_bf16_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Te
     As the authors' explicit attention computes under autocast: the scores are rounded to bfloat16 once, after
     their product (the fused kernel keeps them in float32), and the softmax weights once, before the product with
     the values. On TinyViT's 49- and 196-token windows the fused kernel spent most of its time outside its
-    products.
+    products. Windows go through in chunks of about :data:`CHUNK_SCORES` scores: the whole stage's scores would be
+    tens of MB per temporary, fresh pages on every call under glibc's default allocator settings.
     """
     windows, heads, tokens, dim = q.shape
-    scaled = (q * dim**-0.5).reshape(windows * heads, tokens, dim)
-    k, v = k.reshape(windows * heads, tokens, dim), v.reshape(windows * heads, tokens, dim)
-    scores = torch.bmm(scaled, k.transpose(1, 2)).view(windows, heads, tokens, tokens)
-    weights = torch.softmax(scores.float().add_(bias), dim=-1).to(q.dtype)
-    return torch.bmm(weights.view(windows * heads, tokens, tokens), v).view(windows, heads, tokens, dim)
+    out = q.new_empty(windows, heads, tokens, dim)
+    per_chunk = max(1, CHUNK_SCORES // (heads * tokens * tokens))
+    for start in range(0, windows, per_chunk):
+        chunk = slice(start, min(start + per_chunk, windows))
+        rows = (chunk.stop - chunk.start) * heads
+        scaled = (q[chunk] * dim**-0.5).reshape(rows, tokens, dim)
+        keys, values = k[chunk].reshape(rows, tokens, dim), v[chunk].reshape(rows, tokens, dim)
+        scores = torch.bmm(scaled, keys.transpose(1, 2)).view(-1, heads, tokens, tokens)
+        weights = torch.softmax(scores.float().add_(bias), dim=-1).to(q.dtype)
+        torch.bmm(weights.view(rows, tokens, tokens), values, out=out[chunk].view(rows, tokens, dim))
+    return out
 
 
 class Mlp(nn.Module):
