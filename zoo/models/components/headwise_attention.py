@@ -3,7 +3,7 @@
 ``F.scaled_dot_product_attention`` with a float mask runs torch's CPU flash kernel, whose score and value products
 go to the BLAS. Where MKL serves a CPU of another vendor it runs generic code at under half oneDNN's rate
 (``onednn_linear``), and SAM-Med3D's twelve 512-token attentions (8 of them with one extra key for the padded
-window) spent about 68 ms of a 0.32 s encoder there. Per head, the scores are one oneDNN product of the scaled
+window) took a fifth of its encoder there. Per head, the scores are one oneDNN product of the scaled
 queries and the keys with the head's mask added as the product's post-op (no second pass over the scores), the
 softmax runs on the head's scores while they are in cache, and one more product applies them to the values. Same
 function, different rounding (float32 sums in another order).

@@ -346,7 +346,7 @@ def kept_linear(
     most :data:`MAX_PACKED_FLOAT32_BYTES`. Same products, bit for bit. A float32 weight kept so is a second copy
     of it: the cap keeps that to the small ones (the decoders', the ViT's output projection), where the saved
     reorder is a large part of a product; the encoders' large weights would double (over 1 GB more for SAM-Med2D)
-    for 2-6% of an encoder's time on the AMD EPYC measured.
+    for a few percent of an encoder's time (``benchmarks/encoder_speed.py``).
     """
     if not bf16_applies(x, weight, bias):
         if (
