@@ -294,7 +294,7 @@ def test_threshold_follows_who_serves_f_linear(monkeypatch, vendor, mkl, thresho
     monkeypatch.undo()  # the autouse fixture's threshold
     monkeypatch.setattr(onednn_linear, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
-    onednn_linear.mkl_on_non_intel_cpu.cache_clear()
+    onednn_linear.non_intel_cpu.cache_clear()
     try:
         assert onednn_linear.min_multiply_adds() == threshold
         x, weight, bias = operands(rows=threshold // (48 * 80) + 1)  # 2 x rows x 48 @ 48 -> 80: at the threshold
@@ -302,7 +302,18 @@ def test_threshold_follows_who_serves_f_linear(monkeypatch, vendor, mkl, thresho
             assert onednn_applies(x, weight, bias) == onednn_linear.onednn_linear_works()
             assert not onednn_applies(x[:, : max(1, threshold // (2 * 48 * 80) - 1)], weight, bias)
     finally:
-        onednn_linear.mkl_on_non_intel_cpu.cache_clear()
+        onednn_linear.non_intel_cpu.cache_clear()
+
+
+def test_the_vendor_is_read_once_per_process(monkeypatch):
+    """Kernel choices ask on every product and attention call: /proc/cpuinfo is read once."""
+    reads = []
+    monkeypatch.setattr(onednn_linear, "cpu_vendor", lambda: reads.append(1) or "AuthenticAMD")
+    onednn_linear.non_intel_cpu.cache_clear()
+    try:
+        assert all(onednn_linear.non_intel_cpu() for _ in range(3)) and reads == [1]
+    finally:
+        onednn_linear.non_intel_cpu.cache_clear()
 
 
 def test_cpu_vendor_reads_proc_cpuinfo_or_the_platform(monkeypatch, tmp_path):

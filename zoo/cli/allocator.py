@@ -3,9 +3,8 @@
 glibc's malloc serves blocks above its mmap threshold with fresh mappings and returns freed memory at the top of
 its heap to the kernel once more than its trim threshold is free. A network allocates and frees the same
 megabyte-sized activations on every block, pass and step, so with the defaults the kernel maps the same pages in
-again and again: on an AMD EPYC (2 threads) 41 000 page faults and 86 ms of kernel time per full-size SAM-UNet
-training step of 0.58 s, against 7 600 faults and 0.48-0.52 s with the thresholds raised; the encoders gained
-1-4 % (``benchmarks/encoder_speed.py --keep-freed-memory``).
+again and again: measured, about a tenth of a full-size SAM-UNet training step went to those page faults, and a
+few percent of an encoder's time (``benchmarks/encoder_speed.py --keep-freed-memory`` compares).
 
 The ``zoo`` console script raises both at start-up (:func:`keep_freed_memory`): what a process frees stays
 reserved for its next allocations, as jemalloc or tcmalloc would keep it; peak memory does not grow (the same

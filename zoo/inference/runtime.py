@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from zoo.models.components.onednn_linear import onednn_reports_native_bf16
 from zoo.models.components.weight_cache import TensorStates, version_counters_work
 
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -55,11 +56,9 @@ def onednn_bf16_native() -> bool:
     """Whether oneDNN reports native bf16 kernels on this CPU, through a private torch op, checked once: the op
     must exist and answer a bool, and a tiny bf16 autocast product must then agree with float32 to bf16 precision.
     Anything else counts as not native, so ``"auto"`` keeps the exact fp32."""
-    query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if not onednn_reports_native_bf16():
+        return False
     try:
-        answer = query() if query is not None else False
-        if answer is not True:
-            return False
         generator = torch.Generator().manual_seed(0)
         a, b = torch.randn(8, 16, generator=generator), torch.randn(16, 4, generator=generator)
         with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

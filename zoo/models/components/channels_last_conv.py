@@ -80,8 +80,8 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
     positions = math.prod(kernel)
     if dtype is None and mkl_on_non_intel_cpu() and not records_grad(x, conv.weight):
         # Where MKL serves a non-Intel CPU its batched product runs at half oneDNN's rate: one product
-        # C_in -> (kernel position, C_out) through ``kept_linear`` instead (SAM-Med2D's adapter, an AMD EPYC: 6.3 -> 3.1
-        # ms). Not in training, where it measured no faster (the matrix is derived again on every call).
+        # C_in -> (kernel position, C_out) through ``kept_linear`` instead (about twice as fast on SAM-Med2D's
+        # adapter). Not in training, where it measured no faster (the matrix is derived again on every call).
         def matrix() -> Tensor:  # C_in x C_out x *kernel -> (prod(kernel) C_out) x C_in
             return conv.weight.flatten(2).permute(2, 1, 0).reshape(-1, conv.in_channels).contiguous()
 

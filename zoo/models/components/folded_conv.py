@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
-from zoo.models.components.onednn_linear import agrees, fusable_activation, passes
+from zoo.models.components.onednn_linear import agrees, fusable_activation, onednn_reports_native_bf16, passes
 from zoo.models.components.weight_cache import derived_from_parameters
 
 
@@ -64,11 +64,9 @@ def onednn_conv_works() -> bool:
 def onednn_bf16_conv_works() -> bool:
     """Whether the private convolution op also computes in bfloat16, on a CPU with native bfloat16 kernels
     (checked once)."""
-    query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return (
         onednn_conv_works()
-        and query is not None
-        and passes(lambda: query() is True)
+        and onednn_reports_native_bf16()
         and computes_conv(getattr(torch.ops.mkldnn, "_convolution_pointwise", None), torch.bfloat16)
     )
 

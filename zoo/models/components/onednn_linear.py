@@ -64,10 +64,22 @@ def cpu_vendor() -> str:
 
 
 @functools.cache
+def non_intel_cpu() -> bool:
+    """Whether the CPU is known not to be Intel's (its vendor read once; an unreadable vendor counts as Intel's,
+    where the thresholds were first measured)."""
+    return cpu_vendor() not in (INTEL, "")
+
+
 def mkl_on_non_intel_cpu() -> bool:
-    """Whether torch's BLAS is MKL and the CPU is known not to be Intel's (checked once)."""
-    vendor = cpu_vendor()
-    return torch.backends.mkl.is_available() and vendor not in (INTEL, "")
+    """Whether torch's BLAS is MKL and the CPU is known not to be Intel's."""
+    return torch.backends.mkl.is_available() and non_intel_cpu()
+
+
+def onednn_reports_native_bf16() -> bool:
+    """Whether oneDNN's private query exists and answers ``True`` for native bfloat16 kernels on this CPU (an op
+    that is missing, raises or answers anything else: no)."""
+    query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return query is not None and passes(lambda: query() is True)
 
 
 def min_multiply_adds() -> int:
@@ -120,13 +132,12 @@ def computes_linear(op: Callable[..., Tensor] | None) -> bool:
 def computes_bf16_linear(op: Callable[..., Tensor] | None) -> bool:
     """Whether ``op`` computes ``F.linear`` and its GELU post-op in bfloat16, as :func:`computes_linear` in float32,
     on a CPU whose oneDNN reports native bfloat16 kernels."""
-    query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    if op is None or query is None:
+    if op is None or not onednn_reports_native_bf16():
         return False
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((2, 3, 8), (5, 8), (5,)))
     x16, weight16, bias16 = (t.to(torch.bfloat16) for t in (x, weight, bias))
-    return passes(lambda: query() is True and all(
+    return passes(lambda: all(
         agrees(op(x16, weight16, bias16, attr, [], algorithm),
                activation(F.linear(x16.float(), weight16.float(), bias16.float())), torch.bfloat16, tolerance=2e-2)
         for attr, algorithm, activation in (("none", "", lambda y: y), ("gelu", "none", F.gelu))

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.folded_conv import folded_conv, folding_applies
 from zoo.models.components.layers import LayerNormNd
-from zoo.models.components.onednn_linear import INTEL, OneDNNLinear, cpu_vendor
+from zoo.models.components.onednn_linear import OneDNNLinear, non_intel_cpu
 from zoo.models.components.weight_cache import DropsDerivedWeights, records_grad
 
 
@@ -207,7 +207,7 @@ def explicit_bf16_attention_applies(q: Tensor, bias: Tensor) -> bool:
         and not records_grad(q, bias)
         and not torch.compiler.is_compiling()
         and not reference_computation_enabled()
-        and cpu_vendor() not in (INTEL, "")
+        and non_intel_cpu()
     )
 
 
