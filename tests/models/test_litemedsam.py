@@ -131,6 +131,8 @@ def test_tokens_become_a_channels_last_map_without_a_copy_whatever_the_stride_of
         assert viewed.data_ptr() == map_.data_ptr() and torch.equal(viewed, map_)
     first = torch.randn(1, 6, 20).transpose(1, 2)  # channels-first tokens (the reference path): the same values
     assert torch.equal(tokens_as_map(first, 4, 5), first.transpose(1, 2).reshape(1, 6, 4, 5))
+    with pytest.raises(ValueError, match="4x4 = 16 tokens, got 20"):
+        tokens_as_map(tokens, 4, 4)  # a view of fewer tokens than there are would drop some silently
 
 
 def test_every_convolution_of_the_fast_path_writes_a_channels_last_map(tiny):

@@ -137,6 +137,8 @@ def tokens_as_map(tokens: Tensor, height: int, width: int) -> Tensor:
     transpose-reshape sent every map after the first block channels-first.
     """
     batch, length, chans = tokens.shape
+    if length != height * width:
+        raise ValueError(f"expected {height}x{width} = {height * width} tokens, got {length}")
     if not tokens.is_contiguous():
         return tokens.transpose(1, 2).reshape(batch, chans, height, width)
     return tokens.as_strided((batch, chans, height, width), (length * chans, 1, width * chans, chans))
