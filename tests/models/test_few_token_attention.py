@@ -1,12 +1,15 @@
 """Factored few-token cross-attention equals the direct projection-attention-projection (the reference path)."""
 
+import copy
 from contextlib import nullcontext
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from zoo.models.components import onednn_linear
 from zoo.models.components.compute_path import reference_computation
+from zoo.models.components.onednn_linear import OneDNNLinear
 from zoo.models.components.transformer import TokenAttention
 
 ALGEBRA_TOL = 1e-12  # float64: the factored form is the same function
@@ -78,6 +81,30 @@ def test_many_tokens_per_head_keep_the_direct_form():
     attention = random_attention(dim=48, heads=4, downsample=2, dtype=torch.float64)
     assert not attention._factoring_pays(few=6, many=40)  # 4 x 6 = 24 is not below the internal width
     assert not attention._factoring_pays(few=5, many=5)  # self-attention among tokens
+
+
+def test_the_direct_form_projects_many_tokens_through_onednn_with_nn_linears_keys(monkeypatch):
+    """Many prompt tokens per head (a long click history) take the direct form, whose image-side projections are
+    large products: OneDNNLinear layers (nn.Linear's parameters and keys), oneDNN's kernel where it applies."""
+    attention = random_attention(dim=48, heads=4, downsample=2, dtype=torch.float32).eval()
+    names = ("q_proj", "k_proj", "v_proj", "out_proj")
+    assert all(type(getattr(attention, name)) is OneDNNLinear for name in names)
+    assert list(attention.state_dict()) == [f"{name}.{kind}" for name in names for kind in ("weight", "bias")]
+    if not onednn_linear.onednn_linear_works():
+        pytest.skip("oneDNN's linear op is not usable in this torch")
+    onednn_linear.onednn_packing_works()  # checked before the op is spied on
+    monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 0)
+    calls = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or kernel(*args))
+    generator = torch.Generator().manual_seed(0)
+    images, tokens = torch.randn(1, 40, 48, generator=generator), torch.randn(1, 6, 48, generator=generator)
+    with torch.no_grad():  # 4 heads x 6 tokens is not below the internal width 24
+        out = attention(images, tokens, tokens)
+        assert len(calls) == 4, "the four projections"
+        exact = copy.deepcopy(attention).double()(images.double(), tokens.double(), tokens.double())
+    assert len(calls) == 4, "none in float64"
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
 
 
 def test_factored_attention_backpropagates_like_direct():

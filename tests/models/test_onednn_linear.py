@@ -424,6 +424,32 @@ def test_a_small_float32_weight_is_kept_in_onednns_layout_and_follows_the_parame
     torch.testing.assert_close(flipped.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
 
 
+@pytest.mark.parametrize("mkl_on_another_vendor", [True, False])
+def test_a_few_row_product_with_a_large_kept_weight_takes_onednn_only_where_mkl_serves_another_vendor(
+    monkeypatch, mkl_on_another_vendor
+):
+    """Below every size threshold, a product whose float32 weight has at least MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL
+    elements runs on the kept layout where MKL serves a non-Intel CPU (a decoder's few prompt tokens through its
+    wide MLP); a smaller weight, or MKL on Intel, keeps F.linear."""
+    if not onednn_linear.onednn_packing_works():
+        pytest.skip("oneDNN's weight reorder is not usable in this torch")
+    monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 2**62)
+    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_cpu", lambda: mkl_on_another_vendor)
+    monkeypatch.setattr(onednn_linear, "MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL", 80 * 48)
+    derived = recorded_derivations(monkeypatch, onednn_linear)
+    large, small = OneDNNLinear(48, 80).eval(), OneDNNLinear(48, 79).eval()
+    x = torch.randn(1, 3, 48)
+    with torch.no_grad():
+        outs = [layer(x, nn.GELU()) for layer in (large, small)]
+    assert derived == (["onednn_packed_torch.float32[80, 48]"] if mkl_on_another_vendor else [])
+    for out, layer in zip(outs, (large, small)):
+        exact = F.gelu(F.linear(x.double(), layer.weight.detach().double(), layer.bias.detach().double()))
+        torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
+    layer = large.train()
+    layer(x).sum().backward()  # training never keeps it
+    assert len(derived) == (1 if mkl_on_another_vendor else 0) and layer.weight.grad is not None
+
+
 def test_large_float32_weights_and_training_keep_the_plain_weight(monkeypatch):
     """A large float32 weight is not copied (the copy would double an encoder's weights), and nothing is kept
     while autograd records the product."""

@@ -48,6 +48,7 @@ from zoo.models.components.weight_cache import derived_from_parameters, keeps_de
 MIN_MULTIPLY_ADDS = 2**28  # rows x inputs x outputs below which F.linear's kernel was faster (MKL, Intel CPU)
 MIN_MULTIPLY_ADDS_NON_INTEL_MKL = 2**21  # the same where MKL serves a CPU of another vendor (oneDNN's ~12 us call)
 MAX_PACKED_FLOAT32_BYTES = 4 * 2**20  # float32 weights up to this size are kept in oneDNN's layout (see kept_linear)
+MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL = 2**19  # from here a kept-layout product beats MKL's at any size
 INTEL = "GenuineIntel"
 
 
@@ -85,6 +86,17 @@ def onednn_reports_native_bf16() -> bool:
 def min_multiply_adds() -> int:
     """The size (rows x inputs x outputs) from which a product takes oneDNN's kernel on this machine."""
     return MIN_MULTIPLY_ADDS_NON_INTEL_MKL if mkl_on_non_intel_cpu() else MIN_MULTIPLY_ADDS
+
+
+def min_packed_multiply_adds(weight: Tensor) -> int:
+    """As :func:`min_multiply_adds`, for a product whose float32 weight is kept in oneDNN's layout
+    (:func:`kept_packed`): where MKL serves a non-Intel CPU, every product with a weight of at least
+    :data:`MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL` elements. Without the reorder in every call, oneDNN's
+    few-row products on such weights (a decoder's 3 prompt tokens through its 256 x 2048 MLP) measured about 3
+    times faster than MKL's there; on smaller ones (384 x 384 projections) no click was faster."""
+    if mkl_on_non_intel_cpu() and weight.numel() >= MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL:
+        return 1
+    return min_multiply_adds()
 
 
 def agrees(out: object, expected: Tensor, dtype: torch.dtype = torch.float32, tolerance: float = 1e-4) -> bool:
@@ -199,15 +211,16 @@ def bf16_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     )
 
 
-def _onednn_may_compute(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """The conditions shared by oneDNN's inference and training products: a large eager float32 CPU product, a
-    weight with contiguous rows or columns, no autocast, no ``torch.compile`` tracing, not the reference path."""
+def _onednn_may_compute(x: Tensor, weight: Tensor, bias: Tensor | None, min_size: int | None = None) -> bool:
+    """The conditions shared by oneDNN's inference and training products: a large eager float32 CPU product (at
+    least ``min_size`` multiply-adds, by default :func:`min_multiply_adds`), a weight with contiguous rows or
+    columns, no autocast, no ``torch.compile`` tracing, not the reference path."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         x.device.type == "cpu"
         and all(t.dtype == torch.float32 for t in tensors)
         and (weight.is_contiguous() or weight.t().is_contiguous())
-        and x.numel() * weight.shape[0] >= min_multiply_adds()
+        and x.numel() * weight.shape[0] >= (min_multiply_adds() if min_size is None else min_size)
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not reference_computation_enabled()
@@ -354,15 +367,17 @@ def kept_linear(
 
     A product that takes oneDNN's op multiplies with the weight kept in oneDNN's own layout (:func:`kept_packed`):
     every bfloat16 one (in place of the plain bfloat16 copy, no extra memory) and float32 ones whose weight is at
-    most :data:`MAX_PACKED_FLOAT32_BYTES`. Same products, bit for bit. A float32 weight kept so is a second copy
+    most :data:`MAX_PACKED_FLOAT32_BYTES`, smaller products included where :func:`min_packed_multiply_adds` says
+    so. Same products, bit for bit. A float32 weight kept so is a second copy
     of it: the cap keeps that to the small ones (the decoders', the ViT's output projection), where the saved
     reorder is a large part of a product; the encoders' large weights would double (over 1 GB more for SAM-Med2D)
     for a few percent of an encoder's time (``benchmarks/encoder_speed.py``).
     """
     if not bf16_applies(x, weight, bias):
         if (
-            onednn_applies(x, weight, bias)
-            and weight.numel() * weight.element_size() <= MAX_PACKED_FLOAT32_BYTES
+            weight.numel() * weight.element_size() <= MAX_PACKED_FLOAT32_BYTES
+            and not records_grad(x, weight, bias)
+            and _onednn_may_compute(x, weight, bias, min_packed_multiply_adds(weight))
             and _keeps_packed(owner, torch.float32)
         ):
             packed, _ = kept_packed(owner, weight, None, torch.float32)
