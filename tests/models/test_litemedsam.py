@@ -8,7 +8,7 @@ import torch
 import zoo
 from zoo.hub import load_official_weights
 from zoo.hub.packaged import PACKAGED_WEIGHTS, packaged_file
-from zoo.models.components.tiny_vit import Conv2dBN, attention_bias_index, tokens_as_map
+from zoo.models.components.tiny_vit import Conv2dBN, attention_bias_index
 
 # 64x64 input: stages at 64, 32, 16, 16; stage 1 pads its 32x32 map to 35x35 (window 5), stage 2 is one window.
 TINY = dict(
@@ -119,20 +119,6 @@ def test_the_tiny_vit_matches_the_authors_module_with_random_weights(batch):
     images = torch.rand(batch, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(images), upstream(images), atol=1e-5, rtol=1e-5)
-
-
-def test_tokens_become_a_channels_last_map_without_a_copy_whatever_the_stride_of_a_batch_of_one():
-    map_ = torch.randn(1, 6, 4, 5).contiguous(memory_format=torch.channels_last)
-    tokens = map_.flatten(2).transpose(1, 2)
-    odd = tokens.as_strided(tokens.shape, (6, 6, 1))  # a batch of one may carry any stride after a view
-    for source in (tokens, odd):
-        viewed = tokens_as_map(source, 4, 5)
-        assert viewed.stride() == (120, 1, 30, 6)
-        assert viewed.data_ptr() == map_.data_ptr() and torch.equal(viewed, map_)
-    first = torch.randn(1, 6, 20).transpose(1, 2)  # channels-first tokens (the reference path): the same values
-    assert torch.equal(tokens_as_map(first, 4, 5), first.transpose(1, 2).reshape(1, 6, 4, 5))
-    with pytest.raises(ValueError, match="4x4 = 16 tokens, got 20"):
-        tokens_as_map(tokens, 4, 4)  # a view of fewer tokens than there are would drop some silently
 
 
 def test_every_convolution_of_the_fast_path_writes_a_channels_last_map(tiny):

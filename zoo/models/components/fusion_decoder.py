@@ -8,7 +8,7 @@ per prompt set and no quality score. Submodule names follow upstream's checkpoin
 import torch
 from torch import Tensor, nn
 
-from zoo.models.components.layers import MLP, LayerNormNd
+from zoo.models.components.layers import MLP, LayerNormNd, tokens_as_map
 from zoo.models.components.mask_decoder import broadcast_image_batch
 from zoo.models.components.transformer import TwoWayTransformer
 from zoo.models.outputs import MaskPrediction
@@ -78,8 +78,7 @@ class SingleTokenMaskDecoder(nn.Module):
 
     def upscale(self, image_tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         """Transformer image tokens ``N x hw x C`` to the ``N x C/8 x 4h x 4w`` upscaled map."""
-        batch, _, channels = image_tokens.shape
-        return self.output_upscaling(image_tokens.transpose(1, 2).reshape(batch, channels, *grid))
+        return self.output_upscaling(tokens_as_map(image_tokens, grid))  # the layout upstream's view has
 
     def mask_features(self, upscaled: Tensor, multi_scale_feature: Tensor) -> Tensor:
         """The per-pixel features the hypernetwork output is dotted with."""

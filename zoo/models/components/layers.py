@@ -1,5 +1,8 @@
 """Small layers shared by the encoders and decoders."""
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -16,6 +19,24 @@ def conv_nd(spatial_dims: int) -> type[nn.Module]:
 def conv_transpose_nd(spatial_dims: int) -> type[nn.Module]:
     """``nn.ConvTranspose2d`` or ``nn.ConvTranspose3d``."""
     return {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
+
+
+def tokens_as_map(tokens: Tensor, grid: Sequence[int]) -> Tensor:
+    """``B x L x C`` tokens (row-major over ``grid``) as a ``B x C x *grid`` map, without copying: channels-last when
+    the tokens are contiguous.
+
+    The strides are written out: after a view, a batch of one may carry any stride, and a convolution picks its
+    output layout from all the strides (channels-first when the batch's is out of order), so a plain
+    transpose-reshape sent TinyViT's maps and SAM-UNet's mask upscaling channels-first, with copies around them.
+    """
+    batch, length, chans = tokens.shape
+    grid = tuple(grid)
+    if length != math.prod(grid):
+        raise ValueError(f"expected {' x '.join(map(str, grid))} = {math.prod(grid)} tokens, got {length}")
+    if not tokens.is_contiguous() or torch.jit.is_tracing():  # a traced graph (ONNX export) takes no strides
+        return tokens.transpose(1, 2).reshape(batch, chans, *grid)
+    spatial_strides = [chans * math.prod(grid[axis + 1 :]) for axis in range(len(grid))]
+    return tokens.as_strided((batch, chans, *grid), (length * chans, 1, *spatial_strides))
 
 
 class LayerNormNd(nn.Module):

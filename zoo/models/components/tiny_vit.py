@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.folded_conv import folded_conv, folding_applies
-from zoo.models.components.layers import LayerNormNd
+from zoo.models.components.layers import LayerNormNd, tokens_as_map
 from zoo.models.components.onednn_linear import OneDNNLinear, non_intel_cpu
 from zoo.models.components.weight_cache import DropsDerivedWeights, derived_from_parameters, records_grad
 
@@ -129,21 +129,6 @@ class MBConv(nn.Module):
         return out
 
 
-def tokens_as_map(tokens: Tensor, height: int, width: int) -> Tensor:
-    """``B x HW x C`` tokens as a ``B x C x H x W`` map, without copying; channels-last when the tokens are contiguous.
-
-    The strides are written out: after a view, a batch of one may carry any stride, and a convolution picks its
-    output layout from all four strides (channels-first when the batch's is out of order), so a plain
-    transpose-reshape sent every map after the first block channels-first.
-    """
-    batch, length, chans = tokens.shape
-    if length != height * width:
-        raise ValueError(f"expected {height}x{width} = {height * width} tokens, got {length}")
-    if not tokens.is_contiguous():
-        return tokens.transpose(1, 2).reshape(batch, chans, height, width)
-    return tokens.as_strided((batch, chans, height, width), (length * chans, 1, width * chans, chans))
-
-
 class PatchMerging(nn.Module):
     """1x1 conv to ``out_dim``, 3x3 depthwise conv with ``stride``, 1x1 conv; returns tokens ``B x L x out_dim``.
 
@@ -160,7 +145,7 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim == 3:
-            x = tokens_as_map(x, *self.input_resolution)
+            x = tokens_as_map(x, self.input_resolution)
         x = self.conv2(self.conv1(x, self.act), self.act)
         return self.conv3(x).flatten(2).transpose(1, 2)
 
@@ -304,7 +289,7 @@ class TinyViTBlock(nn.Module):
         if length != height * width:
             raise ValueError(f"expected {height}x{width} = {height * width} tokens, got {length}")
         x = x + self.drop_path(self._windowed_attention(x.view(batch, height, width, chans)).reshape_as(x))
-        x = self.local_conv(tokens_as_map(x, height, width))
+        x = self.local_conv(tokens_as_map(x, (height, width)))
         x = x.flatten(2).transpose(1, 2)
         return x + self.drop_path(self.mlp(x))
 
@@ -456,5 +441,5 @@ class TinyViT(DropsDerivedWeights):
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        x = tokens_as_map(x, self.grid_size, self.grid_size)
+        x = tokens_as_map(x, (self.grid_size, self.grid_size))
         return self.neck(x).contiguous()  # the decoder's products see the standard layout whatever path ran
