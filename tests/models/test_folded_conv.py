@@ -209,6 +209,36 @@ def test_the_tiny_vit_fast_path_equals_the_reference_and_drops_its_folded_weight
     torch.testing.assert_close(reloaded, expected, rtol=0, atol=1e-4)
 
 
+def _random_batchnorm(module: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for submodule in module.modules():
+        if isinstance(submodule, nn.BatchNorm2d):
+            with torch.no_grad():
+                submodule.weight.uniform_(0.5, 1.5)
+                submodule.running_mean.normal_()
+                submodule.running_var.uniform_(0.5, 2.0)
+    return module.eval()
+
+
+def _whole_strips_and_reference(module, method, x, rows, monkeypatch):
+    """``module(x)`` on the whole map, in strips of ``rows`` rows (``method`` called once) and on the reference path."""
+    from zoo.models.components import tiny_vit
+
+    calls = []
+    real = getattr(type(module), method)
+    monkeypatch.setattr(type(module), method, lambda self, x: calls.append(1) or real(self, x))
+    with torch.inference_mode():
+        monkeypatch.setattr(tiny_vit, "STRIP_MIN_ELEMENTS", 2**40)
+        whole = module(x)
+        monkeypatch.setattr(tiny_vit, "STRIP_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(tiny_vit, "STRIP_ROWS", rows)
+        strips = module(x)
+        with reference_computation():
+            reference = module(x)
+    assert calls == [1]
+    return whole, strips, reference
+
+
 @pytest.mark.parametrize("rows", [3, 4, 7])
 def test_mbconv_in_strips_equals_the_whole_map(rows, monkeypatch):
     """Strips of ``rows`` rows (the last one shorter, the first and last padded with zero rows) give the whole-map
@@ -216,26 +246,23 @@ def test_mbconv_in_strips_equals_the_whole_map(rows, monkeypatch):
     ulp apart), and the upstream computation within rounding."""
     from zoo.models.components.tiny_vit import MBConv
 
-    torch.manual_seed(0)
-    block = MBConv(8, 4.0).eval()
-    for module in block.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            with torch.no_grad():
-                module.weight.uniform_(0.5, 1.5)
-                module.running_mean.normal_()
-                module.running_var.uniform_(0.5, 2.0)
+    block = _random_batchnorm(MBConv(8, 4.0))
     x = torch.randn(2, 8, 17, 9).contiguous(memory_format=torch.channels_last)
-    calls = []
-    real = MBConv._forward_in_strips
-    monkeypatch.setattr(MBConv, "_forward_in_strips", lambda self, x: calls.append(1) or real(self, x))
-    with torch.inference_mode():
-        monkeypatch.setattr(MBConv, "strip_min_elements", 2**40)
-        whole = block(x)
-        monkeypatch.setattr(MBConv, "strip_min_elements", 0)
-        monkeypatch.setattr(MBConv, "strip_rows", rows)
-        strips = block(x)
-        with reference_computation():
-            reference = block(x)
-    assert calls == [1]
+    whole, strips, reference = _whole_strips_and_reference(block, "_forward_in_strips", x, rows, monkeypatch)
+    torch.testing.assert_close(strips, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(strips, reference, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [2, 3, 5])
+@pytest.mark.parametrize("height", [16, 17])
+def test_a_stride_two_patch_merging_in_strips_equals_the_whole_map(rows, height, monkeypatch):
+    """The first merge's expansion and stride-2 depthwise convolution by strips of output rows (each reading
+    its own input rows, zero rows for the padding): the whole map's sums, for even and odd heights."""
+    from zoo.models.components.tiny_vit import PatchMerging
+
+    merge = _random_batchnorm(PatchMerging((height, 10), 6, 12, stride=2))
+    x = torch.randn(1, 6, height, 10).contiguous(memory_format=torch.channels_last)
+    whole, strips, reference = _whole_strips_and_reference(merge, "_merge_in_strips", x, rows, monkeypatch)
+    assert strips.shape == whole.shape == (1, ((height + 1) // 2) * 5, 12)
     torch.testing.assert_close(strips, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(strips, reference, rtol=0, atol=1e-5)

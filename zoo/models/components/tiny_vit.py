@@ -13,7 +13,7 @@ loads unchanged. Differences from the ImageNet TinyViT, all kept because the rel
 BatchNorm layers compute with their running statistics in eval mode and update them in train mode, as upstream.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from timm.layers import DropPath
@@ -72,20 +72,58 @@ class PatchEmbed(nn.Module):
         return second(first(x, activation))
 
 
+#: Row strips of an expanded map: maps above this many elements run in strips (LiteMedSAM's stage 0 and its first
+#: merge at full resolution; not the tiny test models), of this many output rows.
+STRIP_MIN_ELEMENTS = 2**22
+STRIP_ROWS = 32
+
+
+def runs_in_strips(module: nn.Module, x: Tensor, expanded_chans: int) -> bool:
+    """Whether ``module`` computes its 1x1 expansion and depthwise convolution of ``x`` strip by strip
+    (:func:`depthwise_strips`): inference with folded convolutions, a channels-last map of more than
+    :data:`STRIP_ROWS` rows whose expansion has more than :data:`STRIP_MIN_ELEMENTS` elements."""
+    return (
+        folding_applies(module, x)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and x.shape[2] > STRIP_ROWS
+        and x.numel() // x.shape[1] * expanded_chans > STRIP_MIN_ELEMENTS
+    )
+
+
+def depthwise_strips(
+    expand: "Conv2dBN", expand_activation: nn.Module, depthwise: "Conv2dBN", activation: nn.Module, x: Tensor
+) -> Iterator[tuple[int, int, Tensor]]:
+    """``activation(depthwise(expand_activation(expand(x))))`` by strips of :data:`STRIP_ROWS` output rows: yields
+    ``(top, bottom, rows)`` for output rows ``top:bottom``.
+
+    Each strip expands only the input rows its depthwise kernel reads (zero rows stand for the padding at the
+    edges): the strip's expanded map stays in cache, where the whole one (64 MB for MBConv at 256^2, 32 MB for the
+    first merge) is written to memory and read back, and a map of 32 MB or more is fresh pages on every call
+    (glibc maps it anew). Every output element is the same sum of the same inputs by the same kernels (equal to
+    the whole-map result at batch 1; a strip of a larger batch is strided, which oneDNN may block differently, an
+    ulp apart).
+    """
+    height = x.shape[2]
+    (pad_rows, pad_cols), (stride, _) = depthwise.c.padding, depthwise.c.stride
+    kernel = depthwise.c.kernel_size[0]
+    out_height = (height + 2 * pad_rows - kernel) // stride + 1
+    for top in range(0, out_height, STRIP_ROWS):
+        bottom = min(out_height, top + STRIP_ROWS)
+        first, last = top * stride - pad_rows, (bottom - 1) * stride - pad_rows + kernel  # input rows read
+        hidden = folded_conv(expand.c, expand.bn, x[:, :, max(0, first) : min(height, last)], expand_activation)
+        missing_above, missing_below = max(0, -first), max(0, last - height)
+        if missing_above or missing_below:
+            hidden = F.pad(hidden, (0, 0, missing_above, missing_below))
+        yield top, bottom, folded_conv(depthwise.c, depthwise.bn, hidden, activation, padding=(0, pad_cols))
+
+
 class MBConv(nn.Module):
     """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, residual, then GELU.
 
-    At LiteMedSAM's full resolution the expanded map is 64 MB (256 channels at 256^2), written and read back by
-    each step from memory. In inference on channels-last maps the block runs in strips of :attr:`strip_rows` rows
-    instead (each strip's expansion taking one more row above and below for the depthwise kernel): the strip's
-    expanded map stays in cache. Every output element is the same sum of the same inputs by the same kernels (equal
-    to the whole-map result at batch 1; a strip of a larger batch is strided, which oneDNN may block differently,
-    an ulp apart).
+    At LiteMedSAM's full resolution the expanded map is 64 MB (256 channels at 256^2): in inference the block runs
+    in row strips instead (:func:`depthwise_strips`), each strip projected and added to its rows of the input
+    while it is in cache.
     """
-
-    strip_rows = 32
-    #: Expanded maps above this many elements run in strips (LiteMedSAM's stage 0; not the tiny test models).
-    strip_min_elements = 2**22
 
     def __init__(self, chans: int, expand_ratio: float, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -99,31 +137,15 @@ class MBConv(nn.Module):
         self.drop_path = _drop_path(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        expanded = x.numel() // x.shape[1] * self.conv1.c.out_channels
-        if (
-            folding_applies(self, x)
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and x.shape[2] > self.strip_rows
-            and expanded > self.strip_min_elements
-        ):
+        if runs_in_strips(self, x, self.conv1.c.out_channels):
             return self._forward_in_strips(x)
         y = self.conv2(self.conv1(x, self.act1), self.act2)
         return self.act3(x + self.drop_path(self.conv3(y)))
 
     def _forward_in_strips(self, x: Tensor) -> Tensor:
-        """The block, strip by strip (inference with folded convolutions; see the class docstring)."""
-        height = x.shape[2]
-        depthwise = self.conv2
-        halo, side = depthwise.c.padding
+        """The block, strip by strip (:func:`depthwise_strips`)."""
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        for top in range(0, height, self.strip_rows):
-            bottom = min(height, top + self.strip_rows)
-            first, last = max(0, top - halo), min(height, bottom + halo)
-            hidden = folded_conv(self.conv1.c, self.conv1.bn, x[:, :, first:last], self.act1)
-            missing_above, missing_below = halo - (top - first), halo - (last - bottom)  # zero rows at the edges
-            if missing_above or missing_below:
-                hidden = F.pad(hidden, (0, 0, missing_above, missing_below))
-            hidden = folded_conv(depthwise.c, depthwise.bn, hidden, self.act2, padding=(0, side))
+        for top, bottom, hidden in depthwise_strips(self.conv1, self.act1, self.conv2, self.act2, x):
             projected = folded_conv(self.conv3.c, self.conv3.bn, hidden)
             out[:, :, top:bottom] = self.act3(x[:, :, top:bottom] + projected)
         return out
@@ -146,8 +168,26 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim == 3:
             x = tokens_as_map(x, self.input_resolution)
-        x = self.conv2(self.conv1(x, self.act), self.act)
+        if runs_in_strips(self, x, self.conv1.c.out_channels):  # the first merge, at full resolution
+            x = self._merge_in_strips(x)
+        else:
+            x = self.conv2(self.conv1(x, self.act), self.act)
         return self.conv3(x).flatten(2).transpose(1, 2)
+
+    def _merge_in_strips(self, x: Tensor) -> Tensor:
+        """``act(conv2(act(conv1(x))))`` strip by strip (:func:`depthwise_strips`), into one channels-last map."""
+        batch, _, height, width = x.shape
+        conv = self.conv2.c
+        rows, cols = ((size + 2 * pad - k) // step + 1 for size, pad, k, step in zip(
+            (height, width), conv.padding, conv.kernel_size, conv.stride
+        ))  # fmt: skip
+        out = None
+        for top, bottom, strip in depthwise_strips(self.conv1, self.act, self.conv2, self.act, x):
+            if out is None:  # the strips' dtype (bfloat16 under autocast)
+                shape = (batch, conv.out_channels, rows, cols)
+                out = torch.empty(shape, dtype=strip.dtype, device=strip.device, memory_format=torch.channels_last)
+            out[:, :, top:bottom] = strip
+        return out
 
 
 def attention_bias_index(window_size: int) -> Tensor:
