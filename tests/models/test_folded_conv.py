@@ -264,5 +264,7 @@ def test_a_stride_two_patch_merging_in_strips_equals_the_whole_map(rows, height,
     x = torch.randn(1, 6, height, 10).contiguous(memory_format=torch.channels_last)
     whole, strips, reference = _whole_strips_and_reference(merge, "_merge_in_strips", x, rows, monkeypatch)
     assert strips.shape == whole.shape == (1, ((height + 1) // 2) * 5, 12)
+    with torch.inference_mode():
+        assert merge._merge_in_strips(x).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(strips, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(strips, reference, rtol=0, atol=1e-5)

@@ -228,16 +228,16 @@ def _onednn_may_compute(x: Tensor, weight: Tensor, bias: Tensor | None, min_size
     )
 
 
-def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None, min_size: int | None = None) -> bool:
     """Whether :func:`linear` takes oneDNN's inference path: a large eager float32 CPU inference product, a weight
     with contiguous rows or columns.
 
-    Not for products under :func:`min_multiply_adds`, not under autocast (the product must follow autocast's
-    dtype), not while recording gradients (see :func:`onednn_trains`), not while ``torch.compile`` traces
-    (inductor chooses its own kernels), not inside ``reference_computation()`` and not where
-    :func:`onednn_linear_works` is false.
+    Not for products under ``min_size`` multiply-adds (by default :func:`min_multiply_adds`), not under autocast
+    (the product must follow autocast's dtype), not while recording gradients (see :func:`onednn_trains`), not
+    while ``torch.compile`` traces (inductor chooses its own kernels), not inside ``reference_computation()`` and
+    not where :func:`onednn_linear_works` is false.
     """
-    return not records_grad(x, weight, bias) and _onednn_may_compute(x, weight, bias)
+    return not records_grad(x, weight, bias) and _onednn_may_compute(x, weight, bias, min_size)
 
 
 def onednn_trains(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
@@ -368,16 +368,15 @@ def kept_linear(
     A product that takes oneDNN's op multiplies with the weight kept in oneDNN's own layout (:func:`kept_packed`):
     every bfloat16 one (in place of the plain bfloat16 copy, no extra memory) and float32 ones whose weight is at
     most :data:`MAX_PACKED_FLOAT32_BYTES`, smaller products included where :func:`min_packed_multiply_adds` says
-    so. Same products, bit for bit. A float32 weight kept so is a second copy
-    of it: the cap keeps that to the small ones (the decoders', the ViT's output projection), where the saved
-    reorder is a large part of a product; the encoders' large weights would double (over 1 GB more for SAM-Med2D)
-    for a few percent of an encoder's time (``benchmarks/encoder_speed.py``).
+    so. Same products, bit for bit. A float32 weight kept so is a second copy of it: the cap keeps that to the
+    small ones (the decoders', the ViT's output projection), where the saved reorder is a large part of a product;
+    the encoders' large weights would double (over 1 GB more for SAM-Med2D) for a few percent of an encoder's time
+    (``benchmarks/encoder_speed.py``).
     """
     if not bf16_applies(x, weight, bias):
         if (
             weight.numel() * weight.element_size() <= MAX_PACKED_FLOAT32_BYTES
-            and not records_grad(x, weight, bias)
-            and _onednn_may_compute(x, weight, bias, min_packed_multiply_adds(weight))
+            and onednn_applies(x, weight, bias, min_packed_multiply_adds(weight))
             and _keeps_packed(owner, torch.float32)
         ):
             packed, _ = kept_packed(owner, weight, None, torch.float32)

@@ -175,19 +175,9 @@ class PatchMerging(nn.Module):
         return self.conv3(x).flatten(2).transpose(1, 2)
 
     def _merge_in_strips(self, x: Tensor) -> Tensor:
-        """``act(conv2(act(conv1(x))))`` strip by strip (:func:`depthwise_strips`), into one channels-last map."""
-        batch, _, height, width = x.shape
-        conv = self.conv2.c
-        rows, cols = ((size + 2 * pad - k) // step + 1 for size, pad, k, step in zip(
-            (height, width), conv.padding, conv.kernel_size, conv.stride
-        ))  # fmt: skip
-        out = None
-        for top, bottom, strip in depthwise_strips(self.conv1, self.act, self.conv2, self.act, x):
-            if out is None:  # the strips' dtype (bfloat16 under autocast)
-                shape = (batch, conv.out_channels, rows, cols)
-                out = torch.empty(shape, dtype=strip.dtype, device=strip.device, memory_format=torch.channels_last)
-            out[:, :, top:bottom] = strip
-        return out
+        """``act(conv2(act(conv1(x))))`` strip by strip (:func:`depthwise_strips`), joined into one channels-last
+        map."""
+        return torch.cat([strip for _, _, strip in depthwise_strips(self.conv1, self.act, self.conv2, self.act, x)], 2)
 
 
 def attention_bias_index(window_size: int) -> Tensor:
