@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import PromptError
 from zoo.geometry.crop3d import normalise_crop as normalise_crop_values
 from zoo.geometry.index_map import IndexMap
+from zoo.geometry.separable_resize import resize_trilinear
 from zoo.io.nifti import Volume, load_stored
 from zoo.processors.base import (
     ClickState,
@@ -148,15 +148,17 @@ class SamMed3DProcessor(Processor):
         decoded = None
         points = prompts.points
         for index in range(points.coords.shape[1]):
-            click = PointPrompts(points.coords[:, index : index + 1], points.labels[:, index : index + 1], points.spatial_shape)
+            one = slice(index, index + 1)
+            click = PointPrompts(points.coords[:, one], points.labels[:, one], points.spatial_shape)
             state, decoded = self.click(model, encoding, state, click, decoder=decoder)
         assert decoded is not None
         return decoded
 
     def upsample(self, low_res_logits: Tensor) -> Tensor:
         """Trilinear (``align_corners=False``) to the crop, as the authors' inference (``Sam3D.postprocess_masks``,
-        bilinear on a 5-D tensor, raises upstream and is not reproduced)."""
-        return F.interpolate(low_res_logits, size=self.input_shape, mode="trilinear", align_corners=False)
+        bilinear on a 5-D tensor, raises upstream and is not reproduced), computed one axis at a time
+        (:func:`~zoo.geometry.separable_resize.resize_trilinear`)."""
+        return resize_trilinear(low_res_logits, self.input_shape)
 
     def to_original(self, low_res_logits: Tensor, frame: ImageFrame) -> OriginalGridResult:
         crop_mask = self.binarize(self.upsample(low_res_logits.float()))[0, 0]
