@@ -33,7 +33,7 @@ def test_fused_channel_layer_norm_matches_the_reference_forward_and_backward(sha
         torch.testing.assert_close(actual, wanted, rtol=0, atol=1e-10, msg=name)
 
 
-def test_the_3d_neck_convolves_channels_first_maps_and_returns_a_contiguous_embedding():
+def test_the_3d_neck_convolves_channels_first_maps_and_returns_a_channels_last_embedding():
     """Off the reference path the neck's LayerNorms leave channels-last maps; its 3D convolutions must get them
     channels-first (else they convert their kernels on every call) and the embedding must be the reference's."""
     from zoo.models.components.vit_encoder import ImageEncoderViT
@@ -51,7 +51,8 @@ def test_the_3d_neck_convolves_channels_first_maps_and_returns_a_contiguous_embe
         assert seen == [True, True]
         with reference_computation():
             expected = encoder.project(tokens)
-    assert fast.is_contiguous() and fast.shape == (1, 8, 4, 4, 4)
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d) and fast.shape == (1, 8, 4, 4, 4)
+    assert expected.is_contiguous()  # upstream's layout on the reference path
     torch.testing.assert_close(fast, expected, rtol=0, atol=1e-5)
 
 

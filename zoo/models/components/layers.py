@@ -21,6 +21,15 @@ def conv_transpose_nd(spatial_dims: int) -> type[nn.Module]:
     return {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
 
 
+def image_embedding_layout(embedding: Tensor) -> Tensor:
+    """An image embedding ``B x C x *grid`` in the memory layout the image encoders return it in: channels-last off
+    the reference path, so that the mask decoder's token-major view of it (and of its sum with a channels-last
+    mask-prompt embedding) needs no transposing copy on every click; contiguous (upstream's layout) on it."""
+    if reference_computation_enabled():
+        return embedding.contiguous()
+    return embedding.contiguous(memory_format=torch.channels_last if embedding.dim() == 4 else torch.channels_last_3d)
+
+
 def tokens_as_map(tokens: Tensor, grid: Sequence[int]) -> Tensor:
     """``B x L x C`` tokens (row-major over ``grid``) as a ``B x C x *grid`` map, without copying: channels-last when
     the tokens are contiguous.

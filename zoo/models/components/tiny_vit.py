@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.folded_conv import folded_conv, folding_applies
-from zoo.models.components.layers import LayerNormNd, tokens_as_map
+from zoo.models.components.layers import LayerNormNd, image_embedding_layout, tokens_as_map
 from zoo.models.components.onednn_linear import OneDNNLinear, non_intel_cpu
 from zoo.models.components.weight_cache import DropsDerivedWeights, derived_from_parameters, records_grad
 
@@ -472,4 +472,4 @@ class TinyViT(DropsDerivedWeights):
         for layer in self.layers:
             x = layer(x)
         x = tokens_as_map(x, (self.grid_size, self.grid_size))
-        return self.neck(x).contiguous()  # the decoder's products see the standard layout whatever path ran
+        return image_embedding_layout(self.neck(x))

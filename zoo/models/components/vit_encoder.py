@@ -11,7 +11,7 @@ from zoo.models.components.attention import RelPosAttention, window_partition, w
 from zoo.models.components.channels_last_conv import conv_with_kept_bf16_weight
 from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.fast_window_attention import padded_window_attention
-from zoo.models.components.layers import LayerNormNd, MLPBlock, conv_nd
+from zoo.models.components.layers import LayerNormNd, MLPBlock, conv_nd, image_embedding_layout
 from zoo.models.components.onednn_linear import kept_linear
 from zoo.models.components.weight_cache import DropsDerivedWeights
 
@@ -201,7 +201,7 @@ class ImageEncoderViT(DropsDerivedWeights):
         return x if self.pos_embed is None else x + self.pos_embed
 
     def project(self, tokens: Tensor) -> Tensor:
-        """The neck: channels-last tokens to the channels-first image embedding (contiguous).
+        """The neck: channels-last tokens to the image embedding ``B x C x *grid`` (:func:`image_embedding_layout`).
 
         Given a channels-last map (the tokens' view, or a LayerNorm's output off the reference path), the 3D
         convolutions convert their weights to channels-last on every call (SAM-Med3D's 3x3x3 kernel is 16 MB),
@@ -216,7 +216,7 @@ class ImageEncoderViT(DropsDerivedWeights):
                 x = conv_with_kept_bf16_weight(layer, x.contiguous() if x.ndim == 5 else x)
             else:
                 x = layer(x)
-        return x.contiguous()
+        return image_embedding_layout(x)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.embed(x)
