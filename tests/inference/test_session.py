@@ -134,6 +134,8 @@ def test_a_saved_session_reopens_without_encoding_and_goes_on_as_before(litemeds
     counter = CallCounter(litemedsam.image_encoder)
     reopened = Session.open(tmp_path / "s", litemedsam, IMAGE)
     assert counter.calls == 0  # the embedding came from disk
+    # in the encoder's layout (the file keeps no strides): the decoder reads it as tokens without a copy
+    assert reopened.predictor.features.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(reopened.result().mask, session.result().mask)
     assert torch.equal(reopened.add_click([30, 60], positive=False).mask,
                        session.add_click([30, 60], positive=False).mask)
@@ -153,6 +155,7 @@ def test_a_3d_session_saves_each_crop_embedding_and_its_mask_with_the_volumes_ge
     counter = CallCounter(model.image_encoder)
     reopened = Session.open(tmp_path / "s", model, volume)
     assert counter.calls == 0
+    assert all(f.is_contiguous(memory_format=torch.channels_last_3d) for _, f in reopened.predictor.crop_cache.values())
     assert torch.equal(reopened.add_click([33, 26, 21]).mask, session.add_click([33, 26, 21]).mask)
     assert counter.calls == 0
     counter.handle.remove()

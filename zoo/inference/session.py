@@ -39,6 +39,7 @@ from zoo.io.coordinates import SPACES, world_to_voxel
 from zoo.io.masks import MaskSet
 from zoo.io.png import read_image
 from zoo.io.session_files import file_sha256, read_session, write_session
+from zoo.models.components.layers import image_embedding_layout
 from zoo.processors import ClickState, ImageFrame, Processor
 from zoo.prompts.types import PointPrompts, Prompts
 from zoo.prompts.validate import boxes_from_user, check_kinds, points_from_user
@@ -405,18 +406,22 @@ def _store(tensors: dict[str, Tensor], key: str, crop: tuple[int, int, int] | No
 
 
 def _restore(tensors: dict[str, Tensor], entry: dict[str, Any], model: nn.Module, where: Path) -> Any:
-    """One embedding back: a tensor, or a dataclass defined beside the model's class (nothing else is built)."""
+    """One embedding back: a tensor, or a dataclass defined beside the model's class (nothing else is built); the
+    image embedding in the layout the encoders give it (the file keeps no strides)."""
     key, kind = str(entry.get("key")), entry.get("type")
     device = next(model.parameters()).device
     if kind == "tensor":
         if key not in tensors:
             raise DataError(where, f"embedding {key!r} is missing from the embeddings file")
-        return tensors[key].to(device)
+        return image_embedding_layout(tensors[key].to(device))
     cls = getattr(sys.modules.get(type(model).__module__), str(kind), None)
     if cls is None or not dataclasses.is_dataclass(cls):
         raise DataError(where, f"embedding {key!r} has an unknown type {kind!r} for {type(model).__name__}")
     try:
-        return cls(**{name: tensors[f"{key}.{name}"].to(device) for name in entry.get("fields", [])})
+        fields = {name: tensors[f"{key}.{name}"].to(device) for name in entry.get("fields", [])}
+        if "image_embeddings" in fields:
+            fields["image_embeddings"] = image_embedding_layout(fields["image_embeddings"])
+        return cls(**fields)
     except (KeyError, TypeError) as exc:
         raise DataError(where, f"embedding {key!r} does not match {kind}: {exc}") from None
 
