@@ -102,6 +102,41 @@ def test_resample_canonical_crop_and_paste_back_match_torchio(case):
     assert int((pasted != expected).sum()) == 0, f"{int((pasted != expected).sum())} voxels differ"
 
 
+@pytest.mark.parametrize("case", CASES[::3], ids=repr)
+def test_paste_back_of_small_objects_resamples_only_their_neighbourhood_and_matches_torchio(case, monkeypatch):
+    """Masks that fill a few voxels of the crop (at its faces and corners too): only the box around them is
+    resampled, and the result is still upstream's on every voxel of the original grid; an empty mask resamples
+    nothing."""
+    require("torchio")
+    from zoo.geometry import grid3d
+
+    boxes = []
+    resample_box = grid3d.resample_box
+    monkeypatch.setattr(grid3d, "resample_box", lambda *args: boxes.append((args[3], args[4])) or resample_box(*args))
+    rng = np.random.default_rng(case.seed + 11)
+    plan = plan_resample(case.shape, case.affine, case.target, on_small="ignore")
+    size = tuple(int(s) for s in rng.integers(12, 30, 3))
+    crop_affine = crop_window(plan.canonical.shape, size).affine(plan.canonical.affine)
+    for corner in (np.zeros(3, int), np.array(size) - 2, rng.integers(0, np.array(size) - 3)):
+        mask = np.zeros(size, dtype=np.uint8)
+        mask[tuple(slice(c, c + 2) for c in corner)] = rng.integers(0, 2, (2, 2, 2))
+        mask[tuple(corner)] = 1
+        bar = [slice(c, c + 1) for c in corner]
+        bar[case.seed % 3] = slice(None, None)  # a line through the crop: longer than the box's margin
+        mask[tuple(bar)] = 1
+        expected = torchio_paste_back(mask, crop_affine, case.shape, case.affine)
+        pasted = paste_back_nearest(mask, crop_affine, case.shape, case.affine)
+        assert int((pasted != expected).sum()) == 0, f"{int((pasted != expected).sum())} voxels differ"
+    small = [np.prod(np.subtract(hi, lo)) for lo, hi in boxes]
+    boxes.clear()
+    paste_back_nearest(np.ones(size, np.uint8), crop_affine, case.shape, case.affine)
+    whole = np.prod(np.subtract(boxes[0][1], boxes[0][0]))  # the crop's whole footprint on the original grid
+    assert all(volume < whole for volume in small)  # objects in the crop's padding resample nothing
+    boxes.clear()
+    assert not paste_back_nearest(np.zeros(size, np.uint8), crop_affine, case.shape, case.affine).any()
+    assert boxes == []
+
+
 def test_tie_cases_really_have_ties():
     """The ``tie`` family puts original voxel centres exactly halfway between resampled ones (3 mm -> 1.5 mm),
     which is what the paste-back's tie rule decides: the test above checks the rule, not only generic points."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from zoo.geometry import itk_resample
 from zoo.geometry.itk_inverse import itk_inverse_3x3
 from zoo.geometry.itk_resample import ItkGeometry, cast_like_itk, resample_box, round_half_up
 
@@ -70,6 +71,58 @@ def test_resample_box_is_simpleitk(seed):
             got = resample_box(values, source, target, (0, 0, 0), target_shape, interpolation)
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+def _flips(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
+    return tuple(map(tuple, np.diag(rng.choice([-1.0, 1.0], 3))))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_nearest_on_axis_aligned_grids_is_simpleitk_and_computed_per_axis_where_it_can_be(seed, monkeypatch):
+    """Axis-aligned source and target grids. Where the directions only flip axes (RAS crops pasted back onto LPS
+    or RAS scans) ITK's inverse holds exact zeros and each input index is computed once per output axis; with
+    permuted axes it may leave 1e-16 cross terms, and then every voxel is computed. The target box reaches past
+    the source on every side (zeros there), and the half-voxel offsets make ties."""
+    sitk = require("SimpleITK")
+    taken = []
+    separable = itk_resample._separable_nearest
+    monkeypatch.setattr(itk_resample, "_separable_nearest", lambda *args: taken.append(separable(*args)) or taken[-1])
+    rng = np.random.default_rng(100 + seed)
+    shape = tuple(int(n) for n in rng.integers(4, 20, 3))
+    spacing = rng.choice([0.5, 0.75, 1.0, 1.5, 2.0], 3) if seed % 2 else rng.uniform(0.4, 3, 3)
+    permuted = seed >= 6
+    source_direction = tuple(map(tuple, _random_direction(rng, "axis"))) if permuted else _flips(rng)
+    source = ItkGeometry(shape, rng.uniform(-20, 20, 3).round(1), spacing, source_direction)
+    target_shape = tuple(int(n) for n in rng.integers(10, 40, 3))
+    target_spacing = rng.choice([0.5, 0.75, 1.0, 1.5], 3) if seed % 2 else rng.uniform(0.3, 2, 3)
+    target_direction = _flips(rng)
+    centre = np.array(source.origin) + np.array(source.index_to_point) @ ((np.array(shape) - 1) / 2)
+    half = np.array(target_direction) * target_spacing @ ((np.array(target_shape) - 1) / 2)
+    target_origin = centre - half + rng.choice([-0.25, 0.0, 0.25, 0.5], 3)
+    target = ItkGeometry(target_shape, target_origin, target_spacing, target_direction)
+    values = rng.integers(1, 256, shape).astype(np.uint8)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(_sitk_image(sitk, np.zeros(target_shape, np.uint8), target))
+    resampler.SetInterpolator(sitk.sitkNearestNeighbor)
+    want = sitk.GetArrayFromImage(resampler.Execute(_sitk_image(sitk, values, source))).transpose()
+    np.testing.assert_array_equal(resample_box(values, source, target, (0, 0, 0), target_shape, "nearest"), want)
+    lo, hi = (1, 2, 3), tuple(n - 1 for n in target_shape)
+    np.testing.assert_array_equal(resample_box(values, source, target, lo, hi, "nearest"), want[1:-1, 2:-1, 3:-1])
+    assert len(taken) == 2 and (permuted or all(factors is not None for factors in taken))
+    assert (want == 0).any() and (want != 0).any()
+
+
+def test_nearest_on_oblique_grids_takes_the_per_voxel_path(monkeypatch):
+    taken = []
+    separable = itk_resample._separable_nearest
+    monkeypatch.setattr(itk_resample, "_separable_nearest", lambda *args: taken.append(separable(*args)) or taken[-1])
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 9, (6, 7, 8)).astype(np.uint8)
+    oblique = tuple(map(tuple, _random_direction(rng, "oblique")))
+    source = ItkGeometry((6, 7, 8), (0.0, 0.0, 0.0), (1.0, 1.5, 2.0), oblique)
+    target = ItkGeometry((9, 9, 9), (-1.0, -2.0, -3.0), (1.0, 1.0, 1.0), np.eye(3))
+    resample_box(values, source, target, (0, 0, 0), (9, 9, 9), "nearest")
+    assert taken == [None]
 
 
 def test_resample_box_of_a_sub_box_equals_the_same_voxels_of_the_whole():

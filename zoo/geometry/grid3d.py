@@ -385,6 +385,18 @@ def _world_box(corners_world: np.ndarray, grid_affine: np.ndarray, shape: Sequen
     return _clip_box(lo, hi, shape)
 
 
+def nonzero_extent(values: np.ndarray) -> tuple[list[int], list[int]] | None:
+    """First and last index per axis of the non-zero voxels of a 3D array, or ``None`` if there are none."""
+    first, last = [], []
+    for axis in range(3):
+        occupied = np.flatnonzero(np.any(values, axis=tuple(a for a in range(3) if a != axis)))
+        if occupied.size == 0:
+            return None
+        first.append(int(occupied[0]))
+        last.append(int(occupied[-1]))
+    return first, last
+
+
 def _buffer_corners(lo: Sequence[float], hi: Sequence[float]) -> np.ndarray:
     return np.array([[(lo, hi)[b][axis] for axis, b in enumerate(bits)]
                      for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
@@ -398,19 +410,18 @@ def resampled_bbox(label: np.ndarray, plan: ResamplePlan) -> Box | None:
     values = np.ascontiguousarray(label, dtype=_torch_compatible(np.asarray(label).dtype))
     if values.shape != plan.source.shape:
         raise ValueError(f"label shape {values.shape} is not the plan's source shape {plan.source.shape}")
-    occupied = np.nonzero(values)
-    if occupied[0].size == 0:
+    occupied = nonzero_extent(values)
+    if occupied is None:
         return None
-    lo = [int(idx.min()) - 1 for idx in occupied]
-    hi = [int(idx.max()) + 1 for idx in occupied]
-    corners = apply_affine(plan.source.affine, _buffer_corners(lo, hi))
+    first, last = occupied
+    corners = apply_affine(plan.source.affine, _buffer_corners([v - 1 for v in first], [v + 1 for v in last]))
     box_lo, box_hi = _world_box(corners, plan.resampled.affine, plan.resampled.shape, margin=2)
     box = resample_box(values, plan.source_geometry, plan.resampled_geometry, box_lo, box_hi, "nearest")
-    found = np.nonzero(box)
-    if found[0].size == 0:
+    found = nonzero_extent(box)
+    if found is None:
         return None
-    first = [int(idx.min()) + o for idx, o in zip(found, box_lo)]
-    last = [int(idx.max()) + o for idx, o in zip(found, box_lo)]
+    first = [v + o for v, o in zip(found[0], box_lo)]
+    last = [v + o for v, o in zip(found[1], box_lo)]
     a = plan.reorientation.canonical_index(first)
     b = plan.reorientation.canonical_index(last)
     return (
@@ -522,10 +533,15 @@ def paste_back_nearest(
     shape = tuple(int(n) for n in original_shape)
     source = ItkGeometry.from_ras_affine(values.shape, np.asarray(crop_affine, dtype=np.float64))
     target = ItkGeometry.from_ras_affine(shape, np.asarray(original_affine, dtype=np.float64))
-    corners = apply_affine(np.asarray(crop_affine, dtype=np.float64),
-                           _buffer_corners([-0.5] * 3, [n - 0.5 for n in values.shape]))
-    lo, hi = _world_box(corners, np.asarray(original_affine, dtype=np.float64), shape, margin=2)
     out = np.zeros(shape, dtype=values.dtype)
+    # Only the neighbourhood of the crop's non-zero voxels is resampled: every other output voxel is 0 (its
+    # nearest crop voxel is 0, or it falls outside the crop's buffer), which is what it starts as.
+    occupied = nonzero_extent(values)
+    if occupied is None:
+        return out
+    corners = apply_affine(np.asarray(crop_affine, dtype=np.float64),
+                           _buffer_corners([v - 0.5 for v in occupied[0]], [v + 0.5 for v in occupied[1]]))
+    lo, hi = _world_box(corners, np.asarray(original_affine, dtype=np.float64), shape, margin=2)
     if all(b > a for a, b in zip(lo, hi)):
         out[tuple(slice(a, b) for a, b in zip(lo, hi))] = resample_box(values, source, target, lo, hi, "nearest")
     return out

@@ -133,17 +133,54 @@ def continuous_indices(
     Yields ``(i0, i1, [c0, c1, c2])`` per slab of output axis 0 (``i0 <= i < i1``); each ``c`` has shape
     ``(i1 - i0, hi[1] - lo[1], hi[2] - lo[2])``.
     """
-    js = np.arange(lo[1], hi[1], dtype=np.float64)
-    ks = np.arange(lo[2], hi[2], dtype=np.float64)
-    width = float(target.size[0])
-    start = _points_to_indices(source, _row_points(target, 0.0, js, ks))
-    end = _points_to_indices(source, _row_points(target, width, js, ks))
-    step = [e - s for e, s in zip(end, start)]
-    per_slab = max(1, CHUNK_VOXELS // max(1, js.size * ks.size))
+    start, step = _row_ends(source, target, lo, hi)
+    per_slab = max(1, CHUNK_VOXELS // max(1, start[0].size))
     for i0 in range(lo[0], hi[0], per_slab):
         i1 = min(hi[0], i0 + per_slab)
-        alpha = (np.arange(i0, i1, dtype=np.float64) / width)[:, None, None]
+        alpha = _row_fractions(target, i0, i1)[:, None, None]
         yield i0, i1, [s[None] + alpha * d[None] for s, d in zip(start, step)]
+
+
+def _row_ends(
+    source: ItkGeometry, target: ItkGeometry, lo: Sequence[int], hi: Sequence[int]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per input axis, the continuous index of each output row's first voxel and its step to one past the row's
+    end (``(hi[1] - lo[1]) x (hi[2] - lo[2])`` arrays): voxel ``i`` of a row is at ``start + (i / size[0]) * step``."""
+    js = np.arange(lo[1], hi[1], dtype=np.float64)
+    ks = np.arange(lo[2], hi[2], dtype=np.float64)
+    start = _points_to_indices(source, _row_points(target, 0.0, js, ks))
+    end = _points_to_indices(source, _row_points(target, float(target.size[0]), js, ks))
+    return start, [e - s for e, s in zip(end, start)]
+
+
+def _row_fractions(target: ItkGeometry, i0: int, i1: int) -> np.ndarray:
+    """``i / size[0]`` for output indices ``i0 <= i < i1`` along axis 0."""
+    return np.arange(i0, i1, dtype=np.float64) / float(target.size[0])
+
+
+def _separable_nearest(
+    source: ItkGeometry, target: ItkGeometry, lo: Sequence[int], hi: Sequence[int]
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Per input axis, the nearest index and the in-buffer flag of every output voxel of the box, each over the
+    fewest output axes it depends on, or ``None`` where an input axis depends on output axis 0 and on the others.
+
+    For a grid axis-aligned with the input's (ITK's inverse then holds exact zeros), every input axis but one has
+    a zero step along the rows, so its index is ``start`` (``start + a * 0`` is ``start``) on the (j, k) plane;
+    the remaining one has the same start and step on every row, so its index is the same function of ``i`` on
+    every row. Both are the values :func:`continuous_indices` gives, computed once instead of per voxel.
+    """
+    start, step = _row_ends(source, target, lo, hi)
+    factors = []
+    for s, d, n in zip(start, step, source.size):
+        if not d.any():
+            c = s[None]  # 1 x J x K
+        elif (s == s.flat[0]).all() and (d == d.flat[0]).all():
+            c = (s.flat[0] + _row_fractions(target, lo[0], hi[0]) * d.flat[0])[:, None, None]  # I x 1 x 1
+        else:
+            return None
+        inside = (c >= -0.5) & (c < (n - 1) + 0.5)
+        factors.append((np.where(inside, round_half_up(np.where(inside, c, 0.0)), 0), inside))
+    return factors
 
 
 def _inside(indices: list[np.ndarray], size: Sequence[int]) -> np.ndarray:
@@ -227,6 +264,17 @@ def resample_box(
     if 0 in shape:
         return out
     flat = values.reshape(-1)
+    separable = _separable_nearest(source, target, lo, hi) if interpolation == "nearest" else None
+    if separable is not None:
+        per_slab = max(1, CHUNK_VOXELS // (shape[1] * shape[2]))
+        for i0 in range(0, shape[0], per_slab):
+            rows = slice(i0, min(shape[0], i0 + per_slab))
+            (n0, in0), (n1, in1), (n2, in2) = [
+                (index[rows], inside[rows]) if index.shape[0] > 1 else (index, inside) for index, inside in separable
+            ]
+            picked = flat[(n0 * source.size[1] + n1) * source.size[2] + n2]
+            out[rows] = np.where(in0 & in1 & in2, picked, np.zeros((), dtype=values.dtype))
+        return out
     for i0, i1, indices in continuous_indices(source, target, lo, hi):
         inside = _inside(indices, source.size)
         if not inside.any():

@@ -55,8 +55,9 @@ def paste_back_nearest(
     crop_mask: Tensor, crop_affine: Tensor, original_affine: Tensor, original_shape: Sequence[int]
 ) -> Tensor:
     """A crop-space bool mask on the original grid (SimpleITK's nearest rule); voxels outside the crop are False."""
-    values = crop_mask.detach().cpu().numpy().astype(np.uint8)
+    values = (crop_mask.detach() != 0).cpu().numpy().view(np.uint8)  # 0/1 bytes
     restored = paste_back(
         values, np.asarray(crop_affine, dtype=np.float64), tuple(original_shape), np.asarray(original_affine)
     )
-    return torch.from_numpy(restored > 0)
+    # Still 0/1 bytes: viewed as bool instead of compared, which was another pass over the whole original grid.
+    return torch.from_numpy(restored.view(np.bool_))
