@@ -162,7 +162,7 @@ def _separable_nearest(
     source: ItkGeometry, target: ItkGeometry, lo: Sequence[int], hi: Sequence[int]
 ) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """Per input axis, the nearest index and the in-buffer flag of every output voxel of the box, each over the
-    fewest output axes it depends on, or ``None`` where an input axis depends on output axis 0 and on the others.
+    output axes it depends on, or ``None`` where an input index varies along the rows and differs between rows.
 
     For a grid axis-aligned with the input's (ITK's inverse then holds exact zeros), every input axis but one has
     a zero step along the rows, so its index is ``start`` (``start + a * 0`` is ``start``) on the (j, k) plane;
@@ -254,6 +254,8 @@ def resample_box(
     """SimpleITK's resampling of ``values`` (on ``source``) at the ``target`` voxels in the box ``[lo, hi)``.
 
     Returns an array of shape ``hi - lo`` and ``values``' dtype; voxels that map outside the input buffer are 0.
+    Nearest neighbour between grids whose axes correspond computes each input index once per output axis
+    (:func:`_separable_nearest`), otherwise once per voxel.
     """
     if tuple(values.shape) != source.size:
         raise ValueError(f"array shape {tuple(values.shape)} does not match its grid size {source.size}")
