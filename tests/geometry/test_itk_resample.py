@@ -78,15 +78,16 @@ def _flips(rng: np.random.Generator) -> tuple[tuple[float, ...], ...]:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_nearest_on_axis_aligned_grids_is_simpleitk_and_computed_per_axis_where_it_can_be(seed, monkeypatch):
-    """Axis-aligned source and target grids. Where the directions only flip axes (RAS crops pasted back onto LPS
-    or RAS scans) ITK's inverse holds exact zeros and each input index is computed once per output axis; with
-    permuted axes it may leave 1e-16 cross terms, and then every voxel is computed. The target box reaches past
-    the source on every side (zeros there), and the half-voxel offsets make ties."""
+def test_axis_aligned_grids_are_resampled_per_axis_where_they_can_be_and_match_simpleitk(seed, monkeypatch):
+    """Axis-aligned source and target grids, nearest and linear. Where the directions only flip axes (RAS crops
+    cut from or pasted back onto LPS or RAS scans) ITK's inverse holds exact zeros and each input index is
+    computed once per output axis, the interpolation one axis at a time; with permuted axes it may leave 1e-16
+    cross terms, and then every voxel is computed. The target box reaches past the source on every side (zeros
+    there), and the half-voxel offsets make ties (nearest) and exact voxel hits (linear)."""
     sitk = require("SimpleITK")
     taken = []
-    separable = itk_resample._separable_nearest
-    monkeypatch.setattr(itk_resample, "_separable_nearest", lambda *args: taken.append(separable(*args)) or taken[-1])
+    lines = itk_resample._axis_lines
+    monkeypatch.setattr(itk_resample, "_axis_lines", lambda *args: taken.append(lines(*args)) or taken[-1])
     rng = np.random.default_rng(100 + seed)
     shape = tuple(int(n) for n in rng.integers(4, 20, 3))
     spacing = rng.choice([0.5, 0.75, 1.0, 1.5, 2.0], 3) if seed % 2 else rng.uniform(0.4, 3, 3)
@@ -100,22 +101,28 @@ def test_nearest_on_axis_aligned_grids_is_simpleitk_and_computed_per_axis_where_
     half = np.array(target_direction) * target_spacing @ ((np.array(target_shape) - 1) / 2)
     target_origin = centre - half + rng.choice([-0.25, 0.0, 0.25, 0.5], 3)
     target = ItkGeometry(target_shape, target_origin, target_spacing, target_direction)
-    values = rng.integers(1, 256, shape).astype(np.uint8)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(_sitk_image(sitk, np.zeros(target_shape, np.uint8), target))
-    resampler.SetInterpolator(sitk.sitkNearestNeighbor)
-    want = sitk.GetArrayFromImage(resampler.Execute(_sitk_image(sitk, values, source))).transpose()
-    np.testing.assert_array_equal(resample_box(values, source, target, (0, 0, 0), target_shape, "nearest"), want)
     lo, hi = (1, 2, 3), tuple(n - 1 for n in target_shape)
-    np.testing.assert_array_equal(resample_box(values, source, target, lo, hi, "nearest"), want[1:-1, 2:-1, 3:-1])
-    assert len(taken) == 2 and (permuted or all(factors is not None for factors in taken))
-    assert (want == 0).any() and (want != 0).any()
+    for dtype, interpolation, itk_interpolator in ((np.uint8, "nearest", sitk.sitkNearestNeighbor),
+                                                   (np.int16, "linear", sitk.sitkLinear),
+                                                   (np.float32, "linear", sitk.sitkLinear)):
+        values = (rng.integers(1, 256, shape) if dtype == np.uint8 else rng.normal(0, 300, shape)).astype(dtype)
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetReferenceImage(_sitk_image(sitk, np.zeros(target_shape, dtype), target))
+        resampler.SetInterpolator(itk_interpolator)
+        want = sitk.GetArrayFromImage(resampler.Execute(_sitk_image(sitk, values, source))).transpose()
+        got = resample_box(values, source, target, (0, 0, 0), target_shape, interpolation)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(resample_box(values, source, target, lo, hi, interpolation),
+                                      want[1:-1, 2:-1, 3:-1])
+        assert (want == 0).any() and (want != 0).any()
+    assert len(taken) == 6 and (permuted or all(lines is not None for lines in taken))
 
 
 def test_nearest_on_oblique_grids_takes_the_per_voxel_path(monkeypatch):
     taken = []
-    separable = itk_resample._separable_nearest
-    monkeypatch.setattr(itk_resample, "_separable_nearest", lambda *args: taken.append(separable(*args)) or taken[-1])
+    lines = itk_resample._axis_lines
+    monkeypatch.setattr(itk_resample, "_axis_lines", lambda *args: taken.append(lines(*args)) or taken[-1])
     rng = np.random.default_rng(5)
     values = rng.integers(0, 9, (6, 7, 8)).astype(np.uint8)
     oblique = tuple(map(tuple, _random_direction(rng, "oblique")))

@@ -158,29 +158,97 @@ def _row_fractions(target: ItkGeometry, i0: int, i1: int) -> np.ndarray:
     return np.arange(i0, i1, dtype=np.float64) / float(target.size[0])
 
 
-def _separable_nearest(
+def _axis_lines(
     source: ItkGeometry, target: ItkGeometry, lo: Sequence[int], hi: Sequence[int]
-) -> list[tuple[np.ndarray, np.ndarray]] | None:
-    """Per input axis, the nearest index and the in-buffer flag of every output voxel of the box, each over the
-    output axes it depends on, or ``None`` where an input index varies along the rows and differs between rows.
+) -> list[tuple[int, np.ndarray]] | None:
+    """Per input axis, the output axis its continuous index depends on and that index along it (the values
+    :func:`continuous_indices` gives every voxel), or ``None`` unless every input axis depends on exactly one
+    output axis, a different one each.
 
-    For a grid axis-aligned with the input's (ITK's inverse then holds exact zeros), every input axis but one has
-    a zero step along the rows, so its index is ``start`` (``start + a * 0`` is ``start``) on the (j, k) plane;
-    the remaining one has the same start and step on every row, so its index is the same function of ``i`` on
-    every row. Both are the values :func:`continuous_indices` gives, computed once instead of per voxel.
+    That holds between grids whose axes correspond where ITK's inverse holds exact zeros (flips, and permutations
+    without its 1e-16 cross terms): an input axis with a zero step along the rows has the index ``start`` (as
+    ``start + a * 0``), constant along one of the row plane's axes; the remaining one has the same start and step
+    on every row, so its index is the same function of ``i`` on every row.
     """
     start, step = _row_ends(source, target, lo, hi)
-    factors = []
-    for s, d, n in zip(start, step, source.size):
+    lines = []
+    for s, d in zip(start, step):
         if not d.any():
-            c = s[None]  # 1 x J x K
+            if (s == s[:, :1]).all():
+                lines.append((1, s[:, 0]))
+            elif (s == s[:1, :]).all():
+                lines.append((2, s[0, :]))
+            else:
+                return None
         elif (s == s.flat[0]).all() and (d == d.flat[0]).all():
-            c = (s.flat[0] + _row_fractions(target, lo[0], hi[0]) * d.flat[0])[:, None, None]  # I x 1 x 1
+            lines.append((0, s.flat[0] + _row_fractions(target, lo[0], hi[0]) * d.flat[0]))
         else:
             return None
-        inside = (c >= -0.5) & (c < (n - 1) + 0.5)
-        factors.append((np.where(inside, round_half_up(np.where(inside, c, 0.0)), 0), inside))
-    return factors
+    if sorted(axis for axis, _ in lines) != [0, 1, 2]:
+        return None
+    return lines
+
+
+def _separable_resample(
+    values: np.ndarray, lines: list[tuple[int, np.ndarray]], out: np.ndarray, interpolation: Interpolation
+) -> None:
+    """:func:`resample_box`'s result written into ``out`` from :func:`_axis_lines`, one input axis at a time.
+
+    Nearest neighbour gathers each input index once per output axis. Linear interpolation runs ITK's nested
+    ``a + (b - a) * d`` as three passes, x then y then z as ITK nests them: each pass computes, on the same
+    doubles, the values that every output voxel's own evaluation computes, once for all the voxels that share them.
+    Outputs are written in slabs along the output axis of input axis 2, to bound the temporaries.
+    """
+    size = values.shape
+    axes = [axis for axis, _ in lines]
+    view = out.transpose(axes)  # out with its axes in input-axis order
+    inside = [(c >= -0.5) & (c < (n - 1) + 0.5) for (_, c), n in zip(lines, size)]
+    if not all(flags.any() for flags in inside):
+        return
+    # Outside the buffer an axis gets a stand-in coordinate inside it; those voxels are written as 0.
+    coords = [np.where(flags, c, c[flags][0]) for (_, c), flags in zip(lines, inside)]
+    if interpolation == "nearest":
+        picks = [round_half_up(c) for c in coords]
+    else:
+        picks = [_linear_weights(c, n) for c, n in zip(coords, size)]
+    per_slab = max(1, CHUNK_VOXELS // max(1, view.shape[0] * view.shape[1]))
+    for k0 in range(0, view.shape[2], per_slab):
+        slab = slice(k0, min(view.shape[2], k0 + per_slab))
+        flags = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, slab]
+        if interpolation == "nearest":
+            result = values[np.ix_(picks[0], picks[1], picks[2][slab])]
+        else:
+            z_base, z_upper, z_weight = (part[slab] for part in picks[2])
+            result = cast_like_itk(_separable_linear(values, picks[0], picks[1], (z_base, z_upper, z_weight)),
+                                   values.dtype)
+        view[:, :, slab] = np.where(flags, result, np.zeros((), dtype=values.dtype))
+
+
+def _linear_weights(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ITK's base index, upper neighbour and weight along one axis (as :func:`_linear` computes them per voxel)."""
+    b = np.maximum(np.floor(c), 0.0)
+    distance = c - b
+    b = b.astype(np.int64)
+    has_next = b + 1 <= n - 1
+    return b, np.where(has_next, b + 1, b), np.where(has_next, distance, 0.0)
+
+
+def _separable_linear(
+    values: np.ndarray,
+    x: tuple[np.ndarray, ...],
+    y: tuple[np.ndarray, ...],
+    z: tuple[np.ndarray, ...],
+) -> np.ndarray:
+    """ITK's trilinear values on the outer product of per-axis (base, upper, weight), in double: along x on the
+    input rows and columns that y and z use, then along y, then along z (the nesting of :func:`_linear`)."""
+    spans = [(int(min(b.min(), u.min())), int(max(b.max(), u.max())) + 1) for b, u, _ in (x, y, z)]
+    block = values[tuple(slice(a, b) for a, b in spans)]
+    (x0, y0, z0) = (a for a, _ in spans)
+    # Gathered in the input's type, then made double: the values _linear casts corner by corner.
+    lower, upper = (block[indices - x0].astype(np.float64) for indices in x[:2])
+    along_x = _lerp(lower, upper, x[2][:, None, None])
+    along_y = _lerp(along_x[:, y[0] - y0], along_x[:, y[1] - y0], y[2][None, :, None])
+    return _lerp(along_y[:, :, z[0] - z0], along_y[:, :, z[1] - z0], z[2][None, None, :])
 
 
 def _inside(indices: list[np.ndarray], size: Sequence[int]) -> np.ndarray:
@@ -254,8 +322,8 @@ def resample_box(
     """SimpleITK's resampling of ``values`` (on ``source``) at the ``target`` voxels in the box ``[lo, hi)``.
 
     Returns an array of shape ``hi - lo`` and ``values``' dtype; voxels that map outside the input buffer are 0.
-    Nearest neighbour between grids whose axes correspond computes each input index once per output axis
-    (:func:`_separable_nearest`), otherwise once per voxel.
+    Between grids whose axes correspond, each input index is computed once per output axis and the interpolation
+    runs one axis at a time (:func:`_axis_lines`, :func:`_separable_resample`), otherwise voxel by voxel.
     """
     if tuple(values.shape) != source.size:
         raise ValueError(f"array shape {tuple(values.shape)} does not match its grid size {source.size}")
@@ -265,18 +333,11 @@ def resample_box(
     out = np.zeros(shape, dtype=values.dtype)
     if 0 in shape:
         return out
-    flat = values.reshape(-1)
-    separable = _separable_nearest(source, target, lo, hi) if interpolation == "nearest" else None
-    if separable is not None:
-        per_slab = max(1, CHUNK_VOXELS // (shape[1] * shape[2]))
-        for i0 in range(0, shape[0], per_slab):
-            rows = slice(i0, min(shape[0], i0 + per_slab))
-            (n0, in0), (n1, in1), (n2, in2) = [
-                (index[rows], inside[rows]) if index.shape[0] > 1 else (index, inside) for index, inside in separable
-            ]
-            picked = flat[(n0 * source.size[1] + n1) * source.size[2] + n2]
-            out[rows] = np.where(in0 & in1 & in2, picked, np.zeros((), dtype=values.dtype))
+    lines = _axis_lines(source, target, lo, hi)
+    if lines is not None:
+        _separable_resample(values, lines, out, interpolation)
         return out
+    flat = values.reshape(-1)  # a copy of the whole input when it is not C-ordered (nibabel's arrays)
     for i0, i1, indices in continuous_indices(source, target, lo, hi):
         inside = _inside(indices, source.size)
         if not inside.any():
