@@ -21,6 +21,14 @@ def _random_direction(rng: np.random.Generator, kind: str) -> np.ndarray:
     return matrix
 
 
+def _simpleitk_resampled(sitk, values: np.ndarray, source: ItkGeometry, target: ItkGeometry, interpolator):
+    """SimpleITK's ``ResampleImageFilter`` of ``values`` onto the whole ``target`` grid (the oracle)."""
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(_sitk_image(sitk, np.zeros(target.size, values.dtype), target))
+    resampler.SetInterpolator(interpolator)
+    return sitk.GetArrayFromImage(resampler.Execute(_sitk_image(sitk, values, source))).transpose()
+
+
 def _sitk_image(sitk, values: np.ndarray, geometry: ItkGeometry):
     image = sitk.GetImageFromArray(values.transpose())
     image.SetOrigin(geometry.origin)
@@ -64,10 +72,7 @@ def test_resample_box_is_simpleitk(seed):
     for dtype in (np.int16, np.float32, np.uint8):
         values = (rng.normal(0, 300, shape) if dtype != np.uint8 else rng.integers(0, 256, shape)).astype(dtype)
         for interpolation, itk_interpolator in (("linear", sitk.sitkLinear), ("nearest", sitk.sitkNearestNeighbor)):
-            resampler = sitk.ResampleImageFilter()
-            resampler.SetReferenceImage(_sitk_image(sitk, np.zeros(target_shape, dtype), target))
-            resampler.SetInterpolator(itk_interpolator)
-            want = sitk.GetArrayFromImage(resampler.Execute(_sitk_image(sitk, values, source))).transpose()
+            want = _simpleitk_resampled(sitk, values, source, target, itk_interpolator)
             got = resample_box(values, source, target, (0, 0, 0), target_shape, interpolation)
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
@@ -106,10 +111,7 @@ def test_axis_aligned_grids_are_resampled_per_axis_where_they_can_be_and_match_s
                                                    (np.int16, "linear", sitk.sitkLinear),
                                                    (np.float32, "linear", sitk.sitkLinear)):
         values = (rng.integers(1, 256, shape) if dtype == np.uint8 else rng.normal(0, 300, shape)).astype(dtype)
-        resampler = sitk.ResampleImageFilter()
-        resampler.SetReferenceImage(_sitk_image(sitk, np.zeros(target_shape, dtype), target))
-        resampler.SetInterpolator(itk_interpolator)
-        want = sitk.GetArrayFromImage(resampler.Execute(_sitk_image(sitk, values, source))).transpose()
+        want = _simpleitk_resampled(sitk, values, source, target, itk_interpolator)
         got = resample_box(values, source, target, (0, 0, 0), target_shape, interpolation)
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
