@@ -209,9 +209,14 @@ def _separable_resample(
     coords = [np.where(flags, c, c[flags][0]) for (_, c), flags in zip(lines, inside)]
     if interpolation == "nearest":
         picks = [round_half_up(c) for c in coords]
+        per_output = view.shape[0] * view.shape[1]  # voxels gathered per output index along the last axis
     else:
         picks = [_linear_weights(c, n) for c, n in zip(coords, size)]
-    per_slab = max(1, CHUNK_VOXELS // max(1, view.shape[0] * view.shape[1]))
+        # The first pass holds the input rows that y and z read: per output index along z, about
+        # (x outputs) x (input rows spanned in y) x (input planes spanned in z per output).
+        y_span, z_span = (int(b.max(initial=0)) + 2 - int(a.min(initial=0)) for a, b, _ in picks[1:])
+        per_output = view.shape[0] * y_span * max(1, -(-z_span // view.shape[2]))
+    per_slab = max(1, 4 * CHUNK_VOXELS // max(1, per_output))  # temporaries of at most 32 MB each
     for k0 in range(0, view.shape[2], per_slab):
         slab = slice(k0, min(view.shape[2], k0 + per_slab))
         flags = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, slab]
