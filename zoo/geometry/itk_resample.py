@@ -209,6 +209,8 @@ def _separable_resample(
     coords = [np.where(flags, c, c[flags][0]) for (_, c), flags in zip(lines, inside)]
     if interpolation == "nearest":
         picks = [round_half_up(c) for c in coords]
+        # One axis at a time (each a gather of whole rows or planes): the input at every (x, y) output pair.
+        on_xy = values.take(picks[0], axis=0).take(picks[1], axis=1)
         per_output = view.shape[0] * view.shape[1]  # voxels gathered per output index along the last axis
     else:
         picks = [_linear_weights(c, n) for c, n in zip(coords, size)]
@@ -221,7 +223,7 @@ def _separable_resample(
         slab = slice(k0, min(view.shape[2], k0 + per_slab))
         flags = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, slab]
         if interpolation == "nearest":
-            result = values[np.ix_(picks[0], picks[1], picks[2][slab])]
+            result = on_xy.take(picks[2][slab], axis=2)
         else:
             z_base, z_upper, z_weight = (part[slab] for part in picks[2])
             result = cast_like_itk(_separable_linear(values, picks[0], picks[1], (z_base, z_upper, z_weight)),
