@@ -386,7 +386,8 @@ def _world_box(corners_world: np.ndarray, grid_affine: np.ndarray, shape: Sequen
 
 
 def nonzero_extent(values: np.ndarray) -> tuple[list[int], list[int]] | None:
-    """First and last index per axis of the non-zero voxels of a 3D array, or ``None`` if there are none."""
+    """First and last index per axis of the non-zero voxels of a 3D array, or ``None`` if there are none (in numpy:
+    MONAI's ``generate_spatial_bounding_box`` does the same with torch, which this module must not import)."""
     first, last = [], []
     for axis in range(3):
         occupied = np.flatnonzero(np.any(values, axis=tuple(a for a in range(3) if a != axis)))

@@ -202,15 +202,18 @@ def _separable_resample(
     size = values.shape
     axes = [axis for axis, _ in lines]
     view = out.transpose(axes)  # out with its axes in input-axis order
-    inside = [(c >= -0.5) & (c < (n - 1) + 0.5) for (_, c), n in zip(lines, size)]
+    inside = [_inside_axis(c, n) for (_, c), n in zip(lines, size)]
     if not all(flags.any() for flags in inside):
         return
     # Outside the buffer an axis gets a stand-in coordinate inside it; those voxels are written as 0.
     coords = [np.where(flags, c, c[flags][0]) for (_, c), flags in zip(lines, inside)]
     if interpolation == "nearest":
         picks = [round_half_up(c) for c in coords]
-        # One axis at a time (each a gather of whole rows or planes): the input at every (x, y) output pair.
-        on_xy = values.take(picks[0], axis=0).take(picks[1], axis=1)
+        # One axis at a time (each a gather of whole rows or planes): the input at every (x, y) output pair, over
+        # the input planes z reads.
+        z0, z1 = int(picks[2].min()), int(picks[2].max()) + 1
+        on_xy = values[:, :, z0:z1].take(picks[0], axis=0).take(picks[1], axis=1)
+        picks[2] = picks[2] - z0
         per_output = view.shape[0] * view.shape[1]  # voxels gathered per output index along the last axis
     else:
         picks = [_linear_weights(c, n) for c, n in zip(coords, size)]
@@ -232,7 +235,8 @@ def _separable_resample(
 
 
 def _linear_weights(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ITK's base index, upper neighbour and weight along one axis (as :func:`_linear` computes them per voxel)."""
+    """ITK's base index, upper neighbour (the border voxel repeated past the last one) and weight along one axis,
+    for in-buffer continuous indices ``c``."""
     b = np.maximum(np.floor(c), 0.0)
     distance = c - b
     b = b.astype(np.int64)
@@ -262,8 +266,13 @@ def _inside(indices: list[np.ndarray], size: Sequence[int]) -> np.ndarray:
     """``ImageFunction::IsInsideBuffer``: ``-0.5 <= c < n - 0.5`` on every axis (NaN is outside)."""
     inside = np.ones(indices[0].shape, dtype=bool)
     for c, n in zip(indices, size):
-        inside &= (c >= -0.5) & (c < (n - 1) + 0.5)
+        inside &= _inside_axis(c, n)
     return inside
+
+
+def _inside_axis(c: np.ndarray, n: int) -> np.ndarray:
+    """``-0.5 <= c < n - 0.5`` along one axis of ``n`` voxels."""
+    return (c >= -0.5) & (c < (n - 1) + 0.5)
 
 
 def round_half_up(c: np.ndarray) -> np.ndarray:
@@ -278,15 +287,7 @@ def _lerp(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarray:
 def _linear(values: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
     """``LinearInterpolateImageFunction::EvaluateOptimized`` (3D) at in-buffer continuous indices, in double."""
     size = values.shape
-    base, upper, weight = [], [], []
-    for c, n in zip(indices, size):
-        b = np.maximum(np.floor(c), 0.0)
-        distance = c - b
-        b = b.astype(np.int64)
-        has_next = b + 1 <= n - 1
-        base.append(b)
-        upper.append(np.where(has_next, b + 1, b))
-        weight.append(np.where(has_next, distance, 0.0))
+    base, upper, weight = zip(*(_linear_weights(c, n) for c, n in zip(indices, size)))
     flat = values.reshape(-1)
     strides = (size[1] * size[2], size[2], 1)
 
