@@ -34,9 +34,9 @@ def channels_first(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(params=[False, True], ids=["batched-product", "one-product"])
 def either_transposed_form(request, monkeypatch):
-    """The transposed convolution's two forms: batched per kernel position (MKL on Intel), one product through
-    ``linear`` (where MKL serves a non-Intel CPU)."""
-    monkeypatch.setattr(channels_last_conv, "mkl_on_non_intel_cpu", lambda: request.param)
+    """The transposed convolution's two forms: batched per kernel position, one product through ``linear`` (where
+    MKL lags oneDNN)."""
+    monkeypatch.setattr(channels_last_conv, "mkl_lags_onednn", lambda: request.param)
     return request.param
 
 

@@ -1,5 +1,5 @@
 """Attention head by head through oneDNN computes ``F.scaled_dot_product_attention`` with its mask, and only runs
-where it was measured faster (large heads, float32 inference, MKL on a non-Intel CPU)."""
+where it was measured faster (large heads, float32 inference, where MKL lags oneDNN)."""
 
 import pytest
 import torch
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 
 @pytest.fixture
 def headwise_everywhere(monkeypatch):
-    """Stand in for a CPU where MKL serves another vendor, with the tests' small heads counting as large."""
-    monkeypatch.setattr(headwise_attention, "mkl_on_non_intel_cpu", lambda: True)
+    """Stand in for a CPU where MKL lags oneDNN, with the tests' small heads counting as large."""
+    monkeypatch.setattr(headwise_attention, "mkl_lags_onednn", lambda: True)
     monkeypatch.setattr(headwise_attention, "MIN_SCORES", 0)
 
 
@@ -77,10 +77,10 @@ def test_the_fused_kernel_runs_everywhere_else(headwise_everywhere, monkeypatch)
         monkeypatch.setattr(headwise_attention, "MIN_SCORES", 9 * 10 + 1)
         assert not headwise_applies(q, k, v, mask), "heads too small to pay for the calls"
         monkeypatch.setattr(headwise_attention, "MIN_SCORES", 0)
-        monkeypatch.setattr(headwise_attention, "mkl_on_non_intel_cpu", lambda: False)
-        assert not headwise_applies(q, k, v, mask), "where MKL serves an Intel CPU"
+        monkeypatch.setattr(headwise_attention, "mkl_lags_onednn", lambda: False)
+        assert not headwise_applies(q, k, v, mask), "where MKL does not lag oneDNN"
     trainable = nn.Parameter(q.detach().clone())
-    monkeypatch.setattr(headwise_attention, "mkl_on_non_intel_cpu", lambda: True)
+    monkeypatch.setattr(headwise_attention, "mkl_lags_onednn", lambda: True)
     assert not headwise_applies(trainable, k, v, mask), "autograd records it"
     calls = spied_products(monkeypatch)
     attention(trainable, k, v, mask).sum().backward()

@@ -281,28 +281,41 @@ def test_a_patch_embedding_keeps_its_kernel_in_bfloat16_until_the_kernel_changes
 
 
 @pytest.mark.parametrize(
-    ("vendor", "mkl", "threshold"),
+    ("vendor", "mkl", "capability", "threshold", "lags"),
     [
-        ("GenuineIntel", True, onednn_linear.MIN_MULTIPLY_ADDS),
-        ("AuthenticAMD", True, onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL),
-        ("AuthenticAMD", False, onednn_linear.MIN_MULTIPLY_ADDS),  # another BLAS: its own speed, not MKL's
-        ("", True, onednn_linear.MIN_MULTIPLY_ADDS),  # unknown vendor: as measured on Intel
+        ("GenuineIntel", True, "AVX512", onednn_linear.MIN_MULTIPLY_ADDS, False),
+        ("GenuineIntel", True, "AVX2", onednn_linear.MIN_MULTIPLY_ADDS, False),
+        ("AuthenticAMD", True, "AVX512", onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL, True),
+        ("AuthenticAMD", True, "AVX2", onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2, False),  # MKL full width
+        ("AuthenticAMD", False, "AVX512", onednn_linear.MIN_MULTIPLY_ADDS, False),  # another BLAS: not MKL's speed
+        ("", True, "AVX512", onednn_linear.MIN_MULTIPLY_ADDS, False),  # unknown vendor: as measured on Intel
     ],
 )
-def test_threshold_follows_who_serves_f_linear(monkeypatch, vendor, mkl, threshold):
-    """MKL runs generic code on CPUs of other vendors, where oneDNN takes every product but the smallest."""
+def test_threshold_follows_who_serves_f_linear(monkeypatch, vendor, mkl, capability, threshold, lags):
+    """MKL runs at most AVX2 kernels on CPUs of other vendors: with AVX-512 there, oneDNN takes every product but
+    the smallest; without it, none."""
     monkeypatch.undo()  # the autouse fixture's threshold
     monkeypatch.setattr(onednn_linear, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     onednn_linear.non_intel_cpu.cache_clear()
+    onednn_linear.cpu_has_avx512.cache_clear()
     try:
         assert onednn_linear.min_multiply_adds() == threshold
+        assert onednn_linear.mkl_lags_onednn() == lags
+        if threshold == onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2:
+            x, weight, bias = operands(rows=1)
+            encoder_sized = x[:1, :1].expand(1, 2**24, 48)  # 2^24 tokens, no memory: not even this takes oneDNN
+            with torch.inference_mode():
+                assert not onednn_applies(encoder_sized, weight, bias)
+            return
         x, weight, bias = operands(rows=threshold // (48 * 80) + 1)  # 2 x rows x 48 @ 48 -> 80: at the threshold
         with torch.inference_mode():
             assert onednn_applies(x, weight, bias) == onednn_linear.onednn_linear_works()
             assert not onednn_applies(x[:, : max(1, threshold // (2 * 48 * 80) - 1)], weight, bias)
     finally:
         onednn_linear.non_intel_cpu.cache_clear()
+        onednn_linear.cpu_has_avx512.cache_clear()
 
 
 def test_the_vendor_is_read_once_per_process(monkeypatch):
@@ -353,9 +366,9 @@ def test_batched_product_equals_baddbmm_and_takes_onednn_for_a_batch_of_one(monk
 
 
 @pytest.fixture
-def mkl_on_another_vendor(monkeypatch):
-    """Training products take oneDNN only where MKL serves a non-Intel CPU: stand in for one."""
-    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_cpu", lambda: True)
+def mkl_lags_onednn(monkeypatch):
+    """Training products take oneDNN only where MKL lags it (another vendor's CPU with AVX-512): stand in for one."""
+    monkeypatch.setattr(onednn_linear, "mkl_lags_onednn", lambda: True)
 
 
 def recorded_kernel_calls(monkeypatch) -> list[int]:
@@ -365,7 +378,7 @@ def recorded_kernel_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def test_training_products_and_gradients_are_onednns_where_mkl_serves_others(monkeypatch, mkl_on_another_vendor):
+def test_training_products_and_gradients_are_onednns_where_mkl_lags_it(monkeypatch, mkl_lags_onednn):
     x, weight, bias = (nn.Parameter(t) for t in operands(rows=30))
     calls = recorded_kernel_calls(monkeypatch)
     assert onednn_linear.onednn_trains(x, weight, bias) and not onednn_applies(x, weight, bias)
@@ -381,7 +394,7 @@ def test_training_products_and_gradients_are_onednns_where_mkl_serves_others(mon
         torch.testing.assert_close(ours.grad.double(), reference.grad, rtol=0, atol=1e-5 * scale)
 
 
-def test_a_frozen_layer_keeps_no_reference_to_its_input(monkeypatch, mkl_on_another_vendor):
+def test_a_frozen_layer_keeps_no_reference_to_its_input(monkeypatch, mkl_lags_onednn):
     x = nn.Parameter(operands(rows=30)[0])
     weight, bias = operands(rows=30)[1:]  # frozen: only the input's gradient
     out = linear(x, weight, bias)
@@ -393,8 +406,8 @@ def test_a_frozen_layer_keeps_no_reference_to_its_input(monkeypatch, mkl_on_anot
     torch.testing.assert_close(x.grad, torch.ones_like(out) @ weight, rtol=0, atol=1e-5)
 
 
-def test_training_keeps_autograds_linear_where_mkl_serves_intel(monkeypatch):
-    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_cpu", lambda: False)
+def test_training_keeps_autograds_linear_where_mkl_does_not_lag_onednn(monkeypatch):
+    monkeypatch.setattr(onednn_linear, "mkl_lags_onednn", lambda: False)
     x, weight, bias = (nn.Parameter(t) for t in operands(rows=30))
     calls = recorded_kernel_calls(monkeypatch)
     assert not onednn_linear.onednn_trains(x, weight, bias)
@@ -424,30 +437,28 @@ def test_a_small_float32_weight_is_kept_in_onednns_layout_and_follows_the_parame
     torch.testing.assert_close(flipped.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
 
 
-@pytest.mark.parametrize("mkl_on_another_vendor", [True, False])
-def test_a_few_row_product_with_a_large_kept_weight_takes_onednn_only_where_mkl_serves_another_vendor(
-    monkeypatch, mkl_on_another_vendor
-):
+@pytest.mark.parametrize("mkl_lags", [True, False])
+def test_a_few_row_product_with_a_large_kept_weight_takes_onednn_only_where_mkl_lags_it(monkeypatch, mkl_lags):
     """Below every size threshold, a product whose float32 weight has at least MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL
-    elements runs on the kept layout where MKL serves a non-Intel CPU (a decoder's few prompt tokens through its
-    wide MLP); a smaller weight, or MKL on Intel, keeps F.linear."""
+    elements runs on the kept layout where MKL lags oneDNN (a decoder's few prompt tokens through its wide MLP); a
+    smaller weight, or a CPU where MKL does not lag, keeps F.linear."""
     if not onednn_linear.onednn_packing_works():
         pytest.skip("oneDNN's weight reorder is not usable in this torch")
     monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 2**62)
-    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_cpu", lambda: mkl_on_another_vendor)
+    monkeypatch.setattr(onednn_linear, "mkl_lags_onednn", lambda: mkl_lags)
     monkeypatch.setattr(onednn_linear, "MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL", 80 * 48)
     derived = recorded_derivations(monkeypatch, onednn_linear)
     large, small = OneDNNLinear(48, 80).eval(), OneDNNLinear(48, 79).eval()
     x = torch.randn(1, 3, 48)
     with torch.no_grad():
         outs = [layer(x, nn.GELU()) for layer in (large, small)]
-    assert derived == (["onednn_packed_torch.float32[80, 48]"] if mkl_on_another_vendor else [])
+    assert derived == (["onednn_packed_torch.float32[80, 48]"] if mkl_lags else [])
     for out, layer in zip(outs, (large, small)):
         exact = F.gelu(F.linear(x.double(), layer.weight.detach().double(), layer.bias.detach().double()))
         torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
     layer = large.train()
     layer(x).sum().backward()  # training never keeps it
-    assert len(derived) == (1 if mkl_on_another_vendor else 0) and layer.weight.grad is not None
+    assert len(derived) == (1 if mkl_lags else 0) and layer.weight.grad is not None
 
 
 def test_large_float32_weights_and_training_keep_the_plain_weight(monkeypatch):

@@ -21,7 +21,7 @@ from zoo.models.components.onednn_linear import (
     bf16_applies,
     kept_bfloat16,
     kept_linear,
-    mkl_on_non_intel_cpu,
+    mkl_lags_onednn,
 )
 from zoo.models.components.weight_cache import derived_from_parameters, records_grad
 
@@ -67,7 +67,7 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv`` (a ``ConvTransposeNd``) on ``x`` ``B x *spatial x C_in``, returning ``B x *out_spatial x C_out``.
 
     Each input position writes a kernel-sized block of the output, ``stride`` apart: one matrix product (batched
-    per kernel position, or a single one where MKL serves a non-Intel CPU) gives every block, and they are summed
+    per kernel position, or a single one where MKL lags oneDNN) gives every block, and they are summed
     into place (the overlap-add), then ``padding`` is cropped off each side.
     """
     _check_plain(conv, _ConvTransposeNd)
@@ -78,8 +78,8 @@ def conv_transpose_channels_last(conv: nn.Module, x: Tensor) -> Tensor:
     dtype = torch.get_autocast_dtype("cpu") if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") else None
 
     positions = math.prod(kernel)
-    if dtype is None and mkl_on_non_intel_cpu() and not records_grad(x, conv.weight):
-        # Where MKL serves a non-Intel CPU its batched product runs at half oneDNN's rate: one product
+    if dtype is None and mkl_lags_onednn() and not records_grad(x, conv.weight):
+        # Where MKL lags oneDNN its batched product runs at half oneDNN's rate: one product
         # C_in -> (kernel position, C_out) through ``kept_linear`` instead (about twice as fast on SAM-Med2D's
         # adapter). Not in training, where it measured no faster (the matrix is derived again on every call).
         def matrix() -> Tensor:  # C_in x C_out x *kernel -> (prod(kernel) C_out) x C_in

@@ -1,16 +1,17 @@
 """Exact attention with an additive mask, one head at a time through oneDNN's matrix product, for large windows.
 
 ``F.scaled_dot_product_attention`` with a float mask runs torch's CPU flash kernel, whose score and value products
-go to the BLAS. Where MKL serves a CPU of another vendor it runs generic code at under half oneDNN's rate
-(``onednn_linear``), and SAM-Med3D's twelve 512-token attentions (8 of them with one extra key for the padded
-window) took a fifth of its encoder there. Per head, the scores are one oneDNN product of the scaled
-queries and the keys with the head's mask added as the product's post-op (no second pass over the scores), the
-softmax runs on the head's scores while they are in cache, and one more product applies them to the values. Same
-function, different rounding (float32 sums in another order).
+go to the BLAS. Where MKL serves another vendor's CPU with AVX-512 it runs narrower kernels at under half
+oneDNN's rate (``onednn_linear.mkl_lags_onednn``), and SAM-Med3D's twelve 512-token attentions (8 of them with
+one extra key for the padded window) took a fifth of its encoder there. Per head, the scores are one oneDNN
+product of the scaled queries and the keys with the head's mask added as the product's post-op (no second pass
+over the scores), the softmax runs on the head's scores while they are in cache, and one more product applies
+them to the values. Same function, different rounding (float32 sums in another order).
 
-Only for heads large enough to pay for three calls per head (:data:`MIN_SCORES`), and only where MKL serves a
-non-Intel CPU (where it was measured); elsewhere, and for anything recording gradients, traced by
-``torch.compile`` or inside ``reference_computation()``, the fused kernel.
+Only for heads large enough to pay for three calls per head (:data:`MIN_SCORES`), and only where MKL lags oneDNN
+(where it was measured; on an AMD EPYC with AVX2 only, where MKL's kernels are full width, the fused kernel was
+the faster one by a third); elsewhere, and for anything recording gradients, traced by ``torch.compile`` or
+inside ``reference_computation()``, the fused kernel.
 """
 
 import functools
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from zoo.models.components.compute_path import reference_computation_enabled
-from zoo.models.components.onednn_linear import agrees, mkl_on_non_intel_cpu, onednn_linear_works, passes
+from zoo.models.components.onednn_linear import agrees, mkl_lags_onednn, onednn_linear_works, passes
 from zoo.models.components.weight_cache import records_grad
 
 MIN_SCORES = 512 * 512  # queries x keys per head from which three oneDNN calls per head beat the fused kernel
@@ -47,7 +48,7 @@ def onednn_masked_product_works() -> bool:
 
 def headwise_applies(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bool:
     """Whether :func:`attention` runs head by head: float32 CPU inference with an additive float mask, heads of
-    at least :data:`MIN_SCORES` scores, where MKL serves a non-Intel CPU and oneDNN's masked product works."""
+    at least :data:`MIN_SCORES` scores, where MKL lags oneDNN and oneDNN's masked product works."""
     return (
         mask is not None
         and q.device.type == "cpu"
@@ -56,7 +57,7 @@ def headwise_applies(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bo
         and not records_grad(q, k, v, mask)
         and not torch.compiler.is_compiling()
         and not reference_computation_enabled()
-        and mkl_on_non_intel_cpu()
+        and mkl_lags_onednn()
         and onednn_masked_product_works()
     )
 

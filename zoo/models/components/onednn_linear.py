@@ -5,16 +5,20 @@ AVX-512/AMX measured, 2 threads), oneDNN ran the encoders' projections and MLPs 
 wide product of SAM-Med2D's adapter down convolution written as a linear map, but lost on small products to its
 per-call overhead (the mask decoder's clicks were slower with it): only products of at least
 :data:`MIN_MULTIPLY_ADDS` take it there, which the encoders' qkv, MLP and adapter products are (SAM-Med2D's
-256-token output projection is not) and no decoder product is. On other CPUs MKL runs generic code paths: on the
-AMD EPYC (AVX-512) measured its float32 products ran at under half oneDNN's rate at every size above about a
+256-token output projection is not) and no decoder product is. On other vendors' CPUs MKL runs its AVX2 kernels
+at most. Where the CPU has AVX-512 that is half the vector width oneDNN uses (:func:`mkl_lags_onednn`): on the
+AMD EPYC with AVX-512 measured, MKL's float32 products ran at under half oneDNN's rate at every size above about a
 million multiply-adds, so there every product of at least :data:`MIN_MULTIPLY_ADDS_NON_INTEL_MKL` takes oneDNN
-(:func:`min_multiply_adds`), the decoders' token MLPs and upscaling products included. Same function, same
-weights; only the summation order differs, as between any two GEMM kernels. Given a plain weight, oneDNN reorders
-it into its own layout inside every call; a module's small weights are kept in that layout for inference instead
-(:func:`kept_packed`, :func:`kept_linear`), the same products bit for bit.
-``benchmarks/encoder_speed.py`` measures both paths. On those CPUs training's products are oneDNN's too
-(:class:`OneDNNLinearFunction`: the forward product and the input and weight gradients), where autograd's
-``F.linear`` would run all three on MKL's generic code; on Intel CPUs training keeps ``F.linear``.
+(:func:`min_multiply_adds`), the decoders' token MLPs and upscaling products included. Where it has no AVX-512,
+AVX2 is that CPU's widest and MKL's kernels were the faster ones (an AMD EPYC with AVX2 only: MKL's float32
+products on the encoders' shapes about 15% faster than oneDNN's, forward plus backward 30 to 50% faster,
+SAM-Med3D's encoder 15% faster with them, clicks no slower): no float32 product takes oneDNN there. Same function, same weights; only the
+summation order differs, as between any two GEMM kernels. Given a plain weight, oneDNN reorders it into its own
+layout inside every call; a module's small weights are kept in that layout for inference instead
+(:func:`kept_packed`, :func:`kept_linear`), the same products bit for bit. ``benchmarks/encoder_speed.py``
+measures both paths. Where MKL lags oneDNN, training's products are oneDNN's too (:class:`OneDNNLinearFunction`:
+the forward product and the input and weight gradients), where autograd's ``F.linear`` would run all three on
+MKL's narrower kernels; elsewhere training keeps ``F.linear``.
 
 An activation that follows the product (the ViT MLP's GELU, the adapter convolution's ReLU) runs as oneDNN's
 post-op on the product's output while it is still in cache: no second pass over it and no second buffer, whose
@@ -46,7 +50,8 @@ from zoo.models.components.compute_path import reference_computation_enabled
 from zoo.models.components.weight_cache import derived_from_parameters, keeps_derived, records_grad
 
 MIN_MULTIPLY_ADDS = 2**28  # rows x inputs x outputs below which F.linear's kernel was faster (MKL, Intel CPU)
-MIN_MULTIPLY_ADDS_NON_INTEL_MKL = 2**21  # the same where MKL serves a CPU of another vendor (oneDNN's ~12 us call)
+MIN_MULTIPLY_ADDS_NON_INTEL_MKL = 2**21  # the same where MKL lags oneDNN (oneDNN's ~12 us call)
+MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2 = 2**62  # MKL on another vendor's CPU without AVX-512: no product takes oneDNN
 MAX_PACKED_FLOAT32_BYTES = 4 * 2**20  # float32 weights up to this size are kept in oneDNN's layout (see kept_linear)
 MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL = 2**19  # from here a kept-layout product beats MKL's at any size
 INTEL = "GenuineIntel"
@@ -76,6 +81,19 @@ def mkl_on_non_intel_cpu() -> bool:
     return torch.backends.mkl.is_available() and non_intel_cpu()
 
 
+@functools.cache
+def cpu_has_avx512() -> bool:
+    """Whether torch's CPU kernels found AVX-512 on this CPU (``torch.backends.cpu.get_cpu_capability()``)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def mkl_lags_onednn() -> bool:
+    """Whether MKL serves a non-Intel CPU that has AVX-512: MKL runs its AVX2 kernels there, half the vector width
+    of oneDNN's, and measured at under half oneDNN's rate (AMD EPYC). The kernel choices that favour oneDNN beyond
+    the large encoder products (smaller products, training, attention head by head) apply only here."""
+    return mkl_on_non_intel_cpu() and cpu_has_avx512()
+
+
 def onednn_reports_native_bf16() -> bool:
     """Whether oneDNN's private query exists and answers ``True`` for native bfloat16 kernels on this CPU (an op
     that is missing, raises or answers anything else: no)."""
@@ -84,17 +102,20 @@ def onednn_reports_native_bf16() -> bool:
 
 
 def min_multiply_adds() -> int:
-    """The size (rows x inputs x outputs) from which a product takes oneDNN's kernel on this machine."""
-    return MIN_MULTIPLY_ADDS_NON_INTEL_MKL if mkl_on_non_intel_cpu() else MIN_MULTIPLY_ADDS
+    """The size (rows x inputs x outputs) from which a float32 product takes oneDNN's kernel on this machine (see
+    the module docstring): MKL's on other vendors' CPUs without AVX-512, whatever the size."""
+    if mkl_on_non_intel_cpu():
+        return MIN_MULTIPLY_ADDS_NON_INTEL_MKL if cpu_has_avx512() else MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2
+    return MIN_MULTIPLY_ADDS
 
 
 def min_packed_multiply_adds(weight: Tensor) -> int:
     """As :func:`min_multiply_adds`, for a product whose float32 weight is kept in oneDNN's layout
-    (:func:`kept_packed`): where MKL serves a non-Intel CPU, every product with a weight of at least
-    :data:`MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL` elements. Without the reorder in every call, oneDNN's
+    (:func:`kept_packed`): where MKL lags oneDNN (:func:`mkl_lags_onednn`), every product with a weight of at
+    least :data:`MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL` elements. Without the reorder in every call, oneDNN's
     few-row products on such weights (a decoder's 3 prompt tokens through its 256 x 2048 MLP) measured about 3
     times faster than MKL's there; on smaller ones (384 x 384 projections) no click was faster."""
-    if mkl_on_non_intel_cpu() and weight.numel() >= MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL:
+    if mkl_lags_onednn() and weight.numel() >= MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL:
         return 1
     return min_multiply_adds()
 
@@ -243,9 +264,8 @@ def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None, min_si
 def onednn_trains(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether :func:`linear` records a product whose forward and backward products are oneDNN's
     (:class:`OneDNNLinearFunction`): as :func:`onednn_applies`, but while recording gradients, and only where MKL
-    serves a non-Intel CPU (:func:`mkl_on_non_intel_cpu`), where it measured at half oneDNN's rate; elsewhere
-    autograd's own ``F.linear``."""
-    return records_grad(x, weight, bias) and mkl_on_non_intel_cpu() and _onednn_may_compute(x, weight, bias)
+    lags oneDNN (:func:`mkl_lags_onednn`); elsewhere autograd's own ``F.linear``."""
+    return records_grad(x, weight, bias) and mkl_lags_onednn() and _onednn_may_compute(x, weight, bias)
 
 
 class OneDNNLinearFunction(torch.autograd.Function):
