@@ -65,6 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from zoo.inference.runtime import ModelRuntime, native_bf16
 from zoo.models.components.compute_path import reference_computation
+from zoo.models.components.onednn_linear import cpu_vendor, min_multiply_adds, mkl_lags_onednn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("sam_med3d_turbo", "sam_med2d_b", "sam_unet_r34", "litemedsam")
@@ -444,11 +445,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, {cpu}, device {device}, threads {args.threads}")
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} in the row processes")
     if device.type == "cpu":
-        print(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16: {native_bf16(device)}")
+        threshold = min_multiply_adds()
+        onednn_products = "none" if threshold >= 2**62 else f"from {threshold:.3g} multiply-adds"
+        print(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()} ({cpu_vendor() or 'vendor unknown'}), "
+              f"oneDNN bf16: {native_bf16(device)}; float32 products through oneDNN: {onednn_products}; "
+              f"MKL lags oneDNN: {mkl_lags_onednn()}")
     before = gemm_rates(device)
     print(f"fp32 GEMM 2048x2048 on {device}: {describe_gemm(before)}; load average {_load()}")
-    print(f"bf16 GEMM 2048x2048 on {device}: {describe_gemm(gemm_rates(device, dtype=torch.bfloat16))}")
-
+    if native_bf16(device):
+        print(f"bf16 GEMM 2048x2048 on {device}: {describe_gemm(gemm_rates(device, dtype=torch.bfloat16))}")
+    elif "bf16" in args.dtypes:
+        # Emulated bf16 products ran at a tenth of fp32's rate or less on an AVX2 CPU (its 2048^3 GEMM about a
+        # minute): each row would run into --row-timeout.
+        print("bf16 rows left out: no native bfloat16 kernels on this device (precision='auto' runs fp32 here)")
+        args.dtypes = [dtype for dtype in args.dtypes if dtype != "bf16"]
     # Compiled rows are fp32 only: each dtype would be another multi-minute compilation.
     jobs = [
         (f, p, d, args)

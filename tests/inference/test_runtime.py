@@ -8,7 +8,7 @@ import torch
 from tiny_models import write_volume
 from zoo.inference import runtime as runtime_module
 from zoo.inference.predictor import Predictor
-from zoo.inference.runtime import ModelRuntime, resolve_precision
+from zoo.inference.runtime import EmulatedPrecisionWarning, ModelRuntime, resolve_precision
 from zoo.models.sam_unet import SamUNetImageEncoding
 
 
@@ -23,6 +23,24 @@ def test_auto_precision_uses_bf16_only_where_it_is_native(monkeypatch, native, e
     assert resolve_precision("auto", torch.device("cpu")) == expected
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_asked_for_where_it_is_emulated_warns_once(monkeypatch, tiny_2d_model, recwarn, native):
+    """It runs (the user asked for it), but the user learns that it is slower than fp32 here, once per device."""
+    monkeypatch.setattr(runtime_module, "native_bf16", lambda device: native)
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    runtime = ModelRuntime(tiny_2d_model, precision="bf16")
+    with torch.inference_mode():
+        for _ in range(2):
+            runtime.encode_image(images)
+        ModelRuntime(tiny_2d_model, precision="auto").encode_image(images)
+        ModelRuntime(tiny_2d_model).encode_image(images)
+    warned = [w for w in recwarn if issubclass(w.category, EmulatedPrecisionWarning)]
+    assert len(warned) == (0 if native else 1)
+    if warned:
+        assert "precision='bf16'" in str(warned[0].message) and "'auto' picks fp32" in str(warned[0].message)
+        assert warned[0].filename == __file__, "points at the caller"
 
 
 def test_bf16_runs_the_encoder_in_bf16_and_the_prompt_side_in_float32(tiny_3d_model, tmp_path):
