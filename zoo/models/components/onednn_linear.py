@@ -12,13 +12,13 @@ million multiply-adds, so there every product of at least :data:`MIN_MULTIPLY_AD
 (:func:`min_multiply_adds`), the decoders' token MLPs and upscaling products included. Where it has no AVX-512,
 AVX2 is that CPU's widest and MKL's kernels were the faster ones (an AMD EPYC with AVX2 only: MKL's float32
 products on the encoders' shapes about 15% faster than oneDNN's, forward plus backward 30 to 50% faster,
-SAM-Med3D's encoder 15% faster with them, clicks no slower): no float32 product takes oneDNN there. Same function, same weights; only the
-summation order differs, as between any two GEMM kernels. Given a plain weight, oneDNN reorders it into its own
-layout inside every call; a module's small weights are kept in that layout for inference instead
-(:func:`kept_packed`, :func:`kept_linear`), the same products bit for bit. ``benchmarks/encoder_speed.py``
-measures both paths. Where MKL lags oneDNN, training's products are oneDNN's too (:class:`OneDNNLinearFunction`:
-the forward product and the input and weight gradients), where autograd's ``F.linear`` would run all three on
-MKL's narrower kernels; elsewhere training keeps ``F.linear``.
+SAM-Med3D's encoder 15% faster with them, clicks no slower): no float32 product takes oneDNN there. Same
+function, same weights; only the summation order differs, as between any two GEMM kernels. Given a plain weight,
+oneDNN reorders it into its own layout inside every call; a module's small weights are kept in that layout for
+inference instead (:func:`kept_packed`, :func:`kept_linear`), the same products bit for bit.
+``benchmarks/encoder_speed.py`` measures both paths. Where MKL lags oneDNN, training's products are oneDNN's too
+(:class:`OneDNNLinearFunction`: the forward product and the input and weight gradients), where autograd's
+``F.linear`` would run all three on MKL's narrower kernels; elsewhere training keeps ``F.linear``.
 
 An activation that follows the product (the ViT MLP's GELU, the adapter convolution's ReLU) runs as oneDNN's
 post-op on the product's output while it is still in cache: no second pass over it and no second buffer, whose
