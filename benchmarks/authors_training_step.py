@@ -52,7 +52,7 @@ full ResNet-34), same weights both sides, one step 0 on the same real batch at t
 (SAM-Med3D: the sum over the 11 passes; SAM-Med2D and SAM-UNet: the first pass, the one before the first optimiser
 step) and the gradient of every parameter that trains on our side, at the first optimiser step. Our side runs
 every linear product, of any size, through the kernels this machine gives large ones (oneDNN's forward and
-backward products where MKL serves a non-Intel CPU), so that the tiny sizes check what the full-size step
+backward products where MKL lags oneDNN), so that the tiny sizes check what the full-size step
 computes. PASS needs
 ``|loss_ours - loss_theirs| <= 1e-4`` and, per parameter, ``max|g_ours - g_theirs| / max|g_theirs| <= 1e-3``.
 The random prompt draws are made identical by replacing both sides' random number sources with one
@@ -583,7 +583,8 @@ def check_family(family: str, checkout: Path, iterations_3d: int) -> dict[str, A
 
     from zoo.models.components import onednn_linear
 
-    onednn_linear.min_multiply_adds = lambda: 0  # tiny products take the kernels full-size ones take here
+    if onednn_linear.min_multiply_adds() < onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2:
+        onednn_linear.min_multiply_adds = lambda: 0  # tiny products take the kernels full-size ones take here
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         module, optimizer, batch = build_ours(family, Path(tmp), tiny=True, iterations_3d=iterations_3d)
