@@ -103,7 +103,8 @@ def onednn_reports_native_bf16() -> bool:
 
 def min_multiply_adds() -> int:
     """The size (rows x inputs x outputs) from which a float32 product takes oneDNN's kernel on this machine (see
-    the module docstring): MKL's on other vendors' CPUs without AVX-512, whatever the size."""
+    the module docstring); on other vendors' CPUs without AVX-512, where MKL's kernels were the faster ones, a size
+    no product reaches."""
     if mkl_on_non_intel_cpu():
         return MIN_MULTIPLY_ADDS_NON_INTEL_MKL if cpu_has_avx512() else MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2
     return MIN_MULTIPLY_ADDS
