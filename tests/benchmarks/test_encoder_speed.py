@@ -64,3 +64,19 @@ def test_the_verdict_names_each_target_met_or_missed(script):
     assert script.verdict(row(family="sam_med2d_b", click_ms=2.5)).endswith("click misses <= 2 ms")
     assert script.verdict(row(family="litemedsam")) == "encoder meets >= 80% of GEMM"
     assert script.verdict(row(path="reference")) == ""
+
+
+def test_bf16_rows_are_left_out_where_bf16_is_emulated(script, monkeypatch, capsys):
+    """An emulated bf16 GEMM takes about a minute and every bf16 row would time out: neither runs, and it says so."""
+    from zoo.models.components import onednn_linear
+
+    measured = []
+    monkeypatch.setattr(script, "native_bf16", lambda device: False)
+    monkeypatch.setattr(script, "min_multiply_adds", lambda: onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2)
+    monkeypatch.setattr(script, "gemm_rates", lambda device, dtype=torch.float32: measured.append(dtype) or {"mm": 1.0})
+    script.main(["--families", "litemedsam", "--dtypes", "bf16", "--paths", "fast"])
+    out = capsys.readouterr().out
+    assert "bf16 rows left out: no native bfloat16 kernels" in out
+    assert "float32 products through oneDNN: none" in out
+    assert measured == [torch.float32, torch.float32], "the fp32 GEMM before and after, no bf16 GEMM"
+    assert "litemedsam " not in out, "no row ran"
