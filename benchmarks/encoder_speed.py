@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         threshold = min_multiply_adds()
         onednn_products = f"from {threshold:.3g} multiply-adds"
         if threshold >= MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2:
-            onednn_products = "none"
+            onednn_products = "few-row products on kept weights only (benchmarks/linear_kernels.py)"
         print(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()} ({cpu_vendor() or 'vendor unknown'}), "
               f"oneDNN bf16: {native_bf16(device)}; float32 products through oneDNN: {onednn_products}; "
               f"MKL lags oneDNN: {mkl_lags_onednn()}")

@@ -437,28 +437,43 @@ def test_a_small_float32_weight_is_kept_in_onednns_layout_and_follows_the_parame
     torch.testing.assert_close(flipped.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
 
 
-@pytest.mark.parametrize("mkl_lags", [True, False])
-def test_a_few_row_product_with_a_large_kept_weight_takes_onednn_only_where_mkl_lags_it(monkeypatch, mkl_lags):
-    """Below every size threshold, a product whose float32 weight has at least MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL
-    elements runs on the kept layout where MKL lags oneDNN (a decoder's few prompt tokens through its wide MLP); a
-    smaller weight, or a CPU where MKL does not lag, keeps F.linear."""
+# (MKL on another vendor's CPU, AVX-512): which products take the kept layout, for 3 rows and for 5 rows.
+PACKED_BY_CPU = {
+    "mkl_amd_avx512": ((True, True), {3: ["large"], 5: ["large"]}),  # MKL lags oneDNN: any rows, large weights
+    "mkl_amd_avx2": ((True, False), {3: ["large"], 5: []}),  # few rows only, large weights
+    "intel_or_no_mkl": ((False, True), {3: [], 5: []}),  # only products above min_multiply_adds
+}
+
+
+@pytest.mark.parametrize("cpu", sorted(PACKED_BY_CPU))
+def test_few_row_products_with_a_large_kept_weight_take_onednn_where_they_beat_mkl(monkeypatch, cpu):
+    """Below every plain size threshold, a product whose float32 weight is large enough runs on the kept layout
+    where MKL serves another vendor's CPU (a decoder's few prompt tokens through its wide MLP): at any number of
+    rows where MKL lags oneDNN (AVX-512), up to MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 rows where it does not (AVX2),
+    there from MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2 multiply-adds. A smaller product, or an Intel CPU,
+    keeps F.linear."""
     if not onednn_linear.onednn_packing_works():
         pytest.skip("oneDNN's weight reorder is not usable in this torch")
+    (mkl_on_other_vendor, avx512), expected = PACKED_BY_CPU[cpu]
     monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: 2**62)
-    monkeypatch.setattr(onednn_linear, "mkl_lags_onednn", lambda: mkl_lags)
+    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_cpu", lambda: mkl_on_other_vendor)
+    monkeypatch.setattr(onednn_linear, "cpu_has_avx512", lambda: avx512)
     monkeypatch.setattr(onednn_linear, "MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL", 80 * 48)
-    derived = recorded_derivations(monkeypatch, onednn_linear)
-    large, small = OneDNNLinear(48, 80).eval(), OneDNNLinear(48, 79).eval()
-    x = torch.randn(1, 3, 48)
-    with torch.no_grad():
-        outs = [layer(x, nn.GELU()) for layer in (large, small)]
-    assert derived == (["onednn_packed_torch.float32[80, 48]"] if mkl_lags else [])
-    for out, layer in zip(outs, (large, small)):
-        exact = F.gelu(F.linear(x.double(), layer.weight.detach().double(), layer.bias.detach().double()))
-        torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
-    layer = large.train()
-    layer(x).sum().backward()  # training never keeps it
-    assert len(derived) == (1 if mkl_lags else 0) and layer.weight.grad is not None
+    monkeypatch.setattr(onednn_linear, "MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2", 3 * 80 * 48)
+    monkeypatch.setattr(onednn_linear, "MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2", 4)
+    for rows, packed in expected.items():
+        layers = {"large": OneDNNLinear(48, 80).eval(), "small": OneDNNLinear(48, 79).eval()}
+        x = torch.randn(1, rows, 48)
+        derived = recorded_derivations(monkeypatch, onednn_linear)
+        with torch.no_grad():
+            outs = {name: layer(x, nn.GELU()) for name, layer in layers.items()}
+        assert derived == ["onednn_packed_torch.float32[80, 48]" for _ in packed], (rows, derived)
+        for name, layer in layers.items():
+            exact = F.gelu(F.linear(x.double(), layer.weight.detach().double(), layer.bias.detach().double()))
+            torch.testing.assert_close(outs[name].double(), exact, rtol=0, atol=1e-5 * exact.abs().max())
+        layer = layers["large"].train()
+        layer(x).sum().backward()  # training never keeps it
+        assert len(derived) == len(packed) and layer.weight.grad is not None
 
 
 def test_large_float32_weights_and_training_keep_the_plain_weight(monkeypatch):

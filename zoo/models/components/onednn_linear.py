@@ -1,24 +1,26 @@
 """``F.linear`` through oneDNN's matrix product for large float32 products on the CPU.
 
-Which products take it depends on who serves ``F.linear``. Where torch's BLAS is MKL on an Intel CPU (AVX2 and
-AVX-512/AMX measured, 2 threads), oneDNN ran the encoders' projections and MLPs faster, most of all the few-row,
-wide product of SAM-Med2D's adapter down convolution written as a linear map, but lost on small products to its
-per-call overhead (the mask decoder's clicks were slower with it): only products of at least
-:data:`MIN_MULTIPLY_ADDS` take it there, which the encoders' qkv, MLP and adapter products are (SAM-Med2D's
-256-token output projection is not) and no decoder product is. On other vendors' CPUs MKL runs its AVX2 kernels
-at most. Where the CPU has AVX-512 that is half the vector width oneDNN uses (:func:`mkl_lags_onednn`): on the
-AMD EPYC with AVX-512 measured, MKL's float32 products ran at under half oneDNN's rate at every size above about a
-million multiply-adds, so there every product of at least :data:`MIN_MULTIPLY_ADDS_NON_INTEL_MKL` takes oneDNN
-(:func:`min_multiply_adds`), the decoders' token MLPs and upscaling products included. Where it has no AVX-512,
-AVX2 is that CPU's widest and MKL's kernels were the faster ones (an AMD EPYC with AVX2 only: MKL's float32
-products on the encoders' shapes about 15% faster than oneDNN's, forward plus backward 30 to 50% faster,
-SAM-Med3D's encoder 15% faster with them, clicks no slower): no float32 product takes oneDNN there. Same
-function, same weights; only the summation order differs, as between any two GEMM kernels. Given a plain weight,
-oneDNN reorders it into its own layout inside every call; a module's small weights are kept in that layout for
-inference instead (:func:`kept_packed`, :func:`kept_linear`), the same products bit for bit.
-``benchmarks/encoder_speed.py`` measures both paths. Where MKL lags oneDNN, training's products are oneDNN's too
-(:class:`OneDNNLinearFunction`: the forward product and the input and weight gradients), where autograd's
-``F.linear`` would run all three on MKL's narrower kernels; elsewhere training keeps ``F.linear``.
+Which products take it depends on who serves ``F.linear``:
+
+* MKL on an Intel CPU: oneDNN was faster on the encoders' projections and MLPs, most of all the few-row, wide
+  product of SAM-Med2D's adapter down convolution written as a linear map, but slower on small products, where
+  its per-call overhead dominates. Only products of at least :data:`MIN_MULTIPLY_ADDS` take it: the encoders'
+  qkv, MLP and adapter products, no decoder product.
+* MKL on another vendor's CPU runs its AVX2 kernels at most. Where the CPU has AVX-512 that is half the vector
+  width oneDNN uses (:func:`mkl_lags_onednn`) and MKL's products were the slower ones from about a million
+  multiply-adds: every product of at least :data:`MIN_MULTIPLY_ADDS_NON_INTEL_MKL` takes oneDNN
+  (:func:`min_multiply_adds`), the decoders' token MLPs and upscaling products included, and so do training's
+  products (:class:`OneDNNLinearFunction`: the forward product and the input and weight gradients, where
+  autograd's ``F.linear`` would run all three on MKL's narrower kernels).
+* Where that CPU has no AVX-512, AVX2 is its widest and MKL's kernels were the faster ones, training's too: no
+  product on a plain float32 weight takes oneDNN.
+
+Same function, same weights; only the summation order differs, as between any two GEMM kernels. Given a plain
+weight, oneDNN reorders it into its own layout inside every call; a module's small weights are kept in that layout
+for inference instead (:func:`kept_packed`, :func:`kept_linear`), the same products bit for bit. On that layout a
+decoder's few prompt tokens through its MLP beat MKL's products on every other vendor's CPU measured
+(:func:`packed_product_applies`). ``benchmarks/linear_kernels.py`` times the three kernels per shape and number of
+rows and ``benchmarks/encoder_speed.py`` the encoders and clicks, with the GEMM rate of the same run.
 
 An activation that follows the product (the ViT MLP's GELU, the adapter convolution's ReLU) runs as oneDNN's
 post-op on the product's output while it is still in cache: no second pass over it and no second buffer, whose
@@ -54,6 +56,8 @@ MIN_MULTIPLY_ADDS_NON_INTEL_MKL = 2**21  # the same where MKL lags oneDNN (oneDN
 MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2 = 2**62  # MKL on another vendor's CPU without AVX-512: no product takes oneDNN
 MAX_PACKED_FLOAT32_BYTES = 4 * 2**20  # float32 weights up to this size are kept in oneDNN's layout (see kept_linear)
 MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL = 2**19  # from here a kept-layout product beats MKL's at any size
+MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2 = 2**20  # few-row kept-layout products beat MKL's from here where MKL
+MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 = 64  # does not lag oneDNN (AVX2), up to this many rows
 INTEL = "GenuineIntel"
 
 
@@ -114,11 +118,34 @@ def min_packed_multiply_adds(weight: Tensor) -> int:
     """As :func:`min_multiply_adds`, for a product whose float32 weight is kept in oneDNN's layout
     (:func:`kept_packed`): where MKL lags oneDNN (:func:`mkl_lags_onednn`), every product with a weight of at
     least :data:`MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL` elements. Without the reorder in every call, oneDNN's
-    few-row products on such weights (a decoder's 3 prompt tokens through its 256 x 2048 MLP) measured about 3
-    times faster than MKL's there; on smaller ones (384 x 384 projections) no click was faster."""
+    few-row products on such weights (a decoder's prompt tokens through its 256 x 2048 MLP) were several times
+    faster than MKL's there; with smaller ones (384 x 384 projections) no click was faster."""
     if mkl_lags_onednn() and weight.numel() >= MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL:
         return 1
     return min_multiply_adds()
+
+
+def packed_product_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether :func:`kept_linear` multiplies ``x`` with ``weight`` kept in oneDNN's layout (:func:`kept_packed`):
+    a weight of at most :data:`MAX_PACKED_FLOAT32_BYTES` and a product that takes oneDNN's inference path at
+    :func:`min_packed_multiply_adds`.
+
+    Where MKL serves another vendor's CPU without AVX-512, no product on a plain weight takes oneDNN, but few-row
+    products on kept weights do (at most :data:`MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2` rows, at least
+    :data:`MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2` multiply-adds: a decoder's prompt tokens through its
+    projections and MLP). With the weight read from memory, as inside a click, MKL's few-row products were the
+    slower ones there (``benchmarks/linear_kernels.py``); on more rows, or on small products, they were not.
+    """
+    if weight.numel() * weight.element_size() > MAX_PACKED_FLOAT32_BYTES:
+        return False
+    min_size = min_packed_multiply_adds(weight)
+    if (
+        mkl_on_non_intel_cpu()
+        and not cpu_has_avx512()
+        and x.numel() <= MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 * weight.shape[-1]
+    ):
+        min_size = min(min_size, MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2)
+    return onednn_applies(x, weight, bias, min_size)
 
 
 def agrees(out: object, expected: Tensor, dtype: torch.dtype = torch.float32, tolerance: float = 1e-4) -> bool:
@@ -388,18 +415,14 @@ def kept_linear(
 
     A product that takes oneDNN's op multiplies with the weight kept in oneDNN's own layout (:func:`kept_packed`):
     every bfloat16 one (in place of the plain bfloat16 copy, no extra memory) and float32 ones whose weight is at
-    most :data:`MAX_PACKED_FLOAT32_BYTES`, smaller products included where :func:`min_packed_multiply_adds` says
+    most :data:`MAX_PACKED_FLOAT32_BYTES`, smaller products included where :func:`packed_product_applies` says
     so. Same products, bit for bit. A float32 weight kept so is a second copy of it: the cap keeps that to the
     small ones (the decoders', the ViT's output projection), where the saved reorder is a large part of a product;
     the encoders' large weights would double (over 1 GB more for SAM-Med2D) for a few percent of an encoder's time
     (``benchmarks/encoder_speed.py``).
     """
     if not bf16_applies(x, weight, bias):
-        if (
-            weight.numel() * weight.element_size() <= MAX_PACKED_FLOAT32_BYTES
-            and onednn_applies(x, weight, bias, min_packed_multiply_adds(weight))
-            and _keeps_packed(owner, torch.float32)
-        ):
+        if packed_product_applies(x, weight, bias) and _keeps_packed(owner, torch.float32):
             packed, _ = kept_packed(owner, weight, None, torch.float32)
             return _onednn_product(x, packed, bias, activation)
         return linear(x, weight, bias, activation)
