@@ -35,8 +35,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,6 +63,7 @@ from zoo.deploy.graphs import (
     POINT_LABELS,
     PROCESSOR_CONFIG_FILE,
 )
+from zoo.io.atomic import write_atomically
 from zoo.models.components import attention
 from zoo.models.components.compute_path import reference_computation
 from zoo.processors import Processor, processor_for
@@ -201,9 +200,9 @@ def export_onnx(
     for graph, data in (("image_encoder", encoder_bytes), ("prompt_decoder", decoder_bytes)):
         proto = _finish(onnx, data, {**metadata, "graph": graph})
         target = folder / (ENCODER_FILE if graph == "image_encoder" else DECODER_FILE)
-        _write_atomically(target, proto.SerializeToString())
+        write_atomically(target, proto.SerializeToString())
     config_text = json.dumps(processor.to_dict(), indent=2, sort_keys=True) + "\n"
-    _write_atomically(folder / PROCESSOR_CONFIG_FILE, config_text.encode("utf-8"))
+    write_atomically(folder / PROCESSOR_CONFIG_FILE, config_text.encode("utf-8"))
     return OnnxExport(*targets)
 
 
@@ -297,14 +296,3 @@ def _finish(onnx: Any, data: bytes, metadata: dict[str, str]) -> Any:
     onnx.helper.set_model_props(proto, {f"{METADATA_PREFIX}{key}": value for key, value in metadata.items()})
     onnx.checker.check_model(proto)
     return proto
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from zoo.evaluation.config import BenchmarkConfig, ModelSpec
 from zoo.evaluation.encoding import EncodingCache
 from zoo.evaluation.protocols import Protocol, not_applicable_reason
 from zoo.evaluation.runner import UnitOutcome, run_unit
+from zoo.io.atomic import write_atomically
 from zoo.processors import Processor, processor_for
 
 #: Changes whenever a unit file's content or meaning changes (old cached units are then ignored).
@@ -137,21 +136,6 @@ def unit_key(
         "metrics": dataclasses.asdict(config.metrics),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        with temporary.open("w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def read_unit(path: Path, key: str) -> dict[str, Any] | None:

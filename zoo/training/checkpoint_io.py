@@ -14,7 +14,6 @@ Nothing is cached (``torch.hub``'s cache is not used). Other remote schemes (``s
 import dataclasses
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,6 +30,7 @@ from torch import nn
 from zoo.errors import CheckpointError
 from zoo.hub.fingerprint import detect_checkpoint
 from zoo.hub.safe_load import read_checkpoint_file
+from zoo.io.atomic import atomic_output
 
 # Every checkpoint Lightning writes has this key; torch.save stores dict keys verbatim in the archive's data.pkl.
 LIGHTNING_CHECKPOINT_KEY = b"pytorch-lightning_version"
@@ -51,23 +51,6 @@ def is_lightning_checkpoint(path: Path) -> bool:
         return False
 
 
-def _new_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; Windows cannot open folders and skips this)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Save to a temporary file in the target folder, flush it to disk, then rename it over the target.
 
@@ -86,20 +69,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"{target}: refusing to overwrite a file that is not a Lightning checkpoint; "
                 "choose another checkpoint folder or move the file"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the mode an ordinary open() would
-                    os.fchmod(stream.fileno(), _new_file_mode())
-                torch.save(checkpoint, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temp_name, target)
-            _fsync_directory(target.parent)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        with atomic_output(target, suffix=PARTIAL_SUFFIX) as stream:
+            torch.save(checkpoint, stream)
 
     def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         """Read a local Lightning checkpoint with the zoo's safe loader (tensors on the CPU).
