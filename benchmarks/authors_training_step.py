@@ -38,7 +38,7 @@ Timing: one warm-up step each, then ``--steps`` timed steps each, interleaved (o
 since these machines switch between fast and slow phases; medians and the ratio theirs / ours, and the median
 process CPU time per step of each side (on a shared machine wall time inflates; CPU time / threads is the
 uncontended wall time at best). The fp32 GEMM rate
-(2048^2 matmul, ``encoder_speed.gemm_rate``) and the load average are printed before and after each family.
+(2048^2 matmul, ``machine.gemm_rate``) and the load average are printed before and after each family.
 
 Peak memory: each side's peak resident set size (``ru_maxrss``) in a process of its own that builds only that side
 and runs two steps on the batch the timing process saved, and the same peak just before the first step (after
@@ -792,16 +792,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from encoder_speed import _load, gemm_rate
+    from machine import gemm_rate, gemm_rates, load_average, write_record
 
     torch.set_num_threads(args.threads)
+    before = gemm_rates(torch.device("cpu"))
     print(f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} threads, fp32; our recipe overrides: "
           f"{args.ours_override or 'none'}", flush=True)
     rows, failed = [], False
     for family in args.families:
         one = argparse.Namespace(**{**vars(args), "families": [family]})
         row: dict[str, Any] = {"family": family, "gemm_gflops_start": gemm_rate(torch.device("cpu")),
-                               "load_start": _load()}
+                               "load_start": load_average()}
         print(f"{family}: fp32 GEMM {row['gemm_gflops_start']:.1f} GFLOP/s, load {row['load_start']}", flush=True)
         if args.check:
             row["check"] = _worker(one, "--mode", "check")
@@ -825,12 +826,13 @@ def main(argv: list[str] | None = None) -> int:
             elif args.memory:
                 for side in ("ours", "theirs"):
                     row[f"memory_{side}"] = _worker(one, "--mode", f"memory-{side}", "--batch-file", str(batch_file))
-        row["gemm_gflops_end"], row["load_end"] = gemm_rate(torch.device("cpu")), _load()
+        row["gemm_gflops_end"], row["load_end"] = gemm_rate(torch.device("cpu")), load_average()
         print(f"{family}: fp32 GEMM {row['gemm_gflops_end']:.1f} GFLOP/s, load {row['load_end']}", flush=True)
         rows.append(row)
     print_table(rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_record(args.json, "authors_training_step", rows, before, gemm_rates(torch.device("cpu")),
+                     ours_override=args.ours_override)  # fmt: skip
     return 1 if failed else 0
 
 

@@ -5,6 +5,8 @@ Run: ``python benchmarks/data_pipeline.py [--repeats 5] [--threads N]``
 Each row times one stage on one target (right kidney) at the released settings (1.5 mm, 128^3, masked
 z-score), median over ``--repeats`` runs after one warm-up; the last rows time whole ``TargetDataset`` items
 (load + checks + preprocessing + output dict) for evaluation and training, and the inverse back to the file grid.
+The fp32 GEMM rate and the load average are printed before and after the rows (the machine's phase: see
+``benchmarks/machine.py``); ``--json PATH`` writes them with the rows and the machine.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from machine import describe_gemm, gemm_rates, load_average, timed_runs, write_record
 from zoo.data import NiftiDataModule3D, TargetDataset, load_image, load_label, restore_to_original
 from zoo.data.transforms3d import build_transforms_3d
 
@@ -31,13 +33,7 @@ KIDNEY_RIGHT = 2
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed_runs(run, repeats, warmup=1, device=torch.device("cpu")))
 
 
 def nnunet_copy(folder: Path) -> Path:
@@ -51,13 +47,16 @@ def nnunet_copy(folder: Path) -> Path:
     return folder
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, help="also write the rows here (benchmarks/machine.py's record)")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    before = gemm_rates(torch.device("cpu"))
+    print(f"fp32 GEMM 2048x2048: {describe_gemm(before)}; load average {load_average()}")
 
     image_path, label_path = DATA / "ct.nii.gz", DATA / "labels.nii.gz"
     image, label = load_image(image_path), load_label(label_path)
@@ -112,6 +111,11 @@ def main() -> None:
     per_sample = rows[-3][1]
     verdict = "met" if per_sample < 2 else "NOT met"
     print(f"\ntime per 3D sample (evaluation item): {per_sample:.3f} s; target < 2 s: {verdict}")
+    after = gemm_rates(torch.device("cpu"))
+    print(f"fp32 GEMM 2048x2048 after the rows: {describe_gemm(after)}; load average {load_average()}")
+    if args.json:
+        measured = [{"stage": name, "seconds": seconds} for name, seconds in rows]
+        write_record(args.json, "data_pipeline", measured, before, after, repeats=args.repeats)
     sys.exit(0)
 
 

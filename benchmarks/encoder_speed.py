@@ -44,7 +44,6 @@ the weights, but the bf16 mask agreement is then a numerical check, not a statem
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -63,6 +62,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from machine import describe_gemm, gemm_rate, gemm_rates, load_average, synchronize, timed_runs, write_record
 from zoo.inference.runtime import ModelRuntime, native_bf16
 from zoo.models.components.compute_path import reference_computation
 from zoo.models.components.onednn_linear import (
@@ -153,24 +153,6 @@ def randomise_positions(model: nn.Module, seed: int = 0) -> None:
 # ------------------------------------------------------------------------------------------------ measurement
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_runs(fn: Callable[[], Any], runs: int, warmup: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def paired_runs(
     fn: Callable[[], Any], runs: int, device: torch.device, gemm_dtype: torch.dtype
 ) -> tuple[list[float], list[float]]:
@@ -219,37 +201,6 @@ def executed_gflop(fn: Callable[[], Any]) -> float:
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops() / 1e9
-
-
-def gemm_rates(
-    device: torch.device, size: int = 2048, runs: int = 5, dtype: torch.dtype = torch.float32
-) -> dict[str, float]:
-    """GFLOP/s of a ``size`` x ``size`` product in ``dtype`` by each kernel torch offers here (median of ``runs``
-    after a warm-up): ``torch.mm`` (the BLAS, e.g. MKL) and, on the CPU, oneDNN's product, which the fast path
-    calls and which ran at twice MKL's float32 rate on an AMD EPYC with AVX-512 (without it, MKL's was faster)."""
-    from zoo.models.components.onednn_linear import onednn_bf16_linear_works, onednn_linear_works
-
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    kernels = {"torch.mm": lambda: a @ b}
-    onednn = onednn_linear_works() if dtype == torch.float32 else onednn_bf16_linear_works()
-    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn:
-        kernels["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-    return {
-        name: 2 * size**3 / statistics.median(timed_runs(kernel, runs, warmup=1, device=device)) / 1e9
-        for name, kernel in kernels.items()
-    }
-
-
-def gemm_rate(device: torch.device, size: int = 2048, runs: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """The machine's GEMM rate in ``dtype``: GFLOP/s of the fastest kernel of :func:`gemm_rates`. Shares of it are
-    shares of the best product this machine offers torch, not of one BLAS that may serve this CPU poorly."""
-    return max(gemm_rates(device, size, runs, dtype).values())
-
-
-def describe_gemm(rates: dict[str, float]) -> str:
-    """``"<best> GFLOP/s (torch.mm <rate>, oneDNN <rate>)"`` for :func:`gemm_rates`' result."""
-    each = ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
-    return f"{max(rates.values()):.1f} GFLOP/s ({each})"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -414,11 +365,6 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _load() -> str:
-    """1/5/15-minute load averages: other processes on the cores make every number here slower."""
-    return " ".join(f"{value:.1f}" for value in os.getloadavg())
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
@@ -458,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
               f"oneDNN bf16: {native_bf16(device)}; float32 products through oneDNN: {onednn_products}; "
               f"MKL lags oneDNN: {mkl_lags_onednn()}")
     before = gemm_rates(device)
-    print(f"fp32 GEMM 2048x2048 on {device}: {describe_gemm(before)}; load average {_load()}")
+    print(f"fp32 GEMM 2048x2048 on {device}: {describe_gemm(before)}; load average {load_average()}")
     if native_bf16(device):
         print(f"bf16 GEMM 2048x2048 on {device}: {describe_gemm(gemm_rates(device, dtype=torch.bfloat16))}")
     elif "bf16" in args.dtypes:
@@ -486,12 +432,11 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append({"family": family, "path": path, "dtype": precision, "timed_out_s": args.row_timeout})
         print(format_table(rows)[-1] if len(rows) > 1 else "\n".join(format_table(rows)), flush=True)
     after = gemm_rates(device)
-    print(f"fp32 GEMM 2048x2048 on {device} after the rows: {describe_gemm(after)}; load average {_load()}")
+    print(f"fp32 GEMM 2048x2048 on {device} after the rows: {describe_gemm(after)}; load average {load_average()}")
     print()
     print("\n".join(format_table(rows)))
     if args.json:
-        gemm = {"gemm_gflops": [max(before.values()), max(after.values())], "gemm_gflops_by_kernel": [before, after]}
-        Path(args.json).write_text(json.dumps({**gemm, "rows": rows}, indent=2))
+        write_record(args.json, "encoder_speed", rows, before, after, device=device)
 
 
 if __name__ == "__main__":

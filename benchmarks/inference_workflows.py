@@ -2,7 +2,8 @@
 session, and a 2D model slice by slice through the volume.
 
 Rows (one process, ``--threads`` CPU threads, fp32), with the machine's fp32 GEMM rate (2048 x 2048) measured before
-and after them and the load average, since other processes on the cores slow every number here:
+and after them and the load average, since other processes on the cores slow every number here (``--json PATH``
+writes them with the machine: ``benchmarks/machine.py``):
 
 * ``large organ``: the liver (label 5 of ``data/totalseg_example/labels.nii.gz``, 195 mm wide: more than one
   192 mm crop) with ``large_object="follow_mask"``, end to end (each crop's resampling and z-normalisation, the
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoder_speed import _load, gemm_rate  # noqa: E402
+from machine import describe_gemm, gemm_rates, load_average, write_record  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo.data.predict import read_volume_slices  # noqa: E402
@@ -220,12 +221,14 @@ def main(argv: list[str] | None = None) -> None:
                         choices=["large", "session", "volume2d"])
     parser.add_argument("--weights-3d", help="a converted SAM-Med3D folder (default: random weights)")
     parser.add_argument("--max-crops", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="also write the rows here (benchmarks/machine.py's record)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", RandomWeightsWarning)
     device = torch.device("cpu")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), load average {_load()}")
-    print(f"fp32 GEMM 2048x2048: {gemm_rate(device):.1f} GFLOP/s")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), load average {load_average()}")
+    before = gemm_rates(device)
+    print(f"fp32 GEMM 2048x2048: {describe_gemm(before)}")
     rows: list[tuple[str, str]] = []
     with torch.inference_mode():
         if "large" in args.rows:
@@ -238,7 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n| {'measurement'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
     for name, value in rows:
         print(f"| {name.ljust(width)} | {value} |")
-    print(f"\nfp32 GEMM 2048x2048 after the rows: {gemm_rate(device):.1f} GFLOP/s; load average {_load()}")
+    after = gemm_rates(device)
+    print(f"\nfp32 GEMM 2048x2048 after the rows: {describe_gemm(after)}; load average {load_average()}")
+    if args.json:
+        measured = [{"measurement": name, "value": value} for name, value in rows]
+        write_record(args.json, "inference_workflows", measured, before, after)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ in a loop stays in cache and flatters the few-row products. Per cell: microsecon
 the kernel ``zoo.models.components.onednn_linear`` picks for an inference product of that size on this CPU
 (:func:`~zoo.models.components.onednn_linear.packed_product_applies`, then
 :func:`~zoo.models.components.onednn_linear.onednn_applies`), and ``*`` where the pick is more than ``--slack``
-slower than the fastest. The fp32 GEMM rate (2048^2, ``encoder_speed.gemm_rates``) and the load average are printed
-before and after the table, the CPU's vendor, vector capability and which of the zoo's regimes applies before it.
+slower than the fastest. The fp32 GEMM rate (2048^2, ``machine.gemm_rates``) and the load average are printed
+before and after the table, the CPU's vendor, vector capability and which of the zoo's regimes applies before it;
+``--json PATH`` writes them with the rows and the machine.
 
     python benchmarks/linear_kernels.py                      # every shape, 1 to 512 rows (about a minute)
     python benchmarks/linear_kernels.py --shapes decoder --rows 7 14 --json /tmp/kernels.json
@@ -25,7 +26,6 @@ before and after the table, the CPU's vendor, vector capability and which of the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -137,7 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from encoder_speed import describe_gemm, gemm_rates
+    from machine import describe_gemm, gemm_rates, write_record
 
     args = parse_args(argv)
     if not (onednn_linear.onednn_linear_works() and onednn_linear.onednn_packing_works()):
@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")  # fmt: skip
     print(f"* the pick is more than {args.slack:.0%} slower than the fastest kernel of its row")
     if args.json:
-        args.json.write_text(json.dumps({"cpu": regime(), "gemm_before": before, "gemm_after": after,
-                                         "rows": results}, indent=1))  # fmt: skip
+        write_record(args.json, "linear_kernels", results, before, after, regime=regime())
     return 0
 
 

@@ -15,7 +15,7 @@ model grid, on the cached embedding (the decoder graph; in PyTorch the processor
 row: median encoder latency over ``--runs`` runs after one warm-up, median click latency over ``--clicks`` clicks,
 the graph files' sizes, and ONNX Runtime's largest absolute difference from PyTorch (embedding, low-res logits).
 The fp32 GEMM rate (2048 x 2048) is printed before and after the rows: numbers from runs at different rates are not
-comparable.
+comparable. ``--json PATH`` writes the rows with the machine and its GEMM rates (``benchmarks/machine.py``).
 
     python benchmarks/onnx_speed.py                               # every family (minutes on 2 cores)
     python benchmarks/onnx_speed.py --families litemedsam sam_med2d_b --runs 3
@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from encoder_speed import _load, data_root, gemm_rate, prepared_inputs, randomise_positions
+from encoder_speed import data_root, prepared_inputs, randomise_positions
+from machine import describe_gemm, gemm_rates, load_average, write_record
 
 from zoo.models.components.compute_path import reference_computation
 
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clicks", type=int, default=20, help="timed clicks per path after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", help="folder holding totalseg_example/ and sam_med2d_demo/")
+    parser.add_argument("--json", type=Path, help="also write the rows here (benchmarks/machine.py's record)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*RANDOM.*")
     torch.set_num_threads(args.threads)
@@ -215,14 +217,18 @@ def main(argv: list[str] | None = None) -> None:
         f"threads {args.threads}, fp32, batch 1"
     )
     device = torch.device("cpu")
-    print(f"fp32 GEMM 2048x2048: {gemm_rate(device):.1f} GFLOP/s; load average {_load()}", flush=True)
+    before = gemm_rates(device)
+    print(f"fp32 GEMM 2048x2048: {describe_gemm(before)}; load average {load_average()}", flush=True)
     rows = []
     for family in args.families:
         rows.append(measure(family, args))
         print(format_rows(rows)[-1] if len(rows) > 1 else "\n".join(format_rows(rows)), flush=True)
-    print(f"fp32 GEMM 2048x2048 after the rows: {gemm_rate(device):.1f} GFLOP/s; load average {_load()}")
+    after = gemm_rates(device)
+    print(f"fp32 GEMM 2048x2048 after the rows: {describe_gemm(after)}; load average {load_average()}")
     print()
     print("\n".join(format_rows(rows)))
+    if args.json:
+        write_record(args.json, "onnx_speed", rows, before, after, onnxruntime=onnxruntime.__version__)
 
 
 if __name__ == "__main__":

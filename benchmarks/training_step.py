@@ -13,7 +13,9 @@ in fp32 (the SAM-Med3D recipe's ``16-mixed`` applies on GPUs). Networks are rand
 depend on the weights). Each family runs in a fresh process, so its peak RSS is its own; the first step is a
 warm-up and the table shows the median and the fastest of the others, and the process CPU time per step (on a
 machine shared with other work, wall time inflates; CPU time / threads is the uncontended wall time at best).
-Samples/s are computed from the median.
+Samples/s are computed from the median. The fp32 GEMM rate (``benchmarks/machine.py``) is measured before the rows
+and before each family's process starts (the table's last column) and after the rows; ``--json PATH`` writes them
+with the rows and the machine.
 
     python benchmarks/training_step.py                      # all families, 2 threads, 1 warm-up + 2 timed steps
     python benchmarks/training_step.py --families sam_med2d --steps 5
@@ -170,6 +172,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     columns = [
         "family", "model", "activation checkpointing", "input", "images x targets", "prompt iterations",
         "trainable M", "s/step (median)", "s/step (fastest)", "CPU s/step", "images/s", "targets/s", "peak RSS MiB",
+        "GEMM GFLOP/s before",
     ]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
@@ -179,7 +182,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['images']} x {r['targets']}", f"{r['iterations']} ({r['first_prompt']} first)",
             f"{r['trainable_params_m']:.1f}", f"{r['step_seconds']:.2f}", f"{r['fastest_step_seconds']:.2f}",
             f"{r['step_cpu_seconds']:.1f}", f"{r['images_per_second']:.3f}", f"{r['targets_per_second']:.3f}",
-            f"{r['peak_rss_mib']:.0f}",
+            f"{r['peak_rss_mib']:.0f}", f"{r['gemm_gflops_before']:.0f}",
         ]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
 
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run each family with the encoder blocks recomputed in backward (peak memory both ways)",
     )
-    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--json", type=Path, help="also write the rows here (benchmarks/machine.py's record)")
     parser.add_argument("--one", choices=FAMILIES, help=argparse.SUPPRESS)  # internal: run one family, print JSON
     parser.add_argument("--checkpointing-on", action="store_true", help=argparse.SUPPRESS)  # internal, with --one
     args = parser.parse_args(argv)
@@ -204,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         print("ROW " + json.dumps(row), flush=True)
         return 0
 
+    import torch
+
+    from machine import describe_gemm, gemm_rate, gemm_rates, load_average, write_record
+
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    before = gemm_rates(cpu)
+    print(f"fp32 GEMM 2048x2048: {describe_gemm(before)}; load average {load_average()}", file=sys.stderr)
     rows = []
     runs = [(family, False) for family in args.families]
     if args.activation_checkpointing:
@@ -213,19 +224,23 @@ def main(argv: list[str] | None = None) -> int:
             sys.executable, __file__, "--one", family, "--threads", str(args.threads), "--steps", str(args.steps),
             "--iterations-3d", str(args.iterations_3d), *(["--checkpointing-on"] if checkpointing else []),
         ]
+        rate = gemm_rate(cpu)
         row, result = row_from_child(command, args.threads)
         if row is None:
             print(f"{family} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", file=sys.stderr)
             return 1
-        rows.append(row)
+        rows.append({**row, "gemm_gflops_before": rate})
         print(f"{family}: step times {[round(t, 2) for t in rows[-1]['all_step_seconds']]} s", file=sys.stderr)
+    after = gemm_rates(cpu)
     print(
         f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} threads, fp32; "
         f"1-minute load average at the end: {os.getloadavg()[0]:.1f}"
     )
+    print(f"fp32 GEMM 2048x2048 before the rows: {describe_gemm(before)}; after: {describe_gemm(after)}; "
+          f"load average {load_average()}")  # fmt: skip
     print_table(rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_record(args.json, "training_step", rows, before, after)
     return 0
 
 

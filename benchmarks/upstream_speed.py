@@ -6,7 +6,8 @@ the released sizes with random weights (SAM-Med3D-turbo as ``_build_sam3D_ori``;
 256^2) and prints, with 2 threads and batch 1 in fp32: encoder median of ``--runs`` runs after one warm-up, per-click
 latency on a cached embedding (prompt encoder + ``get_dense_pe`` + mask decoder, median of 50 after 3 warm-ups;
 3D with a zero 32^3 mask and ``multimask_output=False`` as the authors' inference script, 2D with
-``multimask_output=True`` and the highest-IoU pick as their predictor) and the fp32 GEMM rate before and after.
+``multimask_output=True`` and the highest-IoU pick as their predictor) and the fp32 GEMM rate before and after
+(``--json PATH`` also writes them with the machine: ``benchmarks/machine.py``).
 
     python benchmarks/upstream_speed.py --sam-med3d ~/src/SAM-Med3D/segment_anything/modeling \\
         --sam-med2d ~/src/SAM-Med2D/segment_anything/modeling
@@ -26,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from encoder_speed import CLICKS, _load, gemm_rate, timed_runs
+from encoder_speed import CLICKS
+from machine import describe_gemm, gemm_rates, load_average, timed_runs, write_record
 
 CPU = torch.device("cpu")
 
@@ -115,14 +117,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sam-med2d", type=Path, help="SAM-Med2D's segment_anything/modeling folder")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the rows here (benchmarks/machine.py's record)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     builders = {
         "sam_med3d_turbo (authors)": (sam_med3d, args.sam_med3d),
         "sam_med2d_b (authors)": (sam_med2d, args.sam_med2d),
     }
-    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (set it when launching, as --keep-freed-memory does)")
-    print(f"fp32 GEMM 2048x2048: {gemm_rate(CPU):.1f} GFLOP/s; load average {_load()}")
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    print(f"GLIBC_TUNABLES={tunables!r} (set it when launching, as --keep-freed-memory does)")
+    before = gemm_rates(CPU)
+    print(f"fp32 GEMM 2048x2048: {describe_gemm(before)}; load average {load_average()}")
+    rows = []
     print(f"{'model':<26} {'encoder s':>9} {'click ms':>8}  runs s")
     for name, (build, folder) in builders.items():
         if folder is None:
@@ -137,7 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         runs = " ".join(f"{t:.2f}" for t in times)
         median_click_ms = statistics.median(clicks) * 1e3
         print(f"{name:<26} {statistics.median(times):>9.3f} {median_click_ms:>8.1f}  [{runs}]", flush=True)
-    print(f"fp32 GEMM 2048x2048 after: {gemm_rate(CPU):.1f} GFLOP/s; load average {_load()}")
+        rows.append({"model": name, "encoder_s": statistics.median(times), "runs_s": times,
+                     "click_ms": median_click_ms})  # fmt: skip
+    after = gemm_rates(CPU)
+    print(f"fp32 GEMM 2048x2048 after: {describe_gemm(after)}; load average {load_average()}")
+    if args.json:
+        write_record(args.json, "upstream_speed", rows, before, after, glibc_tunables=tunables)
 
 
 if __name__ == "__main__":

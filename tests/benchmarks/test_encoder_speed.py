@@ -32,26 +32,6 @@ def test_paired_runs_measure_the_gemm_rate_before_each_run(script, monkeypatch):
     assert len(times) == 3 and rates == [100.0] * 3
 
 
-def test_the_gemm_rate_is_the_faster_kernels(script, monkeypatch):
-    """On a CPU the BLAS serves poorly (MKL on AMD) torch.mm understates the machine; the share is of the best."""
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("this torch has no oneDNN")
-    seconds = {"torch.mm": 2.0, "oneDNN": 1.0}
-    kernel_of = {}
-
-    def timed(kernel, runs, warmup, device):
-        name = kernel_of.setdefault(id(kernel), list(seconds)[len(kernel_of)])
-        return [seconds[name]] * runs
-
-    monkeypatch.setattr(script, "timed_runs", timed)
-    rates = script.gemm_rates(torch.device("cpu"), size=8, runs=1)
-    assert rates == {"torch.mm": 2 * 8**3 / 2.0 / 1e9, "oneDNN": 2 * 8**3 / 1.0 / 1e9}
-    kernel_of.clear()
-    assert script.gemm_rate(torch.device("cpu"), size=8, runs=1) == rates["oneDNN"]
-    described = script.describe_gemm({"torch.mm": 225.04, "oneDNN": 489.96})
-    assert described == "490.0 GFLOP/s (torch.mm 225.0, oneDNN 490.0)"
-
-
 def row(**fields):
     base = dict(family="sam_med3d_turbo", path="fast", dtype="fp32", gemm_share=0.81, click_ms=4.9)
     return {**base, **fields}

@@ -37,13 +37,14 @@ def test_a_tiny_run_times_every_kernel_and_writes_its_json(script, monkeypatch, 
     if not (onednn_linear.onednn_linear_works() and onednn_linear.onednn_packing_works()):
         pytest.skip("oneDNN's linear op or its weight reorder is not usable in this torch")
     monkeypatch.setattr(script, "SHAPES", {"decoder": [("tiny", 16, 24)]})
-    monkeypatch.setattr("encoder_speed.gemm_rates", lambda device: {"torch.mm": 10.0})
+    monkeypatch.setattr("machine.gemm_rates", lambda device: {"torch.mm": 10.0})
     out = tmp_path / "kernels.json"
     assert script.main(["--shapes", "decoder", "--rows", "3", "9", "--rounds", "2", "--copies", "2",
                         "--json", str(out)]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "fp32 GEMM 2048x2048: 10.0 GFLOP/s" in text and "CPU: " in text
     report = json.loads(out.read_text())
+    assert report["benchmark"] == "linear_kernels" and report["gemm_gflops_before"] == 10.0
     assert [row["rows"] for row in report["rows"]] == [3, 9]
     for row in report["rows"]:
         assert set(row["us"]) == {"BLAS", "oneDNN", "kept"} and all(t > 0 for t in row["us"].values())

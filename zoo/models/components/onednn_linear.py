@@ -61,14 +61,23 @@ MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 = 64  # does not lag oneDNN (AVX2), up to thi
 INTEL = "GenuineIntel"
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...), or ``""`` where it cannot be read."""
+def cpuinfo_field(name: str) -> str:
+    """The first ``name`` field of ``/proc/cpuinfo`` (``vendor_id``, ``model name``, ...), or ``""`` where there is
+    none (no such file: not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
+            if line.partition(":")[0].strip() == name:
                 return line.partition(":")[2].strip()
     except OSError:
         pass
+    return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...), or ``""`` where it cannot be read."""
+    vendor = cpuinfo_field("vendor_id")
+    if vendor:
+        return vendor
     processor = platform.processor()  # Windows: "... Family 25 Model 17 Stepping 1, AuthenticAMD"
     return processor.rpartition(",")[2].strip() if "," in processor else ""
 
