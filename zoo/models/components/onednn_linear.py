@@ -141,9 +141,10 @@ def packed_product_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None
 
     Where MKL serves another vendor's CPU without AVX-512, no product on a plain weight takes oneDNN, but few-row
     products on kept weights do (at most :data:`MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2` rows, at least
-    :data:`MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2` multiply-adds: a decoder's prompt tokens through its
-    projections and MLP). With the weight read from memory, as inside a click, MKL's few-row products were the
-    slower ones there (``benchmarks/linear_kernels.py``); on more rows, or on small products, they were not.
+    :data:`MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2` multiply-adds: a decoder's prompt tokens through its MLP,
+    and for several prompt sets at once through its projections). With the weight read from memory, as inside a
+    click, MKL's few-row products were the slower ones there (``benchmarks/linear_kernels.py``); on more rows, or
+    on small products, they were not.
     """
     if weight.numel() * weight.element_size() > MAX_PACKED_FLOAT32_BYTES:
         return False
