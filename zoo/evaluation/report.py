@@ -35,7 +35,6 @@ from zoo.evaluation.tables import (
     group,
     markdown_table,
     paired_comparisons,
-    summarise,
     to_csv,
     to_json,
 )
