@@ -62,15 +62,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from machine import describe_gemm, gemm_rate, gemm_rates, load_average, synchronize, timed_runs, write_record
+from machine import (
+    describe_gemm,
+    gemm_rate,
+    gemm_rates,
+    kernel_regime,
+    load_average,
+    synchronize,
+    timed_runs,
+    write_record,
+)
 from zoo.inference.runtime import ModelRuntime, native_bf16
 from zoo.models.components.compute_path import reference_computation
-from zoo.models.components.onednn_linear import (
-    MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2,
-    cpu_vendor,
-    min_multiply_adds,
-    mkl_lags_onednn,
-)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("sam_med3d_turbo", "sam_med2d_b", "sam_unet_r34", "litemedsam")
@@ -396,13 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, {cpu}, device {device}, threads {args.threads}")
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} in the row processes")
     if device.type == "cpu":
-        threshold = min_multiply_adds()
-        onednn_products = f"from {threshold:.3g} multiply-adds"
-        if threshold >= MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2:
-            onednn_products = "few-row products on kept weights only (benchmarks/linear_kernels.py)"
-        print(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()} ({cpu_vendor() or 'vendor unknown'}), "
-              f"oneDNN bf16: {native_bf16(device)}; float32 products through oneDNN: {onednn_products}; "
-              f"MKL lags oneDNN: {mkl_lags_onednn()}")
+        print(f"CPU kernels: {kernel_regime()}; oneDNN bf16: {native_bf16(device)}")
     before = gemm_rates(device)
     print(f"fp32 GEMM 2048x2048 on {device}: {describe_gemm(before)}; load average {load_average()}")
     if native_bf16(device):

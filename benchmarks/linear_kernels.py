@@ -75,19 +75,6 @@ def picked_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
         return "oneDNN" if onednn_linear.onednn_applies(x, weight, bias) else "BLAS"
 
 
-def regime() -> str:
-    """The CPU and which of the zoo's kernel regimes applies to it."""
-    vendor = onednn_linear.cpu_vendor() or "unknown vendor"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if onednn_linear.mkl_lags_onednn():
-        rule = "MKL on another vendor's CPU with AVX-512: oneDNN from 2^21 multiply-adds, kept weights at any size"
-    elif onednn_linear.mkl_on_non_intel_cpu():
-        rule = "MKL on another vendor's CPU without AVX-512: plain products on MKL, few-row ones on kept weights"
-    else:
-        rule = f"oneDNN from {onednn_linear.min_multiply_adds():.3g} multiply-adds"
-    return f"{vendor}, {capability}, MKL {torch.backends.mkl.is_available()}: {rule}"
-
-
 def measure(shapes: list[tuple[str, int, int]], rows: list[int], rounds: int, copies: int) -> list[dict]:
     """One row per (shape, row count): median microseconds per product of each kernel, and the pick."""
     results = []
@@ -137,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from machine import describe_gemm, gemm_rates, write_record
+    from machine import describe_gemm, gemm_rates, kernel_regime, write_record
 
     args = parse_args(argv)
     if not (onednn_linear.onednn_linear_works() and onednn_linear.onednn_packing_works()):
@@ -147,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
           f"threads {torch.get_num_threads()}, fp32")  # fmt: skip
-    print(f"CPU: {regime()}")
+    print(f"CPU: {kernel_regime()}")
     before = gemm_rates(device)
     print(f"fp32 GEMM 2048x2048: {describe_gemm(before)}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     shapes = [shape for group in args.shapes for shape in SHAPES[group]]
@@ -158,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")  # fmt: skip
     print(f"* the pick is more than {args.slack:.0%} slower than the fastest kernel of its row")
     if args.json:
-        write_record(args.json, "linear_kernels", results, before, after, regime=regime())
+        write_record(args.json, "linear_kernels", results, before, after)
     return 0
 
 

@@ -91,14 +91,25 @@ def cpu_model() -> str:
     return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
+def kernel_regime() -> str:
+    """The CPU (vendor, vector capability, MKL) and which float32 products take oneDNN's kernel on it
+    (``zoo.models.components.onednn_linear``), in one line."""
+    from zoo.models.components import onednn_linear
+
+    vendor = onednn_linear.cpu_vendor() or "unknown vendor"
+    where = f"{vendor}, {torch.backends.cpu.get_cpu_capability()}, MKL {torch.backends.mkl.is_available()}"
+    if onednn_linear.mkl_lags_onednn():
+        rule = f"oneDNN from {onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL:.3g} multiply-adds (MKL lags it)"
+    elif onednn_linear.min_multiply_adds() >= onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2:
+        rule = "plain products on MKL, few-row products on kept weights through oneDNN"
+    else:
+        rule = f"oneDNN from {onednn_linear.min_multiply_adds():.3g} multiply-adds"
+    return f"{where}: {rule}"
+
+
 def machine_description(device: torch.device | str = "cpu") -> dict[str, Any]:
     """The software and hardware a record's numbers come from."""
-    from zoo.models.components.onednn_linear import (
-        cpu_vendor,
-        cpuinfo_field,
-        mkl_lags_onednn,
-        onednn_reports_native_bf16,
-    )
+    from zoo.models.components.onednn_linear import cpu_vendor, cpuinfo_field, onednn_reports_native_bf16
 
     device = torch.device(device)
     description: dict[str, Any] = {
@@ -112,8 +123,8 @@ def machine_description(device: torch.device | str = "cpu") -> dict[str, Any]:
         "logical_cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "mkl": torch.backends.mkl.is_available(),
-        "mkl_lags_onednn": mkl_lags_onednn(),
         "onednn_native_bf16": onednn_reports_native_bf16(),
+        "kernel_regime": kernel_regime(),
         "device": str(device),
     }
     if device.type == "cuda":

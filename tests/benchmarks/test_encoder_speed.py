@@ -52,11 +52,12 @@ def test_bf16_rows_are_left_out_where_bf16_is_emulated(script, monkeypatch, caps
 
     measured = []
     monkeypatch.setattr(script, "native_bf16", lambda device: False)
-    monkeypatch.setattr(script, "min_multiply_adds", lambda: onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2)
+    monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2)
+    monkeypatch.setattr(onednn_linear, "mkl_lags_onednn", lambda: False)
     monkeypatch.setattr(script, "gemm_rates", lambda device, dtype=torch.float32: measured.append(dtype) or {"mm": 1.0})
     script.main(["--families", "litemedsam", "--dtypes", "bf16", "--paths", "fast"])
     out = capsys.readouterr().out
     assert "bf16 rows left out: no native bfloat16 kernels" in out
-    assert "float32 products through oneDNN: few-row products on kept weights only" in out
+    assert "plain products on MKL, few-row products on kept weights through oneDNN" in out
     assert measured == [torch.float32, torch.float32], "the fp32 GEMM before and after, no bf16 GEMM"
     assert "litemedsam " not in out, "no row ran"

@@ -76,3 +76,21 @@ def test_every_timing_script_takes_json(name, load_script, capsys):
         load_script(name).main(["--help"])
     assert exited.value.code == 0
     assert "--json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mkl_lags", "threshold_name", "expected"),
+    [
+        (True, "MIN_MULTIPLY_ADDS_NON_INTEL_MKL", "oneDNN from 2.1e+06 multiply-adds (MKL lags it)"),
+        (False, "MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2", "plain products on MKL, few-row products on kept weights"),
+        (False, "MIN_MULTIPLY_ADDS", "oneDNN from 2.68e+08 multiply-adds"),
+    ],
+)
+def test_the_kernel_regime_names_what_takes_onednn(script, monkeypatch, mkl_lags, threshold_name, expected):
+    from zoo.models.components import onednn_linear
+
+    monkeypatch.setattr(onednn_linear, "mkl_lags_onednn", lambda: mkl_lags)
+    monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: getattr(onednn_linear, threshold_name))
+    regime = script.kernel_regime()
+    assert expected in regime and torch.backends.cpu.get_cpu_capability() in regime
+    assert script.machine_description()["kernel_regime"] == regime

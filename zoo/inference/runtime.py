@@ -3,8 +3,8 @@
 Precision ``"fp32"`` is exact; ``"bf16"`` runs the image encoder under ``torch.autocast`` (bfloat16 matrix
 products, float32 reductions) and hands on a float32 image encoding; ``"auto"`` picks bf16 only where the device
 computes it natively (CUDA with bf16 support, or a CPU whose oneDNN has bf16 kernels: AVX-512 or AMX). On a CPU
-without them bf16 is emulated and slower than fp32 (over ten times slower measured on an AVX2 CPU); ``"bf16"``
-asked for there runs anyway, with an :class:`EmulatedPrecisionWarning` on its first encoding.
+without them bf16 is emulated and much slower than fp32 (``benchmarks/encoder_speed.py``); ``"bf16"`` asked for
+there runs anyway, with an :class:`EmulatedPrecisionWarning` on its first encoding.
 
 The prompt side (prompt encoder and mask decoder, about 1 GFLOP per click at most) runs in float32 at either
 precision. It is bound by small operations, not by arithmetic, and under autocast it would re-cast its float32
@@ -118,7 +118,7 @@ class ModelRuntime:
             self._warned_emulated.add(device)
             warnings.warn(
                 f"precision='bf16' on this {device.type.upper()}: it has no native bfloat16 kernels, so bfloat16 is "
-                "emulated, much slower than fp32 (over ten times on an AVX2 CPU measured) and less exact; "
+                "emulated, much slower than fp32 and less exact; "
                 "precision='auto' picks fp32 here",
                 EmulatedPrecisionWarning,
                 stacklevel=3,

@@ -123,33 +123,28 @@ def min_multiply_adds() -> int:
     return MIN_MULTIPLY_ADDS
 
 
-def min_packed_multiply_adds(weight: Tensor) -> int:
-    """As :func:`min_multiply_adds`, for a product whose float32 weight is kept in oneDNN's layout
-    (:func:`kept_packed`): where MKL lags oneDNN (:func:`mkl_lags_onednn`), every product with a weight of at
-    least :data:`MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL` elements. Without the reorder in every call, oneDNN's
-    few-row products on such weights (a decoder's prompt tokens through its 256 x 2048 MLP) were several times
-    faster than MKL's there; with smaller ones (384 x 384 projections) no click was faster."""
-    if mkl_lags_onednn() and weight.numel() >= MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL:
-        return 1
-    return min_multiply_adds()
-
-
 def packed_product_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether :func:`kept_linear` multiplies ``x`` with ``weight`` kept in oneDNN's layout (:func:`kept_packed`):
-    a weight of at most :data:`MAX_PACKED_FLOAT32_BYTES` and a product that takes oneDNN's inference path at
-    :func:`min_packed_multiply_adds`.
+    a weight of at most :data:`MAX_PACKED_FLOAT32_BYTES` and a product that takes oneDNN's inference path at a size
+    that depends on the CPU. Without the reorder in every call, oneDNN's few-row products on a decoder's wide MLP
+    weights were faster than MKL's on other vendors' CPUs (``benchmarks/linear_kernels.py``):
 
-    Where MKL serves another vendor's CPU without AVX-512, no product on a plain weight takes oneDNN, but few-row
-    products on kept weights do (at most :data:`MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2` rows, at least
-    :data:`MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2` multiply-adds: a decoder's prompt tokens through its MLP,
-    and for several prompt sets at once through its projections). With the weight read from memory, as inside a
-    click, MKL's few-row products were the slower ones there (``benchmarks/linear_kernels.py``); on more rows, or
-    on small products, they were not.
+    * where MKL lags oneDNN (:func:`mkl_lags_onednn`), every product with a weight of at least
+      :data:`MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL` elements (with smaller ones, 384 x 384 projections, no click
+      was faster);
+    * where MKL serves another vendor's CPU without AVX-512, products of at most
+      :data:`MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2` rows and at least :data:`MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2`
+      multiply-adds (a decoder's prompt tokens through its MLP, and for several prompt sets at once through its
+      projections); on more rows, or on small products, MKL's were as fast, with the weight read from memory as
+      inside a click;
+    * elsewhere the products that take oneDNN anyway (:func:`min_multiply_adds`).
     """
     if weight.numel() * weight.element_size() > MAX_PACKED_FLOAT32_BYTES:
         return False
-    min_size = min_packed_multiply_adds(weight)
-    if (
+    min_size = min_multiply_adds()
+    if mkl_lags_onednn() and weight.numel() >= MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL:
+        min_size = 1
+    elif (
         mkl_on_non_intel_cpu()
         and not cpu_has_avx512()
         and x.numel() <= MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 * weight.shape[-1]
