@@ -26,7 +26,6 @@ before and after the table, the CPU's vendor, vector capability and which of the
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
@@ -124,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from machine import describe_gemm, gemm_rates, kernel_regime, write_record
+    from machine import describe_gemm, gemm_rates, kernel_regime, load_average, write_record
 
     args = parse_args(argv)
     if not (onednn_linear.onednn_linear_works() and onednn_linear.onednn_packing_works()):
@@ -136,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
           f"threads {torch.get_num_threads()}, fp32")  # fmt: skip
     print(f"CPU: {kernel_regime()}")
     before = gemm_rates(device)
-    print(f"fp32 GEMM 2048x2048: {describe_gemm(before)}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"fp32 GEMM 2048x2048: {describe_gemm(before)}; load average {load_average()}")
     shapes = [shape for group in args.shapes for shape in SHAPES[group]]
     results = measure(shapes, args.rows, args.rounds, args.copies)
     after = gemm_rates(device)
     print_table(results, args.slack)
     print(f"fp32 GEMM 2048x2048 after the rows: {describe_gemm(after)}; "
-          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")  # fmt: skip
+          f"load average {load_average()}")  # fmt: skip
     print(f"* the pick is more than {args.slack:.0%} slower than the fastest kernel of its row")
     if args.json:
         write_record(args.json, "linear_kernels", results, before, after)

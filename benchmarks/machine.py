@@ -100,7 +100,7 @@ def kernel_regime() -> str:
     where = f"{vendor}, {torch.backends.cpu.get_cpu_capability()}, MKL {torch.backends.mkl.is_available()}"
     if onednn_linear.mkl_lags_onednn():
         rule = f"oneDNN from {onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL:.3g} multiply-adds (MKL lags it)"
-    elif onednn_linear.min_multiply_adds() >= onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2:
+    elif onednn_linear.mkl_on_non_intel_avx2_cpu():
         rule = "plain products on MKL, few-row products on kept weights through oneDNN"
     else:
         rule = f"oneDNN from {onednn_linear.min_multiply_adds():.3g} multiply-adds"

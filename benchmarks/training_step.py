@@ -232,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({**row, "gemm_gflops_before": rate})
         print(f"{family}: step times {[round(t, 2) for t in rows[-1]['all_step_seconds']]} s", file=sys.stderr)
     after = gemm_rates(cpu)
-    print(
-        f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} threads, fp32; "
-        f"1-minute load average at the end: {os.getloadavg()[0]:.1f}"
-    )
+    print(f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} threads, fp32")
     print(f"fp32 GEMM 2048x2048 before the rows: {describe_gemm(before)}; after: {describe_gemm(after)}; "
           f"load average {load_average()}")  # fmt: skip
     print_table(rows)

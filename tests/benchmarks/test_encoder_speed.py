@@ -54,6 +54,7 @@ def test_bf16_rows_are_left_out_where_bf16_is_emulated(script, monkeypatch, caps
     monkeypatch.setattr(script, "native_bf16", lambda device: False)
     monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: onednn_linear.MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2)
     monkeypatch.setattr(onednn_linear, "mkl_lags_onednn", lambda: False)
+    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_avx2_cpu", lambda: True)
     monkeypatch.setattr(script, "gemm_rates", lambda device, dtype=torch.float32: measured.append(dtype) or {"mm": 1.0})
     script.main(["--families", "litemedsam", "--dtypes", "bf16", "--paths", "fast"])
     out = capsys.readouterr().out

@@ -79,17 +79,19 @@ def test_every_timing_script_takes_json(name, load_script, capsys):
 
 
 @pytest.mark.parametrize(
-    ("mkl_lags", "threshold_name", "expected"),
+    ("mkl_lags", "avx2_regime", "threshold_name", "expected"),
     [
-        (True, "MIN_MULTIPLY_ADDS_NON_INTEL_MKL", "oneDNN from 2.1e+06 multiply-adds (MKL lags it)"),
-        (False, "MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2", "plain products on MKL, few-row products on kept weights"),
-        (False, "MIN_MULTIPLY_ADDS", "oneDNN from 2.68e+08 multiply-adds"),
+        (True, False, "MIN_MULTIPLY_ADDS_NON_INTEL_MKL", "oneDNN from 2.1e+06 multiply-adds (MKL lags it)"),
+        (False, True, "MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2", "plain products on MKL, few-row products on kept"),
+        (False, False, "MIN_MULTIPLY_ADDS", "oneDNN from 2.68e+08 multiply-adds"),
     ],
 )
-def test_the_kernel_regime_names_what_takes_onednn(script, monkeypatch, mkl_lags, threshold_name, expected):
+def test_the_kernel_regime_names_what_takes_onednn(script, monkeypatch, mkl_lags, avx2_regime, threshold_name,
+                                                   expected):  # fmt: skip
     from zoo.models.components import onednn_linear
 
     monkeypatch.setattr(onednn_linear, "mkl_lags_onednn", lambda: mkl_lags)
+    monkeypatch.setattr(onednn_linear, "mkl_on_non_intel_avx2_cpu", lambda: avx2_regime)
     monkeypatch.setattr(onednn_linear, "min_multiply_adds", lambda: getattr(onednn_linear, threshold_name))
     regime = script.kernel_regime()
     assert expected in regime and torch.backends.cpu.get_cpu_capability() in regime

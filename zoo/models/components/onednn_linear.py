@@ -56,8 +56,10 @@ MIN_MULTIPLY_ADDS_NON_INTEL_MKL = 2**21  # the same where MKL lags oneDNN (oneDN
 MIN_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2 = 2**62  # MKL on another vendor's CPU without AVX-512: no product takes oneDNN
 MAX_PACKED_FLOAT32_BYTES = 4 * 2**20  # float32 weights up to this size are kept in oneDNN's layout (see kept_linear)
 MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL = 2**19  # from here a kept-layout product beats MKL's at any size
-MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2 = 2**20  # few-row kept-layout products beat MKL's from here where MKL
-MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 = 64  # does not lag oneDNN (AVX2), up to this many rows
+# Where MKL serves another vendor's CPU without AVX-512, kept-layout products beat MKL's from this many multiply-adds
+# and up to this many rows (a decoder's prompt tokens through its MLP).
+MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2 = 2**20
+MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 = 64
 INTEL = "GenuineIntel"
 
 
@@ -107,6 +109,12 @@ def mkl_lags_onednn() -> bool:
     return mkl_on_non_intel_cpu() and cpu_has_avx512()
 
 
+def mkl_on_non_intel_avx2_cpu() -> bool:
+    """Whether MKL serves a non-Intel CPU without AVX-512: AVX2 is its widest, MKL's kernels are full width there and
+    were the faster ones on plain weights; only few-row products on kept weights take oneDNN."""
+    return mkl_on_non_intel_cpu() and not cpu_has_avx512()
+
+
 def onednn_reports_native_bf16() -> bool:
     """Whether oneDNN's private query exists and answers ``True`` for native bfloat16 kernels on this CPU (an op
     that is missing, raises or answers anything else: no)."""
@@ -144,11 +152,7 @@ def packed_product_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None
     min_size = min_multiply_adds()
     if mkl_lags_onednn() and weight.numel() >= MIN_PACKED_WEIGHT_ELEMENTS_NON_INTEL_MKL:
         min_size = 1
-    elif (
-        mkl_on_non_intel_cpu()
-        and not cpu_has_avx512()
-        and x.numel() <= MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 * weight.shape[-1]
-    ):
+    elif mkl_on_non_intel_avx2_cpu() and x.numel() <= MAX_PACKED_ROWS_NON_INTEL_MKL_AVX2 * weight.shape[-1]:
         min_size = min(min_size, MIN_PACKED_MULTIPLY_ADDS_NON_INTEL_MKL_AVX2)
     return onednn_applies(x, weight, bias, min_size)
 
